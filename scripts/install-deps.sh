@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency from Debian packages.
+set -euo pipefail
+packages=(
+  build-essential cmake git clang-14 clang-format libclang-rt-14-dev
+  libopenblas-openmp-dev libomp-dev
+  libgtest-dev googletest nlohmann-json3-dev libutf8proc-dev libyaml-cpp-dev
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

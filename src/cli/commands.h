@@ -1,0 +1,16 @@
+// The subcommands. Each lives in its own file under src/cli/ and takes the arguments after
+// its name; it returns the process exit status and throws Error / UsageError on failure.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace loratune::cli {
+
+using Args = std::vector<std::string>;
+
+int run_init_model(const Args& args);
+int run_generate(const Args& args);
+int run_debug(const Args& args);
+
+}  // namespace loratune::cli

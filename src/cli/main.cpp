@@ -1,0 +1,59 @@
+// loratune: LoRA fine-tuning for Qwen2-family models, as one native program.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "core/error.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(const loratune::cli::Args&);
+};
+
+const Command kCommands[] = {
+    {"init-model", "write a Hugging Face Qwen2 folder with deterministic random weights",
+     loratune::cli::run_init_model},
+    {"generate", "generate text with a model (and optionally a LoRA adapter)",
+     loratune::cli::run_generate},
+    {"debug", "tools for comparing loratune with other implementations (logits, ...)",
+     loratune::cli::run_debug},
+};
+
+void print_usage(FILE* out) {
+  std::fputs("usage: loratune <command> [options]\n\ncommands:\n", out);
+  for (const Command& c : kCommands) std::fprintf(out, "  %-14s %s\n", c.name, c.summary);
+  std::fputs("\nrun 'loratune <command> --help' for the options of a command\n", out);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    print_usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  loratune::cli::Args args(argv + 2, argv + argc);
+  for (const Command& c : kCommands) {
+    if (std::strcmp(argv[1], c.name) != 0) continue;
+    try {
+      return c.run(args);
+    } catch (const loratune::cli::HelpShown&) {
+      return 0;
+    } catch (const loratune::UsageError& e) {
+      std::fprintf(stderr, "loratune %s: error: %s\n", c.name, e.what());
+      return 2;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "loratune %s: error: %s\n", c.name, e.what());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "loratune: unknown command '%s'\n\n", argv[1]);
+  print_usage(stderr);
+  return 2;
+}
