@@ -349,7 +349,11 @@ def precision(args, default):
     return {"fp32": torch.float32, "fp64": torch.float64}[p], p
 
 
-def write_ids(out, meta, seqs, labels=None):
+def write_ids(out, meta, seqs, labels=None, args=None):
+    if args is not None:
+        meta["model"] = args.model
+        if args.adapter:
+            meta["adapter"] = args.adapter
     for i, s in enumerate(seqs):
         out[f"ids.{i}"] = np.asarray(s, dtype=np.int32)
     meta["ids"] = ";".join(",".join(map(str, s)) for s in seqs)
@@ -368,7 +372,7 @@ def cmd_logits(args):
     with torch.no_grad():
         for i, s in enumerate(seqs):
             out[f"logits.{i}"] = forward(m, s, adapter).float().numpy()
-    write_ids(out, meta, seqs)
+    write_ids(out, meta, seqs, args=args)
     st.save_file(out, args.out, meta)
 
 
@@ -395,7 +399,7 @@ def cmd_grads(args):
     for name, p in params:
         out[name] = p.grad.float().numpy()
     meta = {"format": "pt", "precision": pname, "loss_f64": repr(loss.item())}
-    write_ids(out, meta, seqs, labels)
+    write_ids(out, meta, seqs, labels, args)
     st.save_file(out, args.out, meta)
 
 
@@ -444,7 +448,7 @@ def cmd_adamw(args):
             "betas": f"{args.beta1},{args.beta2}", "eps": repr(args.eps),
             "losses_f64": ",".join(repr(x) for x in losses),
             "grad_norms_f64": ",".join(repr(x) for x in norms)}
-    write_ids(out, meta, seqs, labels)
+    write_ids(out, meta, seqs, labels, args)
     st.save_file(out, args.out, meta)
     if args.out_adapter:
         write_adapter(args.out_adapter, adapter.config, {n: p.detach() for (n, _), p in zip(named, params)})

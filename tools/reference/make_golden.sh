@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Regenerates the reference golden files under tests/golden/ (models, adapters, logits,
+# gradients, AdamW runs). Needs Python 3 with torch and numpy; CI never runs this, it
+# only reads the committed results.
+#
+#   tools/reference/make_golden.sh            # models from build/loratune (init-model)
+#   LORATUNE=path/to/loratune tools/reference/make_golden.sh
+#   REF_MODELS=python tools/reference/make_golden.sh   # models from the Python writer
+#
+# Run from anywhere; paths in the golden files are relative to the repository root.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+PY=${PYTHON:-/usr/bin/python3}
+LT=${LORATUNE:-build/loratune}
+REF_MODELS=${REF_MODELS:-loratune}
+G=tests/golden
+M=$G/models
+A=$G/adapters
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+
+quote() {  # print the arguments as a shell command line
+  local out=() a
+  for a in "$@"; do
+    if [[ $a =~ ^[A-Za-z0-9_./,=:+-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
+  done
+  echo "${out[*]}"
+}
+run() {  # echo, record, run
+  local line
+  line=$(quote "$@")
+  line=${line/#"$PY "/python3 }
+  echo "+ $line"
+  echo "$line" >>"$LOG"
+  "$@"
+}
+ref() { run "$PY" tools/reference/qwen2_ref.py "$@"; }
+
+if [[ $REF_MODELS == loratune ]]; then
+  if ! "$LT" init-model --help >/dev/null 2>&1; then
+    echo "make_golden: $LT init-model is not available (build it, or set REF_MODELS=python)" >&2
+    exit 2
+  fi
+  mk_model() { run "$LT" init-model "$@"; }          # --preset tiny ... --out DIR
+  mk_adapter() { run "$LT" debug init-adapter "$@"; }
+else
+  # Same shapes from the Python writer (tiny = 2 layers, hidden 64, 4 heads, 2 kv heads,
+  # intermediate 128, vocab 512, tied head).
+  mk_model() {
+    local a=() preset=0
+    for x in "$@"; do
+      if [[ $preset == 1 ]]; then preset=0; continue; fi
+      if [[ $x == --preset ]]; then preset=1; continue; fi
+      a+=("$x")
+    done
+    ref make-model "${a[@]}"
+  }
+  mk_adapter() { ref init-adapter "$@"; }
+fi
+
+rm -rf "$M" "$A"
+mkdir -p "$M" "$A"
+
+# ---- models and adapters
+mk_model --preset tiny --seed 7 --out $M/tiny
+mk_model --preset tiny --seed 7 --dtype bf16 --out $M/tiny_bf16
+mk_model --preset tiny --num-hidden-layers 3 --num-attention-heads 6 --num-key-value-heads 2 \
+  --hidden-size 96 --seed 11 --out $M/odd
+mk_adapter --model $M/tiny --out $A/tiny_qv --lora-r 4 --target-modules q_proj,v_proj --b-std 0.02 --seed 1
+mk_adapter --model $M/tiny --out $A/tiny_all --lora-r 4 --target-modules all-linear --b-std 0.02 --seed 2
+mk_adapter --model $M/odd --out $A/odd_all --lora-r 4 --target-modules all-linear --b-std 0.02 --seed 3
+# rsLoRA variant of tiny_qv: same tensors, use_rslora true and lora_alpha 16 (scale 16/sqrt(4) = 8)
+run mkdir -p $A/tiny_qv_rslora
+run cp $A/tiny_qv/adapter_model.safetensors $A/tiny_qv_rslora/
+run "$PY" -c 'import json,sys; c=json.load(open(sys.argv[1])); c.update(use_rslora=True, lora_alpha=16); json.dump(c, open(sys.argv[2], "w"), indent=2)' \
+  $A/tiny_qv/adapter_config.json $A/tiny_qv_rslora/adapter_config.json
+
+# ---- token ids (fixed; tiny vocab is 512)
+ONE="481,186,311,205,419,271,251,510,362,425,223,316,338,76,211,479"
+BATCH="151,217,421,59,357;426,477,127,142,334,399,338,353,205,333,437,424,324,219,416,234,209;41,230,19,265,326,431,114,339,236,241,475"
+TRAIN_IDS="374,139,207,377,505,144,268,396,345;343,476,173,135;339,211,67,100,177,4,154,448,241,358,234,83,200"
+# prompt tokens masked (-100), one masked hole in the middle, the short sequence fully labelled
+TRAIN_LABELS="-100,-100,-100,-100,505,144,268,396,345;343,476,173,135;-100,-100,-100,100,177,-100,154,448,241,358,234,83,200"
+
+# ---- logits (forward in float64, written as float32)
+ref logits --double --model $M/tiny --ids "$ONE" --out $G/logits_tiny_1seq.safetensors
+ref logits --double --model $M/tiny --ids "$BATCH" --out $G/logits_tiny_batch.safetensors
+ref logits --double --model $M/odd --ids "$ONE" --out $G/logits_odd_1seq.safetensors
+ref logits --double --model $M/odd --ids "$BATCH" --out $G/logits_odd_batch.safetensors
+ref logits --double --model $M/tiny_bf16 --ids "$BATCH" --out $G/logits_tiny_bf16_batch.safetensors
+ref logits --double --model $M/tiny --adapter $A/tiny_all --ids "$BATCH" --out $G/logits_tiny_adapter_all_batch.safetensors
+
+# ---- loss + LoRA gradients (float64, written as float32)
+ref grads --model $M/tiny --adapter $A/tiny_qv --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_tiny_qv.safetensors
+ref grads --model $M/tiny --adapter $A/tiny_all --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_tiny_all.safetensors
+ref grads --model $M/tiny --adapter $A/tiny_qv_rslora --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_tiny_qv_rslora.safetensors
+ref grads --model $M/odd --adapter $A/odd_all --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_odd_all.safetensors
+ref grads --model $M/tiny --adapter $A/tiny_qv --ids "$TRAIN_IDS" --out $G/grads_tiny_qv_default_labels.safetensors
+
+# ---- AdamW runs (float64)
+ref adamw --model $M/tiny --adapter $A/tiny_qv --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --steps 10 --lr 1e-3 \
+  --weight-decay 0.01 --max-grad-norm 1.0 --warmup-steps 0 --out $G/adamw_tiny_qv_10steps.safetensors
+ref adamw --model $M/tiny --adapter $A/tiny_all --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --steps 10 --lr 2e-3 \
+  --weight-decay 0.1 --max-grad-norm 0.05 --warmup-steps 3 --out $G/adamw_tiny_all_warmup_clip_10steps.safetensors
+ref adamw --model $M/tiny --adapter $A/tiny_qv --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --steps 10 --lr 1e-3 \
+  --weight-decay 0.01 --max-grad-norm 100 --warmup-steps 0 --out $G/adamw_tiny_qv_noclip_10steps.safetensors
+
+# ---- record the commands in tests/golden/README.md (between the markers)
+"$PY" - "$G/README.md" "$LOG" <<'EOF'
+import sys
+readme, log = sys.argv[1], sys.argv[2]
+begin, end = "<!-- BEGIN reference commands -->", "<!-- END reference commands -->"
+cmds = [l.rstrip("\n") for l in open(log)]
+block = begin + "\n```sh\n" + "\n".join(cmds) + "\n```\n" + end
+text = open(readme).read()
+if begin in text and end in text:
+    text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+else:
+    text = text.rstrip("\n") + "\n\n" + block + "\n"
+open(readme, "w").write(text)
+EOF
+du -sh $G
+ls -l $G
