@@ -94,12 +94,14 @@ ParsedArgs parse_args(const CommandSpec& spec, const std::vector<std::string>& a
 }
 
 std::string help_text(const CommandSpec& spec) {
-  std::string text = "usage: loratune " + spec.name + " " + spec.usage + "\n\n" + spec.summary +
-                     "\n\noptions:\n";
+  std::string text =
+      "usage: loratune " + spec.name + " " + spec.usage + "\n\n" + spec.summary + "\n\noptions:\n";
   for (const Option& o : spec.options) {
     std::string left = "  " + o.name + (o.value.empty() ? "" : " " + o.value);
-    if (left.size() < 30) left.resize(30, ' ');
-    else left += "\n" + std::string(30, ' ');
+    if (left.size() < 30)
+      left.resize(30, ' ');
+    else
+      left += "\n" + std::string(30, ' ');
     text += left + o.help;
     if (!o.default_value.empty()) text += " (default: " + o.default_value + ")";
     text += "\n";

@@ -1,0 +1,111 @@
+// loratune init-model: a Hugging Face Qwen2 folder with deterministic random weights.
+#include <cstdio>
+#include <fstream>
+
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "core/error.h"
+#include "core/threads.h"
+#include "io/atomic_file.h"
+#include "io/json_file.h"
+#include "model/init_model.h"
+#include "model/weights.h"
+
+namespace loratune::cli {
+
+namespace {
+
+const CommandSpec kSpec = {
+    "init-model",
+    "--preset tiny|qwen2-0.5b|qwen2-1.5b --out DIR [options]",
+    "Writes config.json, generation_config.json and model.safetensors with deterministic random\n"
+    "weights of exactly the preset's shape (overrides change single sizes).",
+    {
+        {"--preset", "NAME", "tiny, qwen2-0.5b or qwen2-1.5b", "tiny"},
+        {"--out", "DIR", "output folder (created if needed)"},
+        {"--seed", "S", "random seed", "0"},
+        {"--dtype", "f32|bf16", "weight dtype in the file", "f32"},
+        {"--tokenizer", "DIR", "copy the tokenizer files of this folder into the model folder"},
+        {"--threads", "N", "threads", "all cores"},
+        {"--hidden-size", "N", "override hidden_size"},
+        {"--intermediate-size", "N", "override intermediate_size"},
+        {"--num-hidden-layers", "N", "override num_hidden_layers"},
+        {"--num-attention-heads", "N", "override num_attention_heads"},
+        {"--num-key-value-heads", "N", "override num_key_value_heads"},
+        {"--vocab-size", "N", "override vocab_size"},
+        {"--max-position-embeddings", "N", "override max_position_embeddings"},
+        {"--rope-theta", "X", "override rope_theta"},
+        {"--rms-norm-eps", "X", "override rms_norm_eps"},
+        {"--tie-word-embeddings", "true|false", "override tie_word_embeddings"},
+    }};
+
+const char* kTokenizerFiles[] = {"tokenizer.json",    "tokenizer_config.json",
+                                 "vocab.json",        "merges.txt",
+                                 "added_tokens.json", "special_tokens_map.json"};
+
+void copy_file(const std::string& from, const std::string& to) {
+  std::ifstream in(from, std::ios::binary);
+  if (!in) throw Error("cannot read file", from);
+  std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  write_file_atomic(to, content);
+}
+
+int positive_int(const ParsedArgs& a, const std::string& name, int current) {
+  long long v = a.integer(name, current);
+  if (v <= 0 || v > (1 << 30)) throw UsageError(name + " must be a positive integer");
+  return static_cast<int>(v);
+}
+
+}  // namespace
+
+int run_init_model(const Args& args) {
+  ParsedArgs a = parse_args(kSpec, args);
+  const std::string out = a.required("--out");
+  ModelConfig c = model_preset(a.str("--preset", "tiny"));
+  c.hidden_size = positive_int(a, "--hidden-size", c.hidden_size);
+  c.intermediate_size = positive_int(a, "--intermediate-size", c.intermediate_size);
+  c.num_hidden_layers = positive_int(a, "--num-hidden-layers", c.num_hidden_layers);
+  c.num_attention_heads = positive_int(a, "--num-attention-heads", c.num_attention_heads);
+  c.num_key_value_heads = positive_int(a, "--num-key-value-heads", c.num_key_value_heads);
+  c.vocab_size = positive_int(a, "--vocab-size", c.vocab_size);
+  c.max_position_embeddings =
+      positive_int(a, "--max-position-embeddings", c.max_position_embeddings);
+  c.rope_theta = a.number("--rope-theta", c.rope_theta);
+  c.rms_norm_eps = a.number("--rms-norm-eps", c.rms_norm_eps);
+  if (a.has("--tie-word-embeddings")) {
+    std::string v = a.str("--tie-word-embeddings");
+    if (v != "true" && v != "false")
+      throw UsageError("--tie-word-embeddings must be true or false");
+    c.tie_word_embeddings = v == "true";
+  }
+  try {
+    c.validate("the requested shape");
+  } catch (const Error& e) {
+    throw UsageError(e.what());
+  }
+  const std::string dtype = a.str("--dtype", "f32");
+  if (dtype != "f32" && dtype != "bf16") throw UsageError("--dtype must be f32 or bf16");
+  const long long seed = a.integer("--seed", 0);
+  set_num_threads(static_cast<int>(a.integer("--threads", 0)));
+
+  write_random_model(out, c, static_cast<uint64_t>(seed),
+                     dtype == "f32" ? DType::F32 : DType::BF16);
+  if (a.has("--tokenizer")) {
+    const std::string tok = a.str("--tokenizer");
+    int copied = 0;
+    for (const char* name : kTokenizerFiles) {
+      if (!file_exists(tok + "/" + name)) continue;
+      copy_file(tok + "/" + name, out + "/" + name);
+      ++copied;
+    }
+    if (copied == 0)
+      throw Error("no tokenizer files found", tok,
+                  "expected tokenizer.json or vocab.json + merges.txt");
+  }
+  const int64_t params = qwen2_parameter_count(c);
+  std::printf("wrote %s: %lld parameters, %d layers, hidden %d, dtype %s\n", out.c_str(),
+              static_cast<long long>(params), c.num_hidden_layers, c.hidden_size, dtype.c_str());
+  return 0;
+}
+
+}  // namespace loratune::cli

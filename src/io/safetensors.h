@@ -1,0 +1,88 @@
+// safetensors: a little-endian u64 header length, a JSON header, then raw tensor bytes.
+// The reader maps the file and validates the whole header before any tensor is touched;
+// the writer produces the same layout atomically.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/mapped_file.h"
+
+namespace loratune {
+
+enum class DType { F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL };
+
+const char* dtype_name(DType d);
+size_t dtype_size(DType d);
+
+// Product of the dimensions (1 for a scalar).
+int64_t shape_numel(const std::vector<int64_t>& shape);
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;  // points into the mapped file
+  size_t nbytes = 0;
+
+  int64_t numel() const { return shape_numel(shape); }
+};
+
+struct SafetensorsHeader {
+  std::map<std::string, TensorInfo> tensors;
+  std::map<std::string, std::string> metadata;
+};
+
+// Validates and parses a whole safetensors image held in memory. `source` names it in
+// errors. Checks: header length inside the buffer, valid JSON object, known dtypes,
+// non-negative shapes, shape x dtype size == byte range, ranges inside the data section,
+// no overlapping ranges.
+SafetensorsHeader parse_safetensors(const uint8_t* data, size_t size, const std::string& source);
+
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::string& path);
+
+  const std::map<std::string, TensorInfo>& tensors() const { return header_.tensors; }
+  const std::map<std::string, std::string>& metadata() const { return header_.metadata; }
+  const TensorInfo* find(const std::string& name) const;
+  const std::string& path() const { return file_->path(); }
+
+ private:
+  std::unique_ptr<MappedFile> file_;
+  SafetensorsHeader header_;
+};
+
+// All tensors of a model folder: model.safetensors, or the shards named by
+// model.safetensors.index.json.
+class TensorStore {
+ public:
+  explicit TensorStore(const std::string& dir);
+  const TensorInfo* find(const std::string& name) const;
+  // Like find(), but throws an Error naming the tensor and folder when it is absent.
+  const TensorInfo& get(const std::string& name) const;
+  size_t size() const { return index_.size(); }
+  const std::map<std::string, const TensorInfo*>& all() const { return index_; }
+
+ private:
+  std::string dir_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const TensorInfo*> index_;
+};
+
+struct TensorToWrite {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  const void* data;  // numel x dtype_size bytes
+};
+
+// Writes tensors (in the given order) with the __metadata__ map, atomically.
+void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace loratune

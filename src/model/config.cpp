@@ -1,0 +1,163 @@
+#include "model/config.h"
+
+#include "core/error.h"
+
+namespace loratune {
+
+namespace {
+
+int get_int(const Json& j, const char* key, const std::string& source, int fallback,
+            bool required) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) {
+    if (required) throw Error(std::string("missing key '") + key + "'", source);
+    return fallback;
+  }
+  if (!it->is_number_integer() || it->get<long long>() < 0 || it->get<long long>() > (1ll << 30))
+    throw Error(std::string("key '") + key + "' must be a non-negative integer", source);
+  return it->get<int>();
+}
+
+double get_double(const Json& j, const char* key, const std::string& source, double fallback) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return fallback;
+  if (!it->is_number()) throw Error(std::string("key '") + key + "' must be a number", source);
+  return it->get<double>();
+}
+
+// eos_token_id may be a single integer or a list of them.
+std::vector<int> get_ids(const Json& j, const char* key, const std::string& source) {
+  std::vector<int> ids;
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return ids;
+  if (it->is_number_integer()) return {it->get<int>()};
+  if (!it->is_array())
+    throw Error(std::string("key '") + key + "' must be an id or a list", source);
+  for (const auto& v : *it) {
+    if (!v.is_number_integer())
+      throw Error(std::string("key '") + key + "' holds a non-id", source);
+    ids.push_back(v.get<int>());
+  }
+  return ids;
+}
+
+}  // namespace
+
+void ModelConfig::validate(const std::string& source) const {
+  auto positive = [&](int v, const char* name) {
+    if (v <= 0) throw Error(std::string(name) + " must be positive", source);
+  };
+  positive(hidden_size, "hidden_size");
+  positive(intermediate_size, "intermediate_size");
+  positive(num_hidden_layers, "num_hidden_layers");
+  positive(num_attention_heads, "num_attention_heads");
+  positive(num_key_value_heads, "num_key_value_heads");
+  positive(vocab_size, "vocab_size");
+  if (hidden_size % num_attention_heads != 0)
+    throw Error("hidden_size is not a multiple of num_attention_heads", source);
+  if (head_dim() % 2 != 0) throw Error("head dimension must be even for RoPE", source);
+  if (num_attention_heads % num_key_value_heads != 0)
+    throw Error("num_attention_heads is not a multiple of num_key_value_heads", source);
+  if (!(rms_norm_eps > 0) || !(rope_theta > 0))
+    throw Error("rms_norm_eps and rope_theta must be positive", source);
+}
+
+ModelConfig parse_model_config(const Json& j, const std::string& source) {
+  if (!j.is_object()) throw Error("config is not a JSON object", source);
+  auto mt = j.find("model_type");
+  if (mt == j.end() || !mt->is_string())
+    throw Error("missing model_type", source,
+                "loratune runs Qwen2-family models (model_type qwen2)");
+  if (mt->get<std::string>() != "qwen2")
+    throw Error("unsupported model_type '" + mt->get<std::string>() + "'", source,
+                "loratune runs Qwen2-family models (model_type qwen2, e.g. Qwen2, Qwen2.5)");
+  ModelConfig c;
+  c.hidden_size = get_int(j, "hidden_size", source, 0, true);
+  c.intermediate_size = get_int(j, "intermediate_size", source, 0, true);
+  c.num_hidden_layers = get_int(j, "num_hidden_layers", source, 0, true);
+  c.num_attention_heads = get_int(j, "num_attention_heads", source, 0, true);
+  c.num_key_value_heads = get_int(j, "num_key_value_heads", source, c.num_attention_heads, false);
+  c.vocab_size = get_int(j, "vocab_size", source, 0, true);
+  c.max_position_embeddings = get_int(j, "max_position_embeddings", source, 32768, false);
+  c.rope_theta = get_double(j, "rope_theta", source, 10000.0);
+  c.rms_norm_eps = get_double(j, "rms_norm_eps", source, 1e-6);
+  if (auto it = j.find("tie_word_embeddings"); it != j.end() && !it->is_null()) {
+    if (!it->is_boolean()) throw Error("tie_word_embeddings must be true or false", source);
+    c.tie_word_embeddings = it->get<bool>();
+  }
+  if (auto it = j.find("torch_dtype"); it != j.end() && it->is_string())
+    c.torch_dtype = it->get<std::string>();
+  c.bos_token_id = get_int(j, "bos_token_id", source, -1, false);
+  c.eos_token_ids = get_ids(j, "eos_token_id", source);
+  c.validate(source);
+  return c;
+}
+
+ModelConfig load_model_config(const std::string& dir) {
+  if (!dir_exists(dir)) throw Error("model folder not found", dir, "check the --model path");
+  const std::string path = dir + "/config.json";
+  if (!file_exists(path))
+    throw Error("no config.json in the model folder", dir,
+                "point --model at a Hugging Face model folder");
+  ModelConfig c = parse_model_config(read_json_file(path), path);
+  c.generation.eos_token_ids = c.eos_token_ids;
+  const std::string gen_path = dir + "/generation_config.json";
+  if (file_exists(gen_path)) {
+    Json g = read_json_file(gen_path);
+    if (!g.is_object()) throw Error("generation config is not a JSON object", gen_path);
+    GenerationConfig& gc = c.generation;
+    if (auto it = g.find("do_sample"); it != g.end() && it->is_boolean())
+      gc.do_sample = it->get<bool>();
+    gc.temperature = get_double(g, "temperature", gen_path, gc.temperature);
+    gc.top_k = get_int(g, "top_k", gen_path, gc.top_k, false);
+    gc.top_p = get_double(g, "top_p", gen_path, gc.top_p);
+    gc.repetition_penalty = get_double(g, "repetition_penalty", gen_path, gc.repetition_penalty);
+    std::vector<int> eos = get_ids(g, "eos_token_id", gen_path);
+    if (!eos.empty()) gc.eos_token_ids = eos;
+  }
+  return c;
+}
+
+Json model_config_to_json(const ModelConfig& c) {
+  Json j = {
+      {"architectures", {"Qwen2ForCausalLM"}},
+      {"model_type", "qwen2"},
+      {"hidden_act", "silu"},
+      {"hidden_size", c.hidden_size},
+      {"intermediate_size", c.intermediate_size},
+      {"num_hidden_layers", c.num_hidden_layers},
+      {"num_attention_heads", c.num_attention_heads},
+      {"num_key_value_heads", c.num_key_value_heads},
+      {"vocab_size", c.vocab_size},
+      {"max_position_embeddings", c.max_position_embeddings},
+      {"max_window_layers", c.num_hidden_layers},
+      {"sliding_window", c.max_position_embeddings},
+      {"use_sliding_window", false},
+      {"rope_theta", c.rope_theta},
+      {"rms_norm_eps", c.rms_norm_eps},
+      {"initializer_range", 0.02},
+      {"attention_dropout", 0.0},
+      {"tie_word_embeddings", c.tie_word_embeddings},
+      {"torch_dtype", c.torch_dtype},
+      {"use_cache", true},
+  };
+  if (c.bos_token_id >= 0) j["bos_token_id"] = c.bos_token_id;
+  if (c.eos_token_ids.size() == 1)
+    j["eos_token_id"] = c.eos_token_ids[0];
+  else if (!c.eos_token_ids.empty())
+    j["eos_token_id"] = c.eos_token_ids;
+  return j;
+}
+
+Json generation_config_to_json(const ModelConfig& c) {
+  Json j = {{"do_sample", c.generation.do_sample}, {"max_new_tokens", 2048}};
+  if (c.bos_token_id >= 0) j["bos_token_id"] = c.bos_token_id;
+  const auto& eos = c.generation.eos_token_ids;
+  if (eos.size() == 1)
+    j["eos_token_id"] = eos[0];
+  else if (!eos.empty())
+    j["eos_token_id"] = eos;
+  return j;
+}
+
+}  // namespace loratune

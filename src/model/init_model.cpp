@@ -1,0 +1,135 @@
+#include "model/init_model.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/half.h"
+#include "core/rng.h"
+#include "io/atomic_file.h"
+#include "model/weights.h"
+
+namespace loratune {
+
+ModelConfig model_preset(const std::string& name) {
+  ModelConfig c;
+  c.rope_theta = 1e6;
+  c.rms_norm_eps = 1e-6;
+  c.tie_word_embeddings = true;
+  if (name == "tiny") {
+    // Small enough for tests in milliseconds; the vocabulary holds the 256 byte tokens and
+    // the special tokens of the built-in byte-level tokenizer.
+    c.hidden_size = 64;
+    c.intermediate_size = 128;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.vocab_size = 512;
+    c.max_position_embeddings = 4096;
+    c.bos_token_id = 256;
+    c.eos_token_ids = {256};
+  } else if (name == "qwen2-0.5b") {
+    c.hidden_size = 896;
+    c.intermediate_size = 4864;
+    c.num_hidden_layers = 24;
+    c.num_attention_heads = 14;
+    c.num_key_value_heads = 2;
+    c.vocab_size = 151936;
+    c.max_position_embeddings = 131072;
+    c.bos_token_id = 151643;
+    c.eos_token_ids = {151643};
+  } else if (name == "qwen2-1.5b") {
+    c.hidden_size = 1536;
+    c.intermediate_size = 8960;
+    c.num_hidden_layers = 28;
+    c.num_attention_heads = 12;
+    c.num_key_value_heads = 2;
+    c.vocab_size = 151936;
+    c.max_position_embeddings = 131072;
+    c.bos_token_id = 151643;
+    c.eos_token_ids = {151643};
+  } else {
+    throw UsageError("unknown preset '" + name + "'", "", "use tiny, qwen2-0.5b or qwen2-1.5b");
+  }
+  c.generation.eos_token_ids = c.eos_token_ids;
+  return c;
+}
+
+void make_dirs(const std::string& dir) {
+  for (size_t pos = 1; pos <= dir.size(); ++pos) {
+    if (pos != dir.size() && dir[pos] != '/') continue;
+    std::string part = dir.substr(0, pos);
+    if (::mkdir(part.c_str(), 0755) != 0 && errno != EEXIST)
+      throw Error(std::string("cannot create directory: ") + std::strerror(errno), part);
+  }
+  if (!dir_exists(dir)) throw Error("not a directory", dir);
+}
+
+namespace {
+
+uint64_t hash_name(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (unsigned char ch : s) h = (h ^ ch) * 1099511628211ull;
+  return h;
+}
+
+bool is_norm(const std::string& name) {
+  return name.find("norm.weight") != std::string::npos;
+}
+
+// Fills one tensor; chunks have their own RNG streams so threads do not change the values.
+void fill_tensor(float* out, int64_t n, const std::string& name, uint64_t seed) {
+  constexpr int64_t kChunk = 1 << 16;
+  const bool norm = is_norm(name);
+  const uint64_t base = hash_name(name) ^ (seed * 0x9e3779b97f4a7c15ull);
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < (n + kChunk - 1) / kChunk; ++c) {
+    Rng rng(base + static_cast<uint64_t>(c) * 0xd1b54a32d192ed03ull);
+    const int64_t end = std::min(n, (c + 1) * kChunk);
+    for (int64_t i = c * kChunk; i < end; ++i) {
+      double z = rng.normal();
+      out[i] = static_cast<float>(norm ? 1.0 + 0.1 * z : 0.02 * z);
+    }
+  }
+}
+
+}  // namespace
+
+void write_random_model(const std::string& dir, const ModelConfig& config, uint64_t seed,
+                        DType dtype) {
+  config.validate("model shape");
+  if (dtype != DType::F32 && dtype != DType::BF16) throw UsageError("--dtype must be f32 or bf16");
+  make_dirs(dir);
+  ModelConfig c = config;
+  c.torch_dtype = dtype == DType::F32 ? "float32" : "bfloat16";
+
+  std::vector<TensorSpec> specs = qwen2_tensor_specs(c);
+  std::vector<std::vector<float>> f32_buffers;
+  std::vector<std::vector<uint16_t>> bf16_buffers;
+  std::vector<TensorToWrite> tensors;
+  for (const TensorSpec& spec : specs) {
+    const int64_t n = shape_numel(spec.shape);
+    std::vector<float> values(static_cast<size_t>(n));
+    fill_tensor(values.data(), n, spec.name, seed);
+    const void* data;
+    if (dtype == DType::BF16) {
+      std::vector<uint16_t> half(values.size());
+      for (size_t i = 0; i < values.size(); ++i) half[i] = float_to_bf16(values[i]);
+      bf16_buffers.push_back(std::move(half));
+      data = bf16_buffers.back().data();
+    } else {
+      f32_buffers.push_back(std::move(values));
+      data = f32_buffers.back().data();
+    }
+    tensors.push_back({spec.name, dtype, spec.shape, data});
+  }
+  write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+  write_file_atomic(dir + "/config.json", model_config_to_json(c).dump(2) + "\n");
+  write_file_atomic(dir + "/generation_config.json", generation_config_to_json(c).dump(2) + "\n");
+}
+
+}  // namespace loratune

@@ -1,0 +1,103 @@
+#include "model/weights.h"
+
+#include <cstring>
+
+#include "core/error.h"
+#include "core/half.h"
+
+namespace loratune {
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+}  // namespace
+
+std::vector<TensorSpec> qwen2_tensor_specs(const ModelConfig& c) {
+  const int64_t C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+  const int64_t QD = int64_t(c.num_attention_heads) * c.head_dim(), KVD = c.kv_dim();
+  std::vector<TensorSpec> specs = {{"model.embed_tokens.weight", {V, C}}};
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    specs.push_back({p + "input_layernorm.weight", {C}});
+    specs.push_back({p + "self_attn.q_proj.weight", {QD, C}});
+    specs.push_back({p + "self_attn.q_proj.bias", {QD}});
+    specs.push_back({p + "self_attn.k_proj.weight", {KVD, C}});
+    specs.push_back({p + "self_attn.k_proj.bias", {KVD}});
+    specs.push_back({p + "self_attn.v_proj.weight", {KVD, C}});
+    specs.push_back({p + "self_attn.v_proj.bias", {KVD}});
+    specs.push_back({p + "self_attn.o_proj.weight", {C, QD}});
+    specs.push_back({p + "post_attention_layernorm.weight", {C}});
+    specs.push_back({p + "mlp.gate_proj.weight", {F, C}});
+    specs.push_back({p + "mlp.up_proj.weight", {F, C}});
+    specs.push_back({p + "mlp.down_proj.weight", {C, F}});
+  }
+  specs.push_back({"model.norm.weight", {C}});
+  if (!c.tie_word_embeddings) specs.push_back({"lm_head.weight", {V, C}});
+  return specs;
+}
+
+int64_t qwen2_parameter_count(const ModelConfig& c) {
+  int64_t n = 0;
+  for (const TensorSpec& s : qwen2_tensor_specs(c)) n += shape_numel(s.shape);
+  return n;
+}
+
+ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config)
+    : store_(std::make_unique<TensorStore>(dir)) {
+  for (const TensorSpec& spec : qwen2_tensor_specs(config)) {
+    const TensorInfo& t = store_->get(spec.name);
+    if (t.shape != spec.shape)
+      throw Error("tensor '" + spec.name + "' has shape " + shape_str(t.shape) +
+                      " but config.json implies " + shape_str(spec.shape),
+                  dir, "config.json and the weights do not belong to the same model");
+    const size_t n = static_cast<size_t>(t.numel());
+    const float* ptr = nullptr;
+    if (t.dtype == DType::F32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0) {
+      ptr = reinterpret_cast<const float*>(t.data);
+    } else {
+      auto buf = std::make_unique<float[]>(n);
+      if (t.dtype == DType::F32) {
+        std::memcpy(buf.get(), t.data, n * sizeof(float));
+      } else if (t.dtype == DType::BF16 || t.dtype == DType::F16) {
+        for (size_t i = 0; i < n; ++i) {
+          uint16_t h;
+          std::memcpy(&h, t.data + 2 * i, 2);
+          buf[i] = t.dtype == DType::BF16 ? bf16_to_float(h) : f16_to_float(h);
+        }
+      } else {
+        throw Error(std::string("tensor '") + spec.name + "' has dtype " + dtype_name(t.dtype), dir,
+                    "weights must be F32, BF16 or F16");
+      }
+      ptr = buf.get();
+      owned_.push_back(std::move(buf));
+    }
+    by_name_.emplace_back(spec.name, ptr);
+    parameter_count_ += static_cast<int64_t>(n);
+  }
+  embed = find("model.embed_tokens.weight");
+  final_norm = find("model.norm.weight");
+  lm_head = config.tie_word_embeddings ? embed : find("lm_head.weight");
+  for (int l = 0; l < config.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    layers.push_back(
+        LayerWeights{find(p + "input_layernorm.weight"), find(p + "self_attn.q_proj.weight"),
+                     find(p + "self_attn.q_proj.bias"), find(p + "self_attn.k_proj.weight"),
+                     find(p + "self_attn.k_proj.bias"), find(p + "self_attn.v_proj.weight"),
+                     find(p + "self_attn.v_proj.bias"), find(p + "self_attn.o_proj.weight"),
+                     find(p + "post_attention_layernorm.weight"), find(p + "mlp.gate_proj.weight"),
+                     find(p + "mlp.up_proj.weight"), find(p + "mlp.down_proj.weight")});
+  }
+}
+
+const float* ModelWeights::find(const std::string& name) const {
+  for (const auto& [n, p] : by_name_)
+    if (n == name) return p;
+  return nullptr;
+}
+
+}  // namespace loratune

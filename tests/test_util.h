@@ -1,0 +1,87 @@
+// Helpers shared by the tests: scratch folders, running the CLI, reading outputs.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace loratune::test {
+
+inline std::string source_dir() {
+  return LORATUNE_SOURCE_DIR;
+}
+inline std::string shared_dir() {
+  return source_dir() + "/../shared";
+}
+inline std::string binary() {
+  return LORATUNE_BINARY;
+}
+
+// A fresh folder under the system temp dir, removed with the object.
+class TempDir {
+ public:
+  TempDir() {
+    const char* base = std::getenv("TMPDIR");
+    std::string tmpl = std::string(base ? base : "/tmp") + "/loratune_test_XXXXXX";
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    if (!mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = buf.data();
+  }
+  ~TempDir() { std::system(("rm -rf '" + path_ + "'").c_str()); }
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+struct CommandResult {
+  int status;
+  std::string output;  // stdout and stderr together
+};
+
+// Runs `loratune ARGS` through the shell and captures its output.
+inline CommandResult run_cli(const std::string& args) {
+  std::string cmd = "'" + binary() + "' " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return {-1, "popen failed"};
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int rc = pclose(p);
+  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc), out};
+}
+
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline void write_file(const std::string& path, const std::string& content) {
+  std::ofstream out(path, std::ios::binary);
+  out << content;
+}
+
+// A tiny model made once per test binary run (deterministic: same seed, same weights).
+inline const std::string& tiny_model_dir() {
+  static TempDir dir;
+  static bool made = [] {
+    CommandResult r = run_cli("init-model --preset tiny --seed 0 --out '" + dir.path() + "/m'");
+    if (r.status != 0) ADD_FAILURE() << r.output;
+    return true;
+  }();
+  (void)made;
+  static std::string path = dir.path() + "/m";
+  return path;
+}
+
+}  // namespace loratune::test
