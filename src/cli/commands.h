@@ -12,5 +12,6 @@ using Args = std::vector<std::string>;
 int run_init_model(const Args& args);
 int run_generate(const Args& args);
 int run_debug(const Args& args);
+int run_tokenize(const Args& args);
 
 }  // namespace loratune::cli

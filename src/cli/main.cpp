@@ -23,6 +23,8 @@ const Command kCommands[] = {
      loratune::cli::run_generate},
     {"debug", "tools for comparing loratune with other implementations (logits, ...)",
      loratune::cli::run_debug},
+    {"tokenize", "encode text to token ids (or decode ids) with a model's tokenizer",
+     loratune::cli::run_tokenize},
 };
 
 void print_usage(FILE* out) {

@@ -1,0 +1,49 @@
+// Prompt templates: how an instruction record becomes the text the model sees.
+//
+//   seed    "Instruction: {instruction}\nInput: {input}\nOutput: " + "{output}"
+//           (no Input line when the input is empty); a generation prompt is
+//           "Instruction: {prompt}\nOutput: ".
+//   chatml  Qwen2-Instruct's default: "<|im_start|>system\n{system}<|im_end|>\n"
+//           "<|im_start|>user\n{instruction[\n{input}]}<|im_end|>\n<|im_start|>assistant\n"
+//           + "{output}"; the answer ends with <|im_end|> (the template's end token).
+//
+// The prompt and the completion are returned apart: the data pipeline tokenizes them
+// separately, so the boundary is tokenized the same way in training and in generation, and
+// only the completion (plus the end token) carries labels.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace loratune::data {
+
+enum class TemplateKind { kSeed, kChatML };
+
+// "seed" or "chatml"; throws UsageError for anything else.
+TemplateKind parse_template_kind(std::string_view name);
+const char* template_name(TemplateKind kind);
+
+inline constexpr std::string_view kDefaultSystemPrompt = "You are a helpful assistant.";
+
+struct Example {
+  std::string instruction;
+  std::string input;
+  std::string output;
+  std::string system;  // chatml only; empty: kDefaultSystemPrompt
+};
+
+struct PromptParts {
+  std::string prompt;      // everything the model is given
+  std::string completion;  // what it learns to produce, without the end token
+};
+
+PromptParts apply_template(TemplateKind kind, const Example& example);
+
+// The prompt for generating an answer to `prompt` (no input field).
+std::string generation_prompt(TemplateKind kind, std::string_view prompt,
+                              std::string_view system = {});
+
+// The token that ends a completion: "<|endoftext|>" for seed, "<|im_end|>" for chatml.
+const char* template_end_token(TemplateKind kind);
+
+}  // namespace loratune::data

@@ -1,0 +1,95 @@
+// Byte-level BPE by merge rank, as Hugging Face tokenizers applies it: the lowest-ranked
+// adjacent pair is merged first, ties going to the leftmost pair, until no pair has a merge.
+// Short words use a flat array; long ones (thousands of bytes of one character class) a heap,
+// so that the work stays O(n log n). A per-thread word cache skips repeated words.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace loratune::tokenizer {
+
+uint64_t hash_bytes(std::string_view bytes);
+
+class BpeModel {
+ public:
+  BpeModel() = default;
+
+  // The token of each single byte (-1 where the vocabulary has none), and the unknown token
+  // used for such bytes (-1: drop them, as tokenizers does without an unk_token).
+  void set_byte_tokens(const int32_t (&ids)[256], int32_t unk_id, bool fuse_unk);
+  // Declares that merging (left, right) gives `merged`; rank is the merge's line number.
+  // A later merge of the same pair replaces the earlier one.
+  void add_merge(int32_t left, int32_t right, int32_t merged, uint32_t rank);
+  size_t merge_count() const { return count_; }
+
+  // Appends the ids of one pre-tokenized piece (raw bytes) to `out`.
+  void encode_word(std::string_view bytes, std::vector<int32_t>& out) const;
+
+  // The same, with the algorithm chosen by the caller (tests check both against each other).
+  void encode_word_flat(std::string_view bytes, std::vector<int32_t>& out) const;
+  void encode_word_heap(std::string_view bytes, std::vector<int32_t>& out) const;
+
+ private:
+  struct Slot {
+    uint64_t key;  // left << 32 | right; kEmpty when unused
+    uint32_t rank;
+    int32_t merged;
+  };
+  static constexpr uint64_t kEmpty = ~uint64_t{0};
+
+  const Slot* find(int32_t left, int32_t right) const {
+    uint64_t key =
+        (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
+    size_t i = static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift_);
+    for (;;) {
+      const Slot& s = slots_[i];
+      if (s.key == key) return &s;
+      if (s.key == kEmpty) return nullptr;
+      i = (i + 1) & (slots_.size() - 1);
+    }
+  }
+  uint32_t rank_of(int32_t left, int32_t right) const {
+    const Slot* s = find(left, right);
+    return s ? s->rank : UINT32_MAX;
+  }
+  void grow();
+  void initial_symbols(std::string_view bytes, std::vector<int32_t>& syms) const;
+
+  std::vector<Slot> slots_ = std::vector<Slot>(16, Slot{kEmpty, 0, 0});
+  int shift_ = 60;  // 64 - log2(slots_.size())
+  size_t count_ = 0;
+  int32_t byte_ids_[256] = {};
+  int32_t unk_id_ = -1;
+  bool fuse_unk_ = false;
+};
+
+// Cache of encoded words: word bytes -> ids. Bounded; cleared when full.
+class WordCache {
+ public:
+  WordCache();
+  // Appends the cached ids of `word` to `out` and returns true, or returns false.
+  bool lookup(std::string_view word, uint64_t hash, std::vector<int32_t>& out) const;
+  void insert(std::string_view word, uint64_t hash, const int32_t* ids, size_t n);
+  void clear();
+
+  static constexpr size_t kMaxWordBytes = 128;
+
+ private:
+  struct Entry {
+    uint64_t hash;
+    uint32_t key_off;
+    uint32_t key_len;  // 0: empty slot
+    uint32_t ids_off;
+    uint32_t ids_len;
+  };
+  std::vector<Entry> slots_;
+  std::string keys_;
+  std::vector<int32_t> ids_;
+  size_t used_ = 0;
+};
+
+}  // namespace loratune::tokenizer

@@ -1,0 +1,504 @@
+// Loading a tokenizer: tokenizer.json, or vocab.json + merges.txt (+ added_tokens.json), with
+// special tokens from tokenizer_config.json and config.json. The slow-file layout is first
+// turned into the tokenizer.json structure, so both go through one builder.
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_data.h"
+#include "tokenizer/unicode.h"
+
+namespace loratune::tokenizer {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Ids may have gaps, but a file must not make us allocate far more than it holds.
+constexpr int64_t kMaxId = (int64_t{1} << 24) - 1;
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    throw Error("cannot open file", path.string(), "check that the model folder is complete");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) throw Error("cannot read file", path.string());
+  return ss.str();
+}
+
+json parse_json(std::string_view text, const std::string& where) {
+  try {
+    return json::parse(text.begin(), text.end());
+  } catch (const json::exception& e) {
+    throw Error(std::string("not valid JSON: ") + e.what(), where);
+  }
+}
+
+const json* member(const json& obj, const char* key) {
+  if (!obj.is_object()) return nullptr;
+  auto it = obj.find(key);
+  return it == obj.end() || it->is_null() ? nullptr : &*it;
+}
+
+bool get_bool(const json& obj, const char* key, bool fallback, const std::string& where) {
+  const json* v = member(obj, key);
+  if (!v) return fallback;
+  if (!v->is_boolean()) throw Error(std::string("'") + key + "' must be true or false", where);
+  return v->get<bool>();
+}
+
+std::string get_string(const json& obj, const char* key, const std::string& where) {
+  const json* v = member(obj, key);
+  if (!v) return "";
+  if (!v->is_string()) throw Error(std::string("'") + key + "' must be a string", where);
+  return v->get<std::string>();
+}
+
+std::string type_of(const json& obj, const std::string& where) {
+  if (!obj.is_object()) throw Error("expected an object with a \"type\"", where);
+  return get_string(obj, "type", where);
+}
+
+int64_t get_id(const json& v, const std::string& where) {
+  if (!v.is_number_integer() && !v.is_number_unsigned())
+    throw Error("token id must be an integer", where);
+  int64_t id = v.is_number_unsigned() ? static_cast<int64_t>(std::min<uint64_t>(
+                                            v.get<uint64_t>(), static_cast<uint64_t>(kMaxId) + 1))
+                                      : v.get<int64_t>();
+  if (id < 0 || id > kMaxId)
+    throw Error("token id " + std::to_string(id) + " is out of range", where,
+                "ids must lie in 0.." + std::to_string(kMaxId));
+  return id;
+}
+
+Normalizer parse_normalizer(const json* n, const std::string& where) {
+  if (!n) return Normalizer::kNone;
+  std::string type = type_of(*n, where);
+  if (type == "NFC") return Normalizer::kNfc;
+  if (type == "Sequence") {
+    const json* list = member(*n, "normalizers");
+    if (!list || !list->is_array()) throw Error("'normalizers' must be a list", where);
+    Normalizer result = Normalizer::kNone;
+    for (const json& item : *list) {
+      if (parse_normalizer(&item, where) == Normalizer::kNfc) result = Normalizer::kNfc;
+    }
+    return result;
+  }
+  throw Error("unsupported normalizer '" + type + "'", where,
+              "loratune implements the NFC normalizer of Qwen2-style byte-level BPE");
+}
+
+void check_byte_level(const json& p, bool allow_regex, const std::string& where) {
+  if (get_bool(p, "add_prefix_space", false, where))
+    throw Error("ByteLevel add_prefix_space=true is not supported", where);
+  if (!allow_regex && get_bool(p, "use_regex", true, where))
+    throw Error("a ByteLevel pre-tokenizer after a Split must have use_regex=false", where);
+}
+
+SplitPattern parse_split(const json& p, const std::string& where) {
+  const json* pattern = member(p, "pattern");
+  const json* regex = pattern ? member(*pattern, "Regex") : nullptr;
+  if (!regex || !regex->is_string())
+    throw Error("the Split pre-tokenizer needs a {\"Regex\": ...} pattern", where);
+  std::string behavior = get_string(p, "behavior", where);
+  if (behavior != "Isolated" || get_bool(p, "invert", false, where))
+    throw Error("unsupported Split behavior '" + behavior + "'", where,
+                "loratune implements behavior \"Isolated\" without invert");
+  auto kind = split_pattern_from_regex(regex->get<std::string>());
+  if (!kind)
+    throw Error("unsupported pre-tokenizer regex " + regex->dump(), where,
+                "loratune implements the Qwen2, Llama-3 and GPT-2 split patterns");
+  return *kind;
+}
+
+SplitPattern parse_pre_tokenizer(const json* p, const std::string& where) {
+  if (!p) throw Error("missing pre_tokenizer", where, "a byte-level BPE needs one");
+  std::string type = type_of(*p, where);
+  if (type == "ByteLevel") {
+    check_byte_level(*p, true, where);
+    if (!get_bool(*p, "use_regex", true, where))
+      throw Error("a ByteLevel pre-tokenizer without regex is not supported", where);
+    return SplitPattern::kGpt2;
+  }
+  if (type == "Sequence") {
+    const json* list = member(*p, "pretokenizers");
+    if (list && list->is_array() && list->size() == 2 && type_of((*list)[0], where) == "Split" &&
+        type_of((*list)[1], where) == "ByteLevel") {
+      check_byte_level((*list)[1], false, where);
+      return parse_split((*list)[0], where);
+    }
+  }
+  throw Error("unsupported pre_tokenizer '" + type + "'", where,
+              "loratune implements Sequence[Split(regex), ByteLevel] and ByteLevel");
+}
+
+void parse_added_token(const json& t, AddedToken& a, const std::string& where) {
+  if (!t.is_object()) throw Error("an added token must be an object", where);
+  const json* content = member(t, "content");
+  if (!content || !content->is_string() || content->get<std::string>().empty())
+    throw Error("an added token needs a non-empty \"content\"", where);
+  a.content = content->get<std::string>();
+  a.special = get_bool(t, "special", a.special, where);
+  a.single_word = get_bool(t, "single_word", false, where);
+  a.lstrip = get_bool(t, "lstrip", false, where);
+  a.rstrip = get_bool(t, "rstrip", false, where);
+  a.normalized = get_bool(t, "normalized", !a.special, where);
+}
+
+// "<|endoftext|>" or {"content": "<|endoftext|>", ...} or null.
+std::string special_token_text(const json& config, const char* key, const std::string& where) {
+  const json* v = member(config, key);
+  if (!v) return "";
+  if (v->is_string()) return v->get<std::string>();
+  if (v->is_object()) return get_string(*v, "content", where + ": " + key);
+  throw Error(std::string("'") + key + "' must be a string or an object with \"content\"", where);
+}
+
+std::vector<int64_t> config_ids(const json& config, const char* key, const std::string& where) {
+  std::vector<int64_t> ids;
+  const json* v = member(config, key);
+  if (!v) return ids;
+  if (v->is_array()) {
+    for (const json& x : *v) ids.push_back(get_id(x, where + ": " + key));
+  } else {
+    ids.push_back(get_id(*v, where + ": " + key));
+  }
+  return ids;
+}
+
+std::atomic<uint64_t> next_uid{1};
+
+}  // namespace
+
+// Turns a parsed tokenizer.json (plus optional configs) into a Tokenizer.
+class TokenizerBuilder {
+ public:
+  static Tokenizer build(const json& root, const std::string& where, const json& tokenizer_config,
+                         const std::string& tc_where, const json& model_config,
+                         const std::string& mc_where);
+};
+
+Tokenizer TokenizerBuilder::build(const json& root, const std::string& where,
+                                  const json& tokenizer_config, const std::string& tc_where,
+                                  const json& model_config, const std::string& mc_where) {
+  auto d = std::make_shared<TokenizerData>();
+  d->uid = next_uid.fetch_add(1);
+  if (!root.is_object()) throw Error("a tokenizer.json must hold a JSON object", where);
+
+  // Model: vocabulary and merges.
+  const json* model = member(root, "model");
+  if (!model || !model->is_object()) throw Error("missing \"model\"", where);
+  const std::string mwhere = where + ": model";
+  if (std::string type = get_string(*model, "type", mwhere); !type.empty() && type != "BPE")
+    throw Error("unsupported model type '" + type + "'", mwhere, "loratune implements BPE");
+  if (const json* dropout = member(*model, "dropout");
+      dropout && !(dropout->is_number() && dropout->get<double>() == 0.0))
+    throw Error("BPE dropout is not supported", mwhere);
+  if (!get_string(*model, "continuing_subword_prefix", mwhere).empty() ||
+      !get_string(*model, "end_of_word_suffix", mwhere).empty())
+    throw Error("continuing_subword_prefix / end_of_word_suffix are not supported", mwhere,
+                "loratune implements byte-level BPE as used by Qwen2");
+  if (get_bool(*model, "byte_fallback", false, mwhere))
+    throw Error("byte_fallback is not supported", mwhere);
+  d->ignore_merges = get_bool(*model, "ignore_merges", false, mwhere);
+
+  const json* vocab = member(*model, "vocab");
+  if (!vocab || !vocab->is_object())
+    throw Error("\"vocab\" must be an object of token -> id", mwhere);
+  int64_t max_id = -1;
+  for (auto it = vocab->begin(); it != vocab->end(); ++it)
+    max_id = std::max(max_id, get_id(it.value(), mwhere + ".vocab[\"" + it.key() + "\"]"));
+
+  std::vector<AddedToken> added;
+  if (const json* list = member(root, "added_tokens")) {
+    if (!list->is_array()) throw Error("\"added_tokens\" must be a list", where);
+    for (size_t i = 0; i < list->size(); ++i) {
+      std::string w = where + ": added_tokens[" + std::to_string(i) + "]";
+      AddedToken a;
+      parse_added_token((*list)[i], a, w);
+      const json* id = member((*list)[i], "id");
+      if (!id) throw Error("an added token needs an \"id\"", w);
+      a.id = static_cast<int32_t>(get_id(*id, w));
+      max_id = std::max<int64_t>(max_id, a.id);
+      added.push_back(std::move(a));
+    }
+  }
+  // Entries of tokenizer_config.json's added_tokens_decoder that tokenizer.json lacks.
+  if (const json* dec = member(tokenizer_config, "added_tokens_decoder")) {
+    if (!dec->is_object()) throw Error("\"added_tokens_decoder\" must be an object", tc_where);
+    for (auto it = dec->begin(); it != dec->end(); ++it) {
+      std::string w = tc_where + ": added_tokens_decoder[\"" + it.key() + "\"]";
+      int64_t id = -1;
+      try {
+        size_t used = 0;
+        id = std::stoll(it.key(), &used);
+        if (used != it.key().size()) id = -1;
+      } catch (const std::exception&) {
+        id = -1;
+      }
+      if (id < 0 || id > kMaxId) throw Error("the key must be a token id", w);
+      bool known = false;
+      for (const AddedToken& a : added) known = known || a.id == id;
+      if (known) continue;
+      AddedToken a;
+      a.special = true;
+      parse_added_token(it.value(), a, w);
+      a.id = static_cast<int32_t>(id);
+      max_id = std::max(max_id, id);
+      added.push_back(std::move(a));
+    }
+  }
+  size_t vocab_entries = vocab->size() + added.size();
+  if (max_id >= static_cast<int64_t>(2 * vocab_entries + 1024))
+    throw Error("token ids are too sparse: largest id " + std::to_string(max_id) + " for " +
+                    std::to_string(vocab_entries) + " tokens",
+                where, "ids must be (nearly) consecutive from 0");
+
+  const size_t n = static_cast<size_t>(max_id + 1);
+  d->token_strings.assign(n, "");
+  d->token_bytes.assign(n, "");
+  d->flags.assign(n, 0);
+  d->token_ids.reserve(vocab_entries);
+  for (auto it = vocab->begin(); it != vocab->end(); ++it) {
+    auto id = static_cast<size_t>(it.value().get<int64_t>());
+    if (d->flags[id])
+      throw Error("token id " + std::to_string(id) + " is used twice", mwhere + ".vocab",
+                  "each id must name one token");
+    d->flags[id] = TokenizerData::kValid;
+    d->token_strings[id] = it.key();
+    d->token_ids.emplace(it.key(), static_cast<int32_t>(id));
+  }
+
+  // Bytes of each vocabulary token: byte-level characters mapped back to bytes; a token with
+  // any other character decodes to its own UTF-8 (as the ByteLevel decoder does).
+  int16_t byte_of[324];
+  std::fill(std::begin(byte_of), std::end(byte_of), int16_t{-1});
+  for (int b = 0; b < 256; ++b) byte_of[byte_level_char(static_cast<unsigned char>(b))] = b;
+  auto bytes_of = [&](const std::string& s) {
+    std::string out;
+    size_t i = 0;
+    while (i < s.size()) {
+      char32_t cp = next_code_point(s, i);
+      if (cp >= 324 || byte_of[cp] < 0) return s;
+      out.push_back(static_cast<char>(byte_of[cp]));
+    }
+    return out;
+  };
+  for (size_t id = 0; id < n; ++id)
+    if (d->flags[id]) d->token_bytes[id] = bytes_of(d->token_strings[id]);
+
+  for (int b = 0; b < 256; ++b) {
+    std::string s;
+    append_utf8(s, byte_level_char(static_cast<unsigned char>(b)));
+    auto it = d->token_ids.find(s);
+    d->byte_ids[b] = it == d->token_ids.end() ? -1 : it->second;
+  }
+  int32_t unk = -1;
+  if (std::string u = get_string(*model, "unk_token", mwhere); !u.empty()) {
+    auto it = d->token_ids.find(u);
+    if (it == d->token_ids.end())
+      throw Error("unk_token '" + u + "' is not in the vocabulary", mwhere);
+    unk = it->second;
+  }
+  d->bpe.set_byte_tokens(d->byte_ids, unk, get_bool(*model, "fuse_unk", false, mwhere));
+
+  const json* merges = member(*model, "merges");
+  if (merges && !merges->is_array()) throw Error("\"merges\" must be a list", mwhere);
+  if (merges) {
+    std::string joined;
+    for (size_t rank = 0; rank < merges->size(); ++rank) {
+      const json& m = (*merges)[rank];
+      std::string left, right;
+      if (m.is_string()) {
+        const std::string& s = m.get_ref<const std::string&>();
+        size_t sp = s.find(' ');
+        if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos)
+          throw Error("merge \"" + s + "\" must be two tokens separated by one space",
+                      mwhere + ".merges[" + std::to_string(rank) + "]");
+        left = s.substr(0, sp);
+        right = s.substr(sp + 1);
+      } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
+        left = m[0].get<std::string>();
+        right = m[1].get<std::string>();
+      } else {
+        throw Error("a merge must be \"a b\" or [\"a\", \"b\"]",
+                    mwhere + ".merges[" + std::to_string(rank) + "]");
+      }
+      auto lookup = [&](const std::string& token) {
+        auto it = d->token_ids.find(token);
+        if (it == d->token_ids.end())
+          throw Error("merge names unknown token '" + token + "'",
+                      mwhere + ".merges[" + std::to_string(rank) + "]",
+                      "every merge must join two tokens of the vocabulary");
+        return it->second;
+      };
+      int32_t a = lookup(left), b = lookup(right);
+      joined = left + right;
+      int32_t merged = lookup(joined);
+      d->bpe.add_merge(a, b, merged, static_cast<uint32_t>(rank));
+    }
+  }
+  if (d->ignore_merges)
+    for (size_t id = 0; id < n; ++id)
+      if (d->flags[id]) d->raw_word_ids.emplace(d->token_bytes[id], static_cast<int32_t>(id));
+
+  // Added tokens override the vocabulary's spelling of their id.
+  for (const AddedToken& a : added) {
+    d->flags[a.id] = TokenizerData::kValid | (a.special ? TokenizerData::kSpecial : 0);
+    d->token_strings[a.id] = a.content;
+    d->token_bytes[a.id] = bytes_of(a.content);
+    d->token_ids[a.content] = a.id;
+  }
+  d->added = std::move(added);
+  if (d->added.size() > 65535) throw Error("too many added tokens", where);
+  d->raw_matcher.build(d->added, false);
+  d->normalized_matcher.build(d->added, true);
+
+  d->normalizer = parse_normalizer(member(root, "normalizer"), where + ": normalizer");
+  d->pattern = parse_pre_tokenizer(member(root, "pre_tokenizer"), where + ": pre_tokenizer");
+  const json* decoder = member(root, "decoder");
+  if (!decoder || type_of(*decoder, where + ": decoder") != "ByteLevel")
+    throw Error("unsupported or missing decoder", where + ": decoder",
+                "loratune implements the ByteLevel decoder");
+
+  // Special ids: tokenizer_config.json first, config.json for what it leaves open.
+  auto resolve = [&](const char* key) -> int32_t {
+    std::string text = special_token_text(tokenizer_config, key, tc_where);
+    if (text.empty()) return -1;
+    auto it = d->token_ids.find(text);
+    if (it == d->token_ids.end())
+      throw Error(std::string(key) + " '" + text + "' is not a token of this tokenizer", tc_where);
+    return it->second;
+  };
+  d->eos = resolve("eos_token");
+  d->bos = resolve("bos_token");
+  d->pad = resolve("pad_token");
+  std::vector<int64_t> config_eos = config_ids(model_config, "eos_token_id", mc_where);
+  auto first_valid = [&](const std::vector<int64_t>& ids) -> int32_t {
+    for (int64_t id : ids)
+      if (id < static_cast<int64_t>(n) && d->flags[id]) return static_cast<int32_t>(id);
+    return -1;
+  };
+  if (d->eos < 0) d->eos = first_valid(config_eos);
+  if (d->bos < 0) d->bos = first_valid(config_ids(model_config, "bos_token_id", mc_where));
+  if (d->pad < 0) d->pad = first_valid(config_ids(model_config, "pad_token_id", mc_where));
+  if (d->eos >= 0) d->stop_ids.push_back(d->eos);
+  for (int64_t id : config_eos)
+    if (id < static_cast<int64_t>(n) && d->flags[id] &&
+        std::find(d->stop_ids.begin(), d->stop_ids.end(), id) == d->stop_ids.end())
+      d->stop_ids.push_back(static_cast<int32_t>(id));
+
+  return Tokenizer(std::move(d));
+}
+
+namespace {
+
+json load_optional_json(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return json::object();
+  return parse_json(read_file(path), path.string());
+}
+
+// The tokenizer.json structure for a vocab.json + merges.txt folder (Qwen2Tokenizer's rules).
+json json_from_slow_files(const fs::path& dir, const json& tokenizer_config) {
+  const fs::path vocab_path = dir / "vocab.json", merges_path = dir / "merges.txt";
+  json root = json::object();
+  root["normalizer"] = {{"type", "NFC"}};
+  root["pre_tokenizer"] = {
+      {"type", "Sequence"},
+      {"pretokenizers",
+       {{{"type", "Split"},
+         {"pattern", {{"Regex", std::string(split_pattern_regex(SplitPattern::kQwen2))}}},
+         {"behavior", "Isolated"},
+         {"invert", false}},
+        {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
+  root["decoder"] = {{"type", "ByteLevel"}};
+  json model = {{"type", "BPE"}};
+  model["vocab"] = parse_json(read_file(vocab_path), vocab_path.string());
+  json merges = json::array();
+  std::istringstream lines(read_file(merges_path));
+  std::string line;
+  for (size_t number = 1; std::getline(lines, line); ++number) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty() || (number == 1 && line.rfind("#version", 0) == 0)) continue;
+    if (!is_valid_utf8(line))
+      throw Error("merges.txt is not valid UTF-8",
+                  merges_path.string() + ":" + std::to_string(number));
+    size_t sp = line.find(' ');
+    if (sp == std::string::npos || line.find(' ', sp + 1) != std::string::npos)
+      throw Error("a merge line must be two tokens separated by one space",
+                  merges_path.string() + ":" + std::to_string(number));
+    merges.push_back(json::array({line.substr(0, sp), line.substr(sp + 1)}));
+  }
+  model["merges"] = std::move(merges);
+  root["model"] = std::move(model);
+
+  // added_tokens.json: content -> id. Flags come from added_tokens_decoder when it lists the id;
+  // otherwise a token is special when the config names it as one.
+  json added = json::array();
+  const fs::path added_path = dir / "added_tokens.json";
+  json added_map = load_optional_json(added_path);
+  if (!added_map.is_object()) throw Error("expected an object of token -> id", added_path.string());
+  std::vector<std::string> special_names;
+  for (const char* key : {"eos_token", "bos_token", "pad_token", "unk_token"}) {
+    std::string s = special_token_text(tokenizer_config, key, "tokenizer_config.json");
+    if (!s.empty()) special_names.push_back(s);
+  }
+  if (const json* extra = member(tokenizer_config, "additional_special_tokens");
+      extra && extra->is_array())
+    for (const json& e : *extra)
+      if (e.is_string()) special_names.push_back(e.get<std::string>());
+  for (auto it = added_map.begin(); it != added_map.end(); ++it) {
+    bool special =
+        std::find(special_names.begin(), special_names.end(), it.key()) != special_names.end();
+    added.push_back({{"id", it.value()},
+                     {"content", it.key()},
+                     {"special", special},
+                     {"normalized", !special}});
+  }
+  root["added_tokens"] = std::move(added);
+  return root;
+}
+
+}  // namespace
+
+Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, const std::string& where) {
+  return TokenizerBuilder::build(parse_json(tokenizer_json, where), where, json::object(), "",
+                                 json::object(), "");
+}
+
+Tokenizer Tokenizer::load(const std::string& path) {
+  std::error_code ec;
+  fs::path p(path);
+  if (fs::is_regular_file(p, ec)) {
+    fs::path dir = p.parent_path();
+    json tc = load_optional_json(dir / "tokenizer_config.json");
+    json mc = load_optional_json(dir / "config.json");
+    return TokenizerBuilder::build(parse_json(read_file(p), p.string()), p.string(), tc,
+                                   (dir / "tokenizer_config.json").string(), mc,
+                                   (dir / "config.json").string());
+  }
+  if (!fs::is_directory(p, ec))
+    throw Error("no such model folder", path, "pass the folder that holds tokenizer.json");
+  const fs::path tc_path = p / "tokenizer_config.json", mc_path = p / "config.json";
+  json tc = load_optional_json(tc_path);
+  json mc = load_optional_json(mc_path);
+  if (fs::is_regular_file(p / "tokenizer.json", ec)) {
+    const fs::path tj = p / "tokenizer.json";
+    return TokenizerBuilder::build(parse_json(read_file(tj), tj.string()), tj.string(), tc,
+                                   tc_path.string(), mc, mc_path.string());
+  }
+  if (fs::is_regular_file(p / "vocab.json", ec) && fs::is_regular_file(p / "merges.txt", ec))
+    return TokenizerBuilder::build(json_from_slow_files(p, tc), (p / "vocab.json").string(), tc,
+                                   tc_path.string(), mc, mc_path.string());
+  throw Error("no tokenizer in the model folder", path,
+              "expected tokenizer.json, or vocab.json and merges.txt");
+}
+
+}  // namespace loratune::tokenizer

@@ -1,0 +1,298 @@
+// Encoding and decoding with a loaded tokenizer.
+#include "tokenizer/tokenizer.h"
+
+#include <algorithm>
+
+#include "tokenizer/tokenizer_data.h"
+#include "tokenizer/unicode.h"
+
+namespace loratune::tokenizer {
+
+// ---------------------------------------------------------------------------------------------
+// Added tokens
+
+void AddedTokenMatcher::build(const std::vector<AddedToken>& tokens, bool normalized) {
+  tokens_.clear();
+  for (const AddedToken& t : tokens)
+    if (t.normalized == normalized && !t.content.empty()) tokens_.push_back(t);
+  std::stable_sort(tokens_.begin(), tokens_.end(), [](const AddedToken& a, const AddedToken& b) {
+    return a.content.size() > b.content.size();
+  });
+  for (auto& v : by_first_byte_) v.clear();
+  for (size_t i = 0; i < tokens_.size(); ++i)
+    by_first_byte_[static_cast<unsigned char>(tokens_[i].content[0])].push_back(
+        static_cast<uint16_t>(i));
+}
+
+namespace {
+
+// The code point that ends at byte `end` (exclusive) of valid UTF-8.
+char32_t code_point_before(std::string_view text, size_t end) {
+  size_t start = end - 1;
+  while (start > 0 && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) --start;
+  return next_code_point(text, start);
+}
+
+bool is_word_char(char32_t cp) {
+  CharClass c = char_class(cp);
+  return c == CharClass::kLetter || c == CharClass::kNumber || cp == '_';
+}
+
+bool is_white_space(char32_t cp) {
+  CharClass c = char_class(cp);
+  return c == CharClass::kSpace || c == CharClass::kNewline;
+}
+
+}  // namespace
+
+bool AddedTokenMatcher::next(std::string_view text, size_t from, bool split_special,
+                             Match& match) const {
+  size_t p = from;
+  while (p < text.size()) {
+    const std::vector<uint16_t>& candidates = by_first_byte_[static_cast<unsigned char>(text[p])];
+    const AddedToken* found = nullptr;
+    for (uint16_t i : candidates) {
+      const AddedToken& t = tokens_[i];
+      if (text.compare(p, t.content.size(), t.content) == 0) {
+        found = &t;
+        break;
+      }
+    }
+    if (!found) {
+      ++p;
+      continue;
+    }
+    size_t begin = p, end = p + found->content.size();
+    bool skip = split_special && found->special;
+    if (found->single_word) {
+      if (begin > 0 && is_word_char(code_point_before(text, begin))) skip = true;
+      size_t q = end;
+      if (end < text.size() && is_word_char(next_code_point(text, q))) skip = true;
+    }
+    if (skip) {  // the match is consumed without producing a token, as tokenizers does
+      p = end;
+      continue;
+    }
+    if (found->lstrip)
+      while (begin > from && is_white_space(code_point_before(text, begin))) {
+        --begin;
+        while (begin > from && (static_cast<unsigned char>(text[begin]) & 0xC0) == 0x80) --begin;
+      }
+    if (found->rstrip)
+      while (end < text.size()) {
+        size_t q = end;
+        if (!is_white_space(next_code_point(text, q))) break;
+        end = q;
+      }
+    match = Match{begin, end, found->id};
+    return true;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+namespace {
+
+struct ThreadState {
+  uint64_t owner = 0;
+  WordCache cache;
+  std::vector<Piece> pieces;
+};
+
+ThreadState& thread_state(uint64_t uid) {
+  thread_local ThreadState state;
+  if (state.owner != uid) {
+    state.cache.clear();
+    state.owner = uid;
+  }
+  return state;
+}
+
+// Pre-tokenizes and BPE-encodes normalised text that holds no added tokens.
+void encode_plain(const TokenizerData& d, std::string_view text, std::vector<int32_t>& ids) {
+  if (text.empty()) return;
+  ThreadState& st = thread_state(d.uid);
+  pre_tokenize(d.pattern, text, st.pieces);
+  for (const Piece& piece : st.pieces) {
+    std::string_view word = text.substr(piece.begin, piece.end - piece.begin);
+    if (word.size() == 1) {
+      int32_t id = d.byte_ids[static_cast<unsigned char>(word[0])];
+      if (id >= 0) {
+        ids.push_back(id);
+        continue;
+      }
+    }
+    if (d.ignore_merges) {
+      auto it = d.raw_word_ids.find(std::string(word));
+      if (it != d.raw_word_ids.end()) {
+        ids.push_back(it->second);
+        continue;
+      }
+    }
+    if (word.size() > WordCache::kMaxWordBytes) {
+      d.bpe.encode_word(word, ids);
+      continue;
+    }
+    uint64_t h = hash_bytes(word);
+    if (st.cache.lookup(word, h, ids)) continue;
+    size_t start = ids.size();
+    d.bpe.encode_word(word, ids);
+    st.cache.insert(word, h, ids.data() + start, ids.size() - start);
+  }
+}
+
+// Normalises a stretch of raw text between added tokens, then matches normalized added tokens.
+void encode_segment(const TokenizerData& d, std::string_view text, const EncodeOptions& options,
+                    std::vector<int32_t>& ids) {
+  if (text.empty()) return;
+  std::string normalised;
+  if (d.normalizer == Normalizer::kNfc && nfc_if_needed(text, normalised)) text = normalised;
+  if (d.normalized_matcher.empty()) {
+    encode_plain(d, text, ids);
+    return;
+  }
+  size_t pos = 0;
+  AddedTokenMatcher::Match m;
+  while (d.normalized_matcher.next(text, pos, options.split_special, m)) {
+    encode_plain(d, text.substr(pos, m.begin - pos), ids);
+    ids.push_back(m.id);
+    pos = m.end;
+  }
+  encode_plain(d, text.substr(pos), ids);
+}
+
+}  // namespace
+
+void Tokenizer::encode_into(std::string_view text, std::vector<int32_t>& ids,
+                            const EncodeOptions& options) const {
+  const TokenizerData& d = *data_;
+  std::string repaired;
+  if (!is_valid_utf8(text)) {
+    repaired = utf8_lossy(text);
+    text = repaired;
+  }
+  size_t pos = 0;
+  AddedTokenMatcher::Match m;
+  while (d.raw_matcher.next(text, pos, options.split_special, m)) {
+    encode_segment(d, text.substr(pos, m.begin - pos), options, ids);
+    ids.push_back(m.id);
+    pos = m.end;
+  }
+  encode_segment(d, text.substr(pos), options, ids);
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text, const EncodeOptions& options) const {
+  std::vector<int32_t> ids;
+  ids.reserve(text.size() / 3 + 4);
+  encode_into(text, ids, options);
+  return ids;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding and lookups
+
+bool Tokenizer::is_valid(int32_t id) const {
+  return id >= 0 && static_cast<size_t>(id) < data_->flags.size() &&
+         (data_->flags[id] & TokenizerData::kValid);
+}
+
+bool Tokenizer::is_special(int32_t id) const {
+  return is_valid(id) && (data_->flags[id] & TokenizerData::kSpecial);
+}
+
+std::string_view Tokenizer::token_bytes(int32_t id) const {
+  return is_valid(id) ? std::string_view(data_->token_bytes[id]) : std::string_view();
+}
+
+std::string_view Tokenizer::token_string(int32_t id) const {
+  return is_valid(id) ? std::string_view(data_->token_strings[id]) : std::string_view();
+}
+
+std::optional<int32_t> Tokenizer::token_id(std::string_view token) const {
+  auto it = data_->token_ids.find(std::string(token));
+  if (it == data_->token_ids.end()) return std::nullopt;
+  return it->second;
+}
+
+std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) const {
+  std::string bytes;
+  for (int32_t id : ids) {
+    if (!is_valid(id) || (skip_special && is_special(id))) continue;
+    bytes += data_->token_bytes[id];
+  }
+  if (is_valid_utf8(bytes)) return bytes;
+  return utf8_lossy(bytes);
+}
+
+int32_t Tokenizer::vocab_size() const {
+  return static_cast<int32_t>(data_->flags.size());
+}
+const std::vector<AddedToken>& Tokenizer::added_tokens() const {
+  return data_->added;
+}
+int32_t Tokenizer::eos_id() const {
+  return data_->eos;
+}
+int32_t Tokenizer::bos_id() const {
+  return data_->bos;
+}
+int32_t Tokenizer::pad_id() const {
+  return data_->pad;
+}
+const std::vector<int32_t>& Tokenizer::stop_ids() const {
+  return data_->stop_ids;
+}
+
+std::string StreamDecoder::push(int32_t id) {
+  std::string out;
+  if (!tokenizer_.is_valid(id) || (skip_special_ && tokenizer_.is_special(id))) return out;
+  pending_ += tokenizer_.token_bytes(id);
+  size_t held = append_utf8_lossy_partial(out, pending_);
+  pending_.erase(0, pending_.size() - held);
+  return out;
+}
+
+std::string StreamDecoder::finish() {
+  std::string out;
+  append_utf8_lossy(out, pending_);
+  pending_.clear();
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Byte-level alphabet
+
+namespace {
+
+struct ByteLevelTable {
+  char32_t chars[256];
+  ByteLevelTable() {
+    int next = 0;
+    for (int b = 0; b < 256; ++b) {
+      bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+      chars[b] = printable ? static_cast<char32_t>(b) : static_cast<char32_t>(256 + next++);
+    }
+  }
+};
+
+const ByteLevelTable& byte_level_table() {
+  static const ByteLevelTable table;
+  return table;
+}
+
+}  // namespace
+
+char32_t byte_level_char(unsigned char byte) {
+  return byte_level_table().chars[byte];
+}
+
+std::string byte_level_string(std::string_view bytes) {
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (char c : bytes) append_utf8(out, byte_level_char(static_cast<unsigned char>(c)));
+  return out;
+}
+
+}  // namespace loratune::tokenizer
