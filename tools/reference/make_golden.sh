@@ -37,29 +37,35 @@ run() {  # echo, record, run
 }
 ref() { run "$PY" tools/reference/qwen2_ref.py "$@"; }
 
+have_lt() { "$LT" "$@" --help >/dev/null 2>&1; }
+py_model() {  # the Python writer takes the same flags except --preset (its defaults are tiny's)
+  local a=() skip=0 x
+  for x in "$@"; do
+    if [[ $skip == 1 ]]; then skip=0; continue; fi
+    if [[ $x == --preset ]]; then skip=1; continue; fi
+    a+=("$x")
+  done
+  ref make-model "${a[@]}"
+}
 if [[ $REF_MODELS == loratune ]]; then
-  if ! "$LT" init-model --help >/dev/null 2>&1; then
+  if ! have_lt init-model; then
     echo "make_golden: $LT init-model is not available (build it, or set REF_MODELS=python)" >&2
     exit 2
   fi
-  mk_model() { run "$LT" init-model "$@"; }          # --preset tiny ... --out DIR
-  mk_adapter() { run "$LT" debug init-adapter "$@"; }
+  mk_model() { run "$LT" init-model --threads 1 "$@"; }
+  if have_lt debug init-adapter; then
+    mk_adapter() { run "$LT" debug init-adapter "$@"; }
+  else
+    echo "make_golden: $LT has no 'debug init-adapter' yet; adapters come from the Python writer" >&2
+    mk_adapter() { ref init-adapter "$@"; }
+  fi
 else
-  # Same shapes from the Python writer (tiny = 2 layers, hidden 64, 4 heads, 2 kv heads,
-  # intermediate 128, vocab 512, tied head).
-  mk_model() {
-    local a=() preset=0
-    for x in "$@"; do
-      if [[ $preset == 1 ]]; then preset=0; continue; fi
-      if [[ $x == --preset ]]; then preset=1; continue; fi
-      a+=("$x")
-    done
-    ref make-model "${a[@]}"
-  }
+  mk_model() { py_model "$@"; }
   mk_adapter() { ref init-adapter "$@"; }
 fi
 
-rm -rf "$M" "$A"
+# only this script's folders are replaced; other golden files are left alone
+rm -rf $M/tiny $M/tiny_bf16 $M/odd $M/sharp $A/tiny_qv $A/tiny_all $A/odd_all $A/sharp_all $A/tiny_qv_rslora
 mkdir -p "$M" "$A"
 
 # ---- models and adapters
@@ -70,6 +76,11 @@ mk_model --preset tiny --num-hidden-layers 3 --num-attention-heads 6 --num-key-v
 mk_adapter --model $M/tiny --out $A/tiny_qv --lora-r 4 --target-modules q_proj,v_proj --b-std 0.02 --seed 1
 mk_adapter --model $M/tiny --out $A/tiny_all --lora-r 4 --target-modules all-linear --b-std 0.02 --seed 2
 mk_adapter --model $M/odd --out $A/odd_all --lora-r 4 --target-modules all-linear --b-std 0.02 --seed 3
+# "sharp": larger random weights from the Python writer (embeddings std 0.5, projections
+# 1/sqrt(in)) so that attention is far from uniform and layout mistakes (RoPE pairs, GQA
+# mapping) move the logits by whole units; untied lm_head; written as 2 shards + index.
+ref make-model --seed 5 --untied --shards 2 --out $M/sharp
+ref init-adapter --model $M/sharp --out $A/sharp_all --lora-r 4 --target-modules all-linear --b-std 0.2 --seed 4
 # rsLoRA variant of tiny_qv: same tensors, use_rslora true and lora_alpha 16 (scale 16/sqrt(4) = 8)
 run mkdir -p $A/tiny_qv_rslora
 run cp $A/tiny_qv/adapter_model.safetensors $A/tiny_qv_rslora/
@@ -89,6 +100,7 @@ ref logits --double --model $M/tiny --ids "$BATCH" --out $G/logits_tiny_batch.sa
 ref logits --double --model $M/odd --ids "$ONE" --out $G/logits_odd_1seq.safetensors
 ref logits --double --model $M/odd --ids "$BATCH" --out $G/logits_odd_batch.safetensors
 ref logits --double --model $M/tiny_bf16 --ids "$BATCH" --out $G/logits_tiny_bf16_batch.safetensors
+ref logits --double --model $M/sharp --ids "$BATCH" --out $G/logits_sharp_batch.safetensors
 ref logits --double --model $M/tiny --adapter $A/tiny_all --ids "$BATCH" --out $G/logits_tiny_adapter_all_batch.safetensors
 
 # ---- loss + LoRA gradients (float64, written as float32)
@@ -96,6 +108,7 @@ ref grads --model $M/tiny --adapter $A/tiny_qv --ids "$TRAIN_IDS" --labels "$TRA
 ref grads --model $M/tiny --adapter $A/tiny_all --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_tiny_all.safetensors
 ref grads --model $M/tiny --adapter $A/tiny_qv_rslora --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_tiny_qv_rslora.safetensors
 ref grads --model $M/odd --adapter $A/odd_all --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_odd_all.safetensors
+ref grads --model $M/sharp --adapter $A/sharp_all --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_sharp_all.safetensors
 ref grads --model $M/tiny --adapter $A/tiny_qv --ids "$TRAIN_IDS" --out $G/grads_tiny_qv_default_labels.safetensors
 
 # ---- AdamW runs (float64)
@@ -104,7 +117,7 @@ ref adamw --model $M/tiny --adapter $A/tiny_qv --ids "$TRAIN_IDS" --labels "$TRA
 ref adamw --model $M/tiny --adapter $A/tiny_all --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --steps 10 --lr 2e-3 \
   --weight-decay 0.1 --max-grad-norm 0.05 --warmup-steps 3 --out $G/adamw_tiny_all_warmup_clip_10steps.safetensors
 ref adamw --model $M/tiny --adapter $A/tiny_qv --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --steps 10 --lr 1e-3 \
-  --weight-decay 0.01 --max-grad-norm 100 --warmup-steps 0 --out $G/adamw_tiny_qv_noclip_10steps.safetensors
+  --weight-decay 0.01 --max-grad-norm 0.48 --warmup-steps 0 --out $G/adamw_tiny_qv_clip_partial_10steps.safetensors
 
 # ---- record the commands in tests/golden/README.md (between the markers)
 "$PY" - "$G/README.md" "$LOG" <<'EOF'
@@ -120,5 +133,5 @@ else:
     text = text.rstrip("\n") + "\n\n" + block + "\n"
 open(readme, "w").write(text)
 EOF
-du -sh $G
+du -sh $M/* $A/*
 ls -l $G
