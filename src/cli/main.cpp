@@ -55,7 +55,8 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  std::fprintf(stderr, "loratune: unknown command '%s'\n\n", argv[1]);
-  print_usage(stderr);
+  std::fprintf(stderr,
+               "loratune: error: unknown command '%s'; run 'loratune --help' for the list\n",
+               argv[1]);
   return 2;
 }

@@ -1,0 +1,90 @@
+// The fast fp32 kernels against their scalar references, on odd sizes.
+#include <cmath>
+#include <vector>
+
+#include "core/rng.h"
+#include "ops/ops.h"
+#include "ops/ref/forward_ref.h"
+#include "test_util.h"
+
+namespace loratune {
+namespace {
+
+std::vector<float> random_vec(size_t n, uint64_t seed, float scale = 1.0f) {
+  Rng rng(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) x = static_cast<float>(rng.normal()) * scale;
+  return v;
+}
+
+void expect_close(const std::vector<float>& a, const std::vector<float>& b, float tol) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], tol) << "at " << i;
+}
+
+TEST(OpsForward, Linear) {
+  const int N = 7, in = 13, out = 11;
+  auto x = random_vec(N * in, 1), w = random_vec(out * in, 2), b = random_vec(out, 3);
+  std::vector<float> y(N * out), y_ref(N * out);
+  ops::linear_forward(y.data(), x.data(), w.data(), b.data(), N, in, out);
+  ref::linear_forward(y_ref.data(), x.data(), w.data(), b.data(), N, in, out);
+  expect_close(y, y_ref, 1e-4f);
+  ops::linear_forward(y.data(), x.data(), w.data(), nullptr, N, in, out);
+  ref::linear_forward(y_ref.data(), x.data(), w.data(), static_cast<const float*>(nullptr), N, in,
+                      out);
+  expect_close(y, y_ref, 1e-4f);
+  std::vector<float> acc = y;
+  ops::linear_accumulate(acc.data(), x.data(), w.data(), N, in, out);
+  for (size_t i = 0; i < acc.size(); ++i) ASSERT_NEAR(acc[i], 2 * y_ref[i], 2e-4f);
+}
+
+TEST(OpsForward, RmsNorm) {
+  const int N = 5, C = 37;
+  auto x = random_vec(N * C, 4), w = random_vec(C, 5);
+  std::vector<float> y(N * C), y_ref(N * C), r(N), r_ref(N);
+  ops::rmsnorm_forward(y.data(), r.data(), x.data(), w.data(), N, C, 1e-6f);
+  ref::rmsnorm_forward(y_ref.data(), r_ref.data(), x.data(), w.data(), N, C, 1e-6f);
+  expect_close(y, y_ref, 1e-5f);
+  expect_close(r, r_ref, 1e-5f);
+}
+
+TEST(OpsForward, Rope) {
+  const int N = 6, heads = 3, D = 10;
+  auto x = random_vec(N * heads * D, 6);
+  std::vector<int> pos = {0, 1, 2, 7, 100, 4095};
+  std::vector<float> inv_freq(D / 2);
+  ops::rope_inv_freq(inv_freq.data(), D, 1e6);
+  auto y = x, y_ref = x;
+  ops::rope_forward(y.data(), pos.data(), inv_freq.data(), N, heads, D);
+  ref::rope_forward(y_ref.data(), pos.data(), N, heads, D, 1e6);
+  expect_close(y, y_ref, 1e-5f);
+}
+
+TEST(OpsForward, AttentionPackedAndWithPast) {
+  const int H = 6, Hkv = 2, D = 8, QD = H * D, KVD = Hkv * D;
+  // Two sequences packed: lengths 5 and 3; the second continues a past of 4 positions.
+  const int len0 = 5, len1 = 3, past1 = 4;
+  auto q = random_vec((len0 + len1) * QD, 7);
+  auto k0 = random_vec(len0 * KVD, 8), v0 = random_vec(len0 * KVD, 9);
+  auto k1 = random_vec((past1 + len1) * KVD, 10), v1 = random_vec((past1 + len1) * KVD, 11);
+  std::vector<ops::AttentionSpan> spans = {{0, len0, 0, k0.data(), v0.data()},
+                                           {len0, len1, past1, k1.data(), v1.data()}};
+  std::vector<float> out((len0 + len1) * QD), out_ref((len0 + len1) * QD);
+  ops::attention_forward(out.data(), q.data(), spans.data(), 2, H, Hkv, D, KVD);
+  ref::attention_forward(out_ref.data(), q.data(), k0.data(), v0.data(), len0, 0, H, Hkv, D);
+  ref::attention_forward(out_ref.data() + len0 * QD, q.data() + len0 * QD, k1.data(), v1.data(),
+                         len1, past1, H, Hkv, D);
+  expect_close(out, out_ref, 1e-5f);
+}
+
+TEST(OpsForward, SwiGlu) {
+  const long n = 1001;
+  auto g = random_vec(n, 12, 3.0f), u = random_vec(n, 13);
+  std::vector<float> h(n), h_ref(n);
+  ops::swiglu_forward(h.data(), g.data(), u.data(), n);
+  ref::swiglu_forward(h_ref.data(), g.data(), u.data(), n);
+  expect_close(h, h_ref, 1e-5f);
+}
+
+}  // namespace
+}  // namespace loratune

@@ -1,0 +1,90 @@
+// Whole-model properties: batching, packing and KV-cache decoding agree with a plain forward.
+#include <cmath>
+#include <vector>
+
+#include "core/error.h"
+#include "model/transformer.h"
+#include "test_util.h"
+
+namespace loratune {
+namespace {
+
+std::vector<float> full_logits(Transformer& m, const std::vector<int>& ids) {
+  const int T = static_cast<int>(ids.size());
+  std::vector<int> rows(T);
+  for (int i = 0; i < T; ++i) rows[i] = i;
+  std::vector<float> out(static_cast<size_t>(T) * m.config().vocab_size);
+  m.forward(ids, {{0, T, 0}}, nullptr, rows, out.data());
+  return out;
+}
+
+float max_abs_diff(const float* a, const float* b, size_t n) {
+  float m = 0;
+  for (size_t i = 0; i < n; ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+TEST(Transformer, PackedBatchEqualsSeparateRuns) {
+  Transformer m(test::tiny_model_dir());
+  const int V = m.config().vocab_size;
+  std::vector<std::vector<int>> seqs = {{1, 2, 3, 4, 5, 6, 7}, {300, 17}, {42, 9, 8, 511, 0}};
+  std::vector<int> tokens, rows;
+  std::vector<SequenceSpan> spans;
+  for (const auto& s : seqs) {
+    spans.push_back({static_cast<int>(tokens.size()), static_cast<int>(s.size()), 0});
+    tokens.insert(tokens.end(), s.begin(), s.end());
+  }
+  for (size_t i = 0; i < tokens.size(); ++i) rows.push_back(static_cast<int>(i));
+  std::vector<float> packed(tokens.size() * V);
+  m.forward(tokens, spans, nullptr, rows, packed.data());
+  size_t offset = 0;
+  for (const auto& s : seqs) {
+    std::vector<float> single = full_logits(m, s);
+    EXPECT_LT(max_abs_diff(single.data(), packed.data() + offset * V, single.size()), 1e-5f);
+    offset += s.size();
+  }
+}
+
+TEST(Transformer, PrefillThenDecodeEqualsFullForward) {
+  Transformer m(test::tiny_model_dir());
+  const int V = m.config().vocab_size;
+  std::vector<int> ids = {5, 80, 81, 82, 300, 301, 7, 7, 7, 256, 1};
+  std::vector<float> full = full_logits(m, ids);
+  const int prefill = 4;
+  KVCache cache(m.config(), 1, static_cast<int>(ids.size()));
+  std::vector<float> step(V);
+  m.forward(std::vector<int>(ids.begin(), ids.begin() + prefill), {{0, prefill, 0}}, &cache,
+            {prefill - 1}, step.data());
+  EXPECT_LT(max_abs_diff(step.data(), full.data() + (prefill - 1) * V, V), 1e-5f);
+  for (size_t t = prefill; t < ids.size(); ++t) {
+    m.forward({ids[t]}, {{0, 1, 0}}, &cache, {0}, step.data());
+    EXPECT_LT(max_abs_diff(step.data(), full.data() + t * V, V), 1e-5f) << "position " << t;
+  }
+  EXPECT_EQ(cache.length(0), static_cast<int>(ids.size()));
+}
+
+TEST(Transformer, BatchedDecodeInSeveralSlots) {
+  Transformer m(test::tiny_model_dir());
+  const int V = m.config().vocab_size;
+  std::vector<int> a = {10, 11, 12, 13}, b = {200, 201};
+  std::vector<float> fa = full_logits(m, a), fb = full_logits(m, b);
+  KVCache cache(m.config(), 2, 8);
+  std::vector<float> out(2 * V);
+  // Prefill both prompts but their last token, packed, then decode both last tokens at once.
+  m.forward({10, 11, 12, 200}, {{0, 3, 0}, {3, 1, 1}}, &cache, {2, 3}, out.data());
+  m.forward({13, 201}, {{0, 1, 0}, {1, 1, 1}}, &cache, {0, 1}, out.data());
+  EXPECT_LT(max_abs_diff(out.data(), fa.data() + 3 * V, V), 1e-5f);
+  EXPECT_LT(max_abs_diff(out.data() + V, fb.data() + 1 * V, V), 1e-5f);
+}
+
+TEST(Transformer, RejectsOutOfRangeIdsAndFullCache) {
+  Transformer m(test::tiny_model_dir());
+  std::vector<float> out(m.config().vocab_size);
+  EXPECT_THROW(m.forward({1, 512}, {{0, 2, 0}}, nullptr, {1}, out.data()), Error);
+  EXPECT_THROW(m.forward({-1}, {{0, 1, 0}}, nullptr, {0}, out.data()), Error);
+  KVCache cache(m.config(), 1, 2);
+  EXPECT_THROW(m.forward({1, 2, 3}, {{0, 3, 0}}, &cache, {2}, out.data()), Error);
+}
+
+}  // namespace
+}  // namespace loratune
