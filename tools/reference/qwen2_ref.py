@@ -454,6 +454,34 @@ def cmd_adamw(args):
         write_adapter(args.out_adapter, adapter.config, {n: p.detach() for (n, _), p in zip(named, params)})
 
 
+def cmd_compare(args):
+    """Per-tensor max abs / relative L2 differences between two safetensors files. A single
+    "logits" tensor (loratune debug logits on a batch) is compared to logits.0, logits.1, …
+    concatenated."""
+    a, _, _ = st.load_file(args.a)
+    b, _, _ = st.load_file(args.b)
+    for x, y in ((a, b), (b, a)):
+        if "logits" in x and "logits" not in y and "logits.0" in y:
+            n = len([k for k in y if re.fullmatch(r"logits\.\d+", k)])
+            y["logits"] = np.concatenate([y[f"logits.{i}"] for i in range(n)])
+    worst = 0.0
+    for name in sorted(set(a) & set(b)):
+        x, y = np.asarray(a[name], np.float64), np.asarray(b[name], np.float64)
+        if x.shape != y.shape:
+            print(f"{name}: shape {x.shape} vs {y.shape}")
+            worst = float("inf")
+            continue
+        absd = float(np.abs(x - y).max()) if x.size else 0.0
+        rel = float(np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-30))
+        worst = max(worst, rel if args.relative else absd)
+        print(f"{name:70s} max abs {absd:.3e}  rel L2 {rel:.3e}")
+    only = sorted(set(a) ^ set(b))
+    if only:
+        print("only in one file:", ", ".join(only[:10]))
+    print(f"worst {'rel L2' if args.relative else 'max abs'}: {worst:.3e}")
+    return 1 if args.tol is not None and worst > args.tol else 0
+
+
 # ----------------------------------------------------------------------------- writers
 
 def write_config(folder, cfg_dict):
@@ -617,6 +645,13 @@ def main(argv=None):
     p.add_argument("--b-std", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(fn=cmd_init_adapter)
+
+    p = sub.add_parser("compare", help="per-tensor differences between two safetensors files")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--relative", action="store_true", help="judge by relative L2 error instead of max abs")
+    p.add_argument("--tol", type=float, help="exit 1 when the worst difference exceeds this")
+    p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("selftest", help="gradcheck and semantic checks")
     p.add_argument("--quick", action="store_true")
