@@ -90,6 +90,7 @@ run "$PY" -c 'import json,sys; c=json.load(open(sys.argv[1])); c.update(use_rslo
 # ---- token ids (fixed; tiny vocab is 512)
 ONE="481,186,311,205,419,271,251,510,362,425,223,316,338,76,211,479"
 BATCH="151,217,421,59,357;426,477,127,142,334,399,338,353,205,333,437,424,324,219,416,234,209;41,230,19,265,326,431,114,339,236,241,475"
+LONG="413,389,204,183,235,254,136,88,257,392,91,501,204,431,221,382,397,217,155,472,183,346,84,89,480,323,412,43,275,7,435,208,371,82,473,202,473,52,366,132,221,164,452,181,180,37,112,23,175,485,429,83,435,88,146,317,5,390,337,139,415,205,56,216,453,263,413,129,362,487,57,134,154,418,127,98,121,147,303,178,181,419,149,212,326,511,239,263,120,370,190,74,294,11,48,345"
 TRAIN_IDS="374,139,207,377,505,144,268,396,345;343,476,173,135;339,211,67,100,177,4,154,448,241,358,234,83,200"
 # prompt tokens masked (-100), one masked hole in the middle, the short sequence fully labelled
 TRAIN_LABELS="-100,-100,-100,-100,505,144,268,396,345;343,476,173,135;-100,-100,-100,100,177,-100,154,448,241,358,234,83,200"
@@ -101,6 +102,8 @@ ref logits --double --model $M/odd --ids "$ONE" --out $G/logits_odd_1seq.safeten
 ref logits --double --model $M/odd --ids "$BATCH" --out $G/logits_odd_batch.safetensors
 ref logits --double --model $M/tiny_bf16 --ids "$BATCH" --out $G/logits_tiny_bf16_batch.safetensors
 ref logits --double --model $M/sharp --ids "$BATCH" --out $G/logits_sharp_batch.safetensors
+ref logits --double --model $M/tiny --ids "$LONG" --out $G/logits_tiny_long.safetensors
+ref logits --double --model $M/sharp --ids "$LONG" --out $G/logits_sharp_long.safetensors
 ref logits --double --model $M/tiny --adapter $A/tiny_all --ids "$BATCH" --out $G/logits_tiny_adapter_all_batch.safetensors
 
 # ---- loss + LoRA gradients (float64, written as float32)
