@@ -1,0 +1,215 @@
+// The real Qwen2 tokenizer against Hugging Face tokenizers' ids. The tokenizer files and the
+// alpaca data live in ../shared (not part of the project); these tests skip without them. The
+// reference ids for the alpaca records are committed in tests/golden (ids only, no text).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "data/template.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
+
+namespace fs = std::filesystem;
+using namespace loratune;
+using namespace loratune::tokenizer;
+
+namespace {
+
+const fs::path kShared = fs::path(LORATUNE_SOURCE_DIR) / ".." / "shared";
+const fs::path kQwen2 = kShared / "tokenizer" / "qwen2";
+const fs::path kGolden = fs::path(LORATUNE_SOURCE_DIR) / "tests" / "golden";
+
+#define REQUIRE_SHARED(path)                  \
+  if (!fs::exists(path))                      \
+  GTEST_SKIP() << "needs " << (path).string() \
+               << " (the shared Qwen2 tokenizer and data, next to the repository); skipped"
+
+std::string read_all(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+const Tokenizer& qwen2() {
+  static const Tokenizer tok = Tokenizer::load(kQwen2.string());
+  return tok;
+}
+
+struct Case {
+  std::string text;
+  std::vector<int32_t> ids;
+  bool split_special = false;
+};
+
+std::vector<Case> read_cases(const fs::path& path) {
+  std::vector<Case> cases;
+  std::istringstream lines(read_all(path));
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    nlohmann::json j = nlohmann::json::parse(line);
+    cases.push_back({j.at("text").get<std::string>(), j.at("ids").get<std::vector<int32_t>>(),
+                     j.value("split_special", false)});
+  }
+  return cases;
+}
+
+uint64_t fnv1a64(std::string_view s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
+  return h;
+}
+
+// Reader of the golden id files written by tests/golden/make_tokenizer_golden.js.
+class GoldenIds {
+ public:
+  explicit GoldenIds(const fs::path& path) : data_(read_all(path)) {
+    if (data_.compare(0, 8, "LTIDS001") != 0) throw std::runtime_error("bad golden magic");
+    pos_ = 8;
+    count_ = varint();
+  }
+  uint64_t count() const { return count_; }
+  void next(uint64_t& hash, std::vector<int32_t>& ids) {
+    if (pos_ + 8 > data_.size()) throw std::runtime_error("truncated golden file");
+    hash = 0;
+    for (int i = 7; i >= 0; --i) hash = (hash << 8) | static_cast<unsigned char>(data_[pos_ + i]);
+    pos_ += 8;
+    ids.resize(varint());
+    for (int32_t& id : ids) id = static_cast<int32_t>(varint());
+  }
+
+ private:
+  uint64_t varint() {
+    uint64_t v = 0;
+    for (int shift = 0;; shift += 7) {
+      if (pos_ >= data_.size() || shift > 63) throw std::runtime_error("truncated golden file");
+      unsigned char b = static_cast<unsigned char>(data_[pos_++]);
+      v |= static_cast<uint64_t>(b & 0x7F) << shift;
+      if (!(b & 0x80)) return v;
+    }
+  }
+  std::string data_;
+  size_t pos_ = 0;
+  uint64_t count_ = 0;
+};
+
+void check_alpaca(const std::string& name) {
+  const fs::path data_path = kShared / "data" / (name + ".json");
+  nlohmann::json records = nlohmann::json::parse(read_all(data_path));
+  GoldenIds golden(kGolden / ("tokenizer_" + name.substr(0, name.find("_demo")) + ".bin"));
+  ASSERT_EQ(golden.count(), records.size());
+  int mismatches = 0;
+  uint64_t hash;
+  std::vector<int32_t> expected;
+  for (size_t i = 0; i < records.size(); ++i) {
+    const nlohmann::json& r = records[i];
+    data::PromptParts parts =
+        data::apply_template(data::TemplateKind::kSeed, {r.at("instruction").get<std::string>(),
+                                                         r.at("input").get<std::string>(),
+                                                         r.at("output").get<std::string>(), ""});
+    std::string text = parts.prompt + parts.completion;
+    golden.next(hash, expected);
+    ASSERT_EQ(hash, fnv1a64(text))
+        << name << " record " << i << ": the text differs from the one the golden ids encode";
+    std::vector<int32_t> ids = qwen2().encode(text);
+    if (ids != expected && ++mismatches <= 5)
+      ADD_FAILURE() << name << " record " << i << " differs";
+    EXPECT_EQ(qwen2().decode(ids), nfc(text)) << name << " record " << i;
+  }
+  EXPECT_EQ(mismatches, 0);
+}
+
+}  // namespace
+
+TEST(Qwen2Tokenizer, ReferenceCasesEncodeExactly) {
+  REQUIRE_SHARED(kShared / "tokenizer" / "qwen2_cases.jsonl");
+  std::vector<Case> cases = read_cases(kShared / "tokenizer" / "qwen2_cases.jsonl");
+  ASSERT_EQ(cases.size(), 412u);
+  int mismatches = 0;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    std::vector<int32_t> ids = qwen2().encode(cases[i].text);
+    if (ids != cases[i].ids) {
+      ++mismatches;
+      ADD_FAILURE() << "case " << i << " differs: " << cases[i].text.substr(0, 80);
+    }
+    EXPECT_EQ(qwen2().decode(ids), nfc(cases[i].text)) << "case " << i;
+  }
+  EXPECT_EQ(mismatches, 0);
+}
+
+TEST(Qwen2Tokenizer, RandomHardCasesEncodeExactly) {
+  REQUIRE_SHARED(kQwen2);
+  std::vector<Case> cases = read_cases(kGolden / "tokenizer_qwen2_extra_cases.jsonl");
+  ASSERT_GT(cases.size(), 700u);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    EncodeOptions options;
+    options.split_special = cases[i].split_special;
+    std::vector<int32_t> ids = qwen2().encode(cases[i].text, options);
+    EXPECT_EQ(ids, cases[i].ids) << "extra case " << i;
+    EXPECT_EQ(qwen2().decode(ids), nfc(cases[i].text)) << "extra case " << i;
+  }
+}
+
+TEST(Qwen2Tokenizer, AlpacaZhSeedTemplateMatchesReference) {
+  REQUIRE_SHARED(kShared / "data" / "alpaca_zh_demo.json");
+  check_alpaca("alpaca_zh_demo");
+}
+
+TEST(Qwen2Tokenizer, AlpacaEnSeedTemplateMatchesReference) {
+  REQUIRE_SHARED(kShared / "data" / "alpaca_en_demo.json");
+  check_alpaca("alpaca_en_demo");
+}
+
+TEST(Qwen2Tokenizer, SpecialTokensAndConfig) {
+  REQUIRE_SHARED(kQwen2);
+  const Tokenizer& tok = qwen2();
+  EXPECT_EQ(tok.vocab_size(), 151646);
+  EXPECT_EQ(tok.token_id("<|endoftext|>"), 151643);
+  EXPECT_EQ(tok.eos_id(), 151645);  // this tokenizer_config.json is an Instruct one
+  EXPECT_EQ(tok.pad_id(), 151643);
+  EXPECT_EQ(tok.bos_id(), -1);
+  EXPECT_TRUE(tok.is_special(151644));
+  std::vector<int32_t> ids = tok.encode("<|im_start|>user\nhi<|im_end|>\n");
+  EXPECT_EQ(ids, (std::vector<int32_t>{151644, 872, 198, 6023, 151645, 198}));
+  EXPECT_EQ(tok.decode(ids, true), "user\nhi\n");
+  EXPECT_EQ(tok.token_string(1879), "Ġworld");
+}
+
+TEST(Qwen2Tokenizer, SlowFilesGiveTheSameTokenizer) {
+  REQUIRE_SHARED(kShared / "tokenizer" / "qwen2_cases.jsonl");
+  std::string tmpl = (fs::temp_directory_path() / "loratune-slow-XXXXXX").string();
+  fs::path dir = ::mkdtemp(tmpl.data());
+  for (const char* f : {"vocab.json", "merges.txt", "added_tokens.json", "tokenizer_config.json"})
+    fs::copy_file(kQwen2 / f, dir / f);
+  Tokenizer slow = Tokenizer::load(dir.string());
+  fs::remove_all(dir);
+  EXPECT_EQ(slow.vocab_size(), qwen2().vocab_size());
+  EXPECT_EQ(slow.eos_id(), qwen2().eos_id());
+  EXPECT_TRUE(slow.is_special(151643));
+  for (const Case& c : read_cases(kShared / "tokenizer" / "qwen2_cases.jsonl"))
+    ASSERT_EQ(slow.encode(c.text), c.ids) << c.text.substr(0, 80);
+}
+
+TEST(Qwen2Tokenizer, StreamingDecodeOfChineseIsWholeCharacters) {
+  REQUIRE_SHARED(kQwen2);
+  const std::string text =
+      "日心说是指太阳是太阳系的中心。😀👍🏽 Ünïcödé 𓀀𠀁 ꙮ 㐀䶵 — "
+      "done";
+  std::vector<int32_t> ids = qwen2().encode(text);
+  StreamDecoder stream(qwen2());
+  std::string out;
+  int held = 0;
+  for (int32_t id : ids) {
+    std::string part = stream.push(id);
+    ASSERT_TRUE(is_valid_utf8(part));
+    if (part.empty()) ++held;
+    out += part;
+  }
+  out += stream.finish();
+  EXPECT_EQ(out, text);
+  EXPECT_GT(held, 0);  // some characters span tokens in this text
+}
