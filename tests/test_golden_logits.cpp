@@ -1,0 +1,97 @@
+// The forward pass against golden logits from the PyTorch reference (tools/reference).
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "model/transformer.h"
+#include "test_util.h"
+
+namespace loratune {
+namespace {
+
+std::string golden(const std::string& name) {
+  return test::source_dir() + "/tests/golden/" + name;
+}
+
+std::vector<int> read_ids(const TensorInfo& t) {
+  std::vector<int> ids(t.numel());
+  std::memcpy(ids.data(), t.data, ids.size() * sizeof(int));
+  return ids;
+}
+
+// Runs every sequence of the golden file packed in one batch and compares each one's rows.
+void check_logits(const std::string& model, const std::string& file) {
+  SafetensorsFile g(golden(file));
+  Transformer m(golden("models/" + model));
+  const int V = m.config().vocab_size;
+  std::vector<std::vector<int>> seqs;
+  for (int i = 0; g.find("ids." + std::to_string(i)); ++i)
+    seqs.push_back(read_ids(*g.find("ids." + std::to_string(i))));
+  ASSERT_FALSE(seqs.empty());
+  std::vector<int> tokens, rows;
+  std::vector<SequenceSpan> spans;
+  for (const auto& s : seqs) {
+    spans.push_back({static_cast<int>(tokens.size()), static_cast<int>(s.size()), 0});
+    tokens.insert(tokens.end(), s.begin(), s.end());
+  }
+  for (size_t i = 0; i < tokens.size(); ++i) rows.push_back(static_cast<int>(i));
+  std::vector<float> logits(tokens.size() * V);
+  m.forward(tokens, spans, nullptr, rows, logits.data());
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    const TensorInfo& ref = *g.find("logits." + std::to_string(s));
+    ASSERT_EQ(ref.shape, (std::vector<int64_t>{static_cast<int64_t>(seqs[s].size()), V}));
+    const float* expected = reinterpret_cast<const float*>(ref.data);
+    const float* actual = logits.data() + static_cast<size_t>(spans[s].start) * V;
+    float max_err = 0;
+    for (int64_t i = 0; i < ref.numel(); ++i)
+      max_err = std::max(max_err, std::fabs(expected[i] - actual[i]));
+    EXPECT_LE(max_err, 1e-4f) << file << " sequence " << s;
+  }
+}
+
+TEST(GoldenLogits, TinyOneSequence) {
+  check_logits("tiny", "logits_tiny_1seq.safetensors");
+}
+TEST(GoldenLogits, TinyBatch) {
+  check_logits("tiny", "logits_tiny_batch.safetensors");
+}
+TEST(GoldenLogits, OddShapeOneSequence) {
+  check_logits("odd", "logits_odd_1seq.safetensors");
+}
+TEST(GoldenLogits, OddShapeBatch) {
+  check_logits("odd", "logits_odd_batch.safetensors");
+}
+TEST(GoldenLogits, Bf16Weights) {
+  check_logits("tiny_bf16", "logits_tiny_bf16_batch.safetensors");
+}
+TEST(GoldenLogits, ShardedUntiedSharpAttention) {
+  check_logits("sharp", "logits_sharp_batch.safetensors");
+}
+TEST(GoldenLogits, LongSequences) {
+  check_logits("tiny", "logits_tiny_long.safetensors");
+  check_logits("sharp", "logits_sharp_long.safetensors");
+}
+
+// The CLI path writes the same numbers: debug logits on the golden single sequence.
+TEST(GoldenLogits, DebugLogitsCommand) {
+  test::TempDir dir;
+  SafetensorsFile g(golden("logits_tiny_1seq.safetensors"));
+  std::vector<int> ids = read_ids(*g.find("ids.0"));
+  std::string list;
+  for (int id : ids) list += (list.empty() ? "" : ",") + std::to_string(id);
+  test::CommandResult r =
+      test::run_cli("debug logits --model '" + golden("models/tiny") + "' --ids " + list +
+                    " --out '" + dir / "l.safetensors" + "'");
+  ASSERT_EQ(r.status, 0) << r.output;
+  SafetensorsFile out(dir / "l.safetensors");
+  const TensorInfo& got = *out.find("logits");
+  const TensorInfo& ref = *g.find("logits.0");
+  ASSERT_EQ(got.shape, ref.shape);
+  for (int64_t i = 0; i < ref.numel(); ++i)
+    ASSERT_NEAR(reinterpret_cast<const float*>(got.data)[i],
+                reinterpret_cast<const float*>(ref.data)[i], 1e-4f);
+}
+
+}  // namespace
+}  // namespace loratune
