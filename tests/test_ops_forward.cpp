@@ -70,7 +70,7 @@ TEST(OpsForward, AttentionPackedAndWithPast) {
   std::vector<ops::AttentionSpan> spans = {{0, len0, 0, k0.data(), v0.data()},
                                            {len0, len1, past1, k1.data(), v1.data()}};
   std::vector<float> out((len0 + len1) * QD), out_ref((len0 + len1) * QD);
-  ops::attention_forward(out.data(), q.data(), spans.data(), 2, H, Hkv, D, KVD);
+  ops::attention_forward(out.data(), nullptr, q.data(), spans.data(), 2, H, Hkv, D, KVD);
   ref::attention_forward(out_ref.data(), q.data(), k0.data(), v0.data(), len0, 0, H, Hkv, D);
   ref::attention_forward(out_ref.data() + len0 * QD, q.data() + len0 * QD, k1.data(), v1.data(),
                          len1, past1, H, Hkv, D);

@@ -3,9 +3,25 @@
 #include <cstring>
 
 #include "core/error.h"
-#include "ops/ops.h"
 
 namespace loratune {
+
+namespace {
+
+template <typename T>
+void grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+// splitmix64 finaliser: a counter-based hash, so any mask bit can be regenerated.
+uint64_t mix(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace
 
 Transformer::Transformer(const std::string& model_dir)
     : config_(load_model_config(model_dir)),
@@ -15,8 +31,7 @@ Transformer::Transformer(const std::string& model_dir)
 }
 
 void Transformer::check_inputs(const std::vector<int>& tokens,
-                               const std::vector<SequenceSpan>& seqs, const KVCache* cache,
-                               const std::vector<int>& logit_rows) const {
+                               const std::vector<SequenceSpan>& seqs, const KVCache* cache) const {
   const int N = static_cast<int>(tokens.size());
   for (int i = 0; i < N; ++i)
     if (tokens[i] < 0 || tokens[i] >= config_.vocab_size)
@@ -38,85 +53,142 @@ void Transformer::check_inputs(const std::vector<int>& tokens,
     }
   }
   if (covered != N) throw Error("sequence spans do not cover the batch");
-  for (int r : logit_rows)
-    if (r < 0 || r >= N) throw Error("logit row outside the batch");
 }
 
-void Transformer::forward(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
-                          KVCache* cache, const std::vector<int>& logit_rows, float* logits) {
-  check_inputs(tokens, seqs, cache, logit_rows);
-  const ModelConfig& c = config_;
-  const ModelWeights& w = *weights_;
-  const int N = static_cast<int>(tokens.size());
-  const int C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
-  const int H = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim();
-  const int QD = H * D, KVD = Hkv * D;
-  const float eps = static_cast<float>(c.rms_norm_eps);
-
-  x_.resize(static_cast<size_t>(N) * C);     // residual stream [N, C]
-  xn_.resize(static_cast<size_t>(N) * C);    // normed input [N, C]
-  q_.resize(static_cast<size_t>(N) * QD);    // [N, H·D]
-  k_.resize(static_cast<size_t>(N) * KVD);   // [N, Hkv·D]
-  v_.resize(static_cast<size_t>(N) * KVD);   // [N, Hkv·D]
-  att_.resize(static_cast<size_t>(N) * QD);  // [N, H·D]
-  gate_.resize(static_cast<size_t>(N) * F);  // [N, F]
-  up_.resize(static_cast<size_t>(N) * F);    // [N, F]
-  pos_.resize(N);
-
+void Transformer::embed(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
+                        const KVCache* cache) {
+  const int N = static_cast<int>(tokens.size()), C = config_.hidden_size;
+  grow(x_, static_cast<size_t>(N) * C);
+  grow(pos_, static_cast<size_t>(N));
   for (const SequenceSpan& s : seqs) {
     const int past = cache ? cache->length(s.slot) : 0;
     for (int i = 0; i < s.length; ++i) pos_[s.start + i] = past + i;
   }
   for (int n = 0; n < N; ++n)
-    std::memcpy(&x_[static_cast<size_t>(n) * C], w.embed + static_cast<size_t>(tokens[n]) * C,
-                C * sizeof(float));
+    std::memcpy(&x_[static_cast<size_t>(n) * C],
+                weights_->embed + static_cast<size_t>(tokens[n]) * C, C * sizeof(float));
+}
 
-  std::vector<ops::AttentionSpan> spans(seqs.size());
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    const LayerWeights& lw = w.layers[l];
-    ops::rmsnorm_forward(xn_.data(), nullptr, x_.data(), lw.input_norm, N, C, eps);
-    ops::linear_forward(q_.data(), xn_.data(), lw.wq, lw.bq, N, C, QD);
-    ops::linear_forward(k_.data(), xn_.data(), lw.wk, lw.bk, N, C, KVD);
-    ops::linear_forward(v_.data(), xn_.data(), lw.wv, lw.bv, N, C, KVD);
-    ops::rope_forward(q_.data(), pos_.data(), inv_freq_.data(), N, H, D);
-    ops::rope_forward(k_.data(), pos_.data(), inv_freq_.data(), N, Hkv, D);
-    for (size_t i = 0; i < seqs.size(); ++i) {
-      const SequenceSpan& s = seqs[i];
-      spans[i] = {s.start, s.length, 0, &k_[static_cast<size_t>(s.start) * KVD],
-                  &v_[static_cast<size_t>(s.start) * KVD]};
-      if (cache) {
-        // Append this step's keys/values to the slot, then attend over the whole slot.
-        const int past = cache->length(s.slot);
-        float* kc = cache->keys(l, s.slot);
-        float* vc = cache->values(l, s.slot);
-        std::memcpy(kc + static_cast<size_t>(past) * KVD, spans[i].k,
-                    static_cast<size_t>(s.length) * KVD * sizeof(float));
-        std::memcpy(vc + static_cast<size_t>(past) * KVD, spans[i].v,
-                    static_cast<size_t>(s.length) * KVD * sizeof(float));
-        spans[i] = {s.start, s.length, past, kc, vc};
-      }
+const float* Transformer::lora_input(int l, LoraModule m, const float* x, int N, int in,
+                                     const Dropout& dropout, bool training) {
+  if (!training || dropout.p <= 0.0f) return x;
+  grow(dropped_, static_cast<size_t>(N) * in);
+  const float keep_scale = 1.0f / (1.0f - dropout.p);
+  const uint64_t base =
+      mix(dropout.seed ^ (static_cast<uint64_t>(l * kNumLoraModules + static_cast<int>(m)) << 40));
+  const double p = dropout.p;
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n)
+    for (int i = 0; i < in; ++i) {
+      const size_t idx = static_cast<size_t>(n) * in + i;
+      const uint64_t counter = static_cast<uint64_t>(dropout.token_offset + n) * in + i;
+      const bool keep = static_cast<double>(mix(base + counter) >> 11) * 0x1.0p-53 >= p;
+      dropped_[idx] = keep ? x[idx] * keep_scale : 0.0f;
     }
-    ops::attention_forward(att_.data(), q_.data(), spans.data(), static_cast<int>(spans.size()), H,
-                           Hkv, D, KVD);
-    ops::linear_accumulate(x_.data(), att_.data(), lw.wo, N, QD, C);
+  return dropped_.data();
+}
 
-    ops::rmsnorm_forward(xn_.data(), nullptr, x_.data(), lw.post_norm, N, C, eps);
-    ops::linear_forward(gate_.data(), xn_.data(), lw.w_gate, nullptr, N, C, F);
-    ops::linear_forward(up_.data(), xn_.data(), lw.w_up, nullptr, N, C, F);
-    ops::swiglu_forward(gate_.data(), gate_.data(), up_.data(), static_cast<long>(N) * F);
-    ops::linear_accumulate(x_.data(), gate_.data(), lw.w_down, N, F, C);
+void Transformer::lora_forward(int l, LoraModule m, LayerActivations& a, float* y, const float* x,
+                               int N, const Dropout& dropout, bool training) {
+  const LoraWeights* w = adapter_ ? adapter_->at(l, m) : nullptr;
+  if (!w) return;
+  const float* xin = lora_input(l, m, x, N, w->in, dropout, training);
+  auto& u = a.lora_u[static_cast<int>(m)];
+  grow(u, static_cast<size_t>(N) * w->r);
+  ops::lora_forward(y, u.data(), xin, w->A.data(), w->B.data(), adapter_->scale(), N, w->in, w->out,
+                    w->r);
+}
+
+void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<SequenceSpan>& seqs,
+                                KVCache* cache, const Dropout& dropout, bool training) {
+  const ModelConfig& c = config_;
+  const LayerWeights& lw = weights_->layers[l];
+  const int N = seqs.empty() ? 0 : seqs.back().start + seqs.back().length;
+  const int C = c.hidden_size, F = c.intermediate_size;
+  const int H = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim();
+  const int QD = H * D, KVD = Hkv * D;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const size_t NC = static_cast<size_t>(N) * C;
+  grow(a.x_in, NC);
+  grow(a.rstd1, N);
+  grow(a.q, static_cast<size_t>(N) * QD);
+  grow(a.k, static_cast<size_t>(N) * KVD);
+  grow(a.v, static_cast<size_t>(N) * KVD);
+  grow(a.att, static_cast<size_t>(N) * QD);
+  grow(a.lse, static_cast<size_t>(N) * H);
+  grow(a.x_mid, NC);
+  grow(a.rstd2, N);
+  grow(a.gate, static_cast<size_t>(N) * F);
+  grow(a.up, static_cast<size_t>(N) * F);
+  grow(xn_, std::max(NC, static_cast<size_t>(N) * F));  // normed input, later silu(gate)·up
+
+  std::memcpy(a.x_in.data(), x_.data(), NC * sizeof(float));
+  ops::rmsnorm_forward(xn_.data(), a.rstd1.data(), x_.data(), lw.input_norm, N, C, eps);
+  ops::linear_forward(a.q.data(), xn_.data(), lw.wq, lw.bq, N, C, QD);
+  ops::linear_forward(a.k.data(), xn_.data(), lw.wk, lw.bk, N, C, KVD);
+  ops::linear_forward(a.v.data(), xn_.data(), lw.wv, lw.bv, N, C, KVD);
+  lora_forward(l, LoraModule::kQ, a, a.q.data(), xn_.data(), N, dropout, training);
+  lora_forward(l, LoraModule::kK, a, a.k.data(), xn_.data(), N, dropout, training);
+  lora_forward(l, LoraModule::kV, a, a.v.data(), xn_.data(), N, dropout, training);
+  ops::rope_forward(a.q.data(), pos_.data(), inv_freq_.data(), N, H, D);
+  ops::rope_forward(a.k.data(), pos_.data(), inv_freq_.data(), N, Hkv, D);
+
+  spans_.resize(seqs.size());
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const SequenceSpan& s = seqs[i];
+    const float* k = &a.k[static_cast<size_t>(s.start) * KVD];
+    const float* v = &a.v[static_cast<size_t>(s.start) * KVD];
+    spans_[i] = {s.start, s.length, 0, k, v};
+    if (cache) {
+      // Append this step's keys/values to the slot, then attend over the whole slot.
+      const int past = cache->length(s.slot);
+      float* kc = cache->keys(l, s.slot);
+      float* vc = cache->values(l, s.slot);
+      const size_t bytes = static_cast<size_t>(s.length) * KVD * sizeof(float);
+      std::memcpy(kc + static_cast<size_t>(past) * KVD, k, bytes);
+      std::memcpy(vc + static_cast<size_t>(past) * KVD, v, bytes);
+      spans_[i] = {s.start, s.length, past, kc, vc};
+    }
   }
+  ops::attention_forward(a.att.data(), a.lse.data(), a.q.data(), spans_.data(),
+                         static_cast<int>(spans_.size()), H, Hkv, D, KVD);
+  ops::linear_accumulate(x_.data(), a.att.data(), lw.wo, N, QD, C);
+  lora_forward(l, LoraModule::kO, a, x_.data(), a.att.data(), N, dropout, training);
+  std::memcpy(a.x_mid.data(), x_.data(), NC * sizeof(float));
+
+  ops::rmsnorm_forward(xn_.data(), a.rstd2.data(), x_.data(), lw.post_norm, N, C, eps);
+  ops::linear_forward(a.gate.data(), xn_.data(), lw.w_gate, nullptr, N, C, F);
+  ops::linear_forward(a.up.data(), xn_.data(), lw.w_up, nullptr, N, C, F);
+  lora_forward(l, LoraModule::kGate, a, a.gate.data(), xn_.data(), N, dropout, training);
+  lora_forward(l, LoraModule::kUp, a, a.up.data(), xn_.data(), N, dropout, training);
+  ops::swiglu_forward(xn_.data(), a.gate.data(), a.up.data(), static_cast<long>(N) * F);
+  ops::linear_accumulate(x_.data(), xn_.data(), lw.w_down, N, F, C);
+  lora_forward(l, LoraModule::kDown, a, x_.data(), xn_.data(), N, dropout, training);
+}
+
+void Transformer::forward(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
+                          KVCache* cache, const std::vector<int>& logit_rows, float* logits) {
+  check_inputs(tokens, seqs, cache);
+  const int N = static_cast<int>(tokens.size());
+  for (int r : logit_rows)
+    if (r < 0 || r >= N) throw Error("logit row outside the batch");
+  const int C = config_.hidden_size;
+  embed(tokens, seqs, cache);
+  acts_.resize(std::max<size_t>(acts_.size(), 1));
+  for (int l = 0; l < config_.num_hidden_layers; ++l)
+    layer_forward(l, acts_[0], seqs, cache, Dropout{}, false);
   if (cache)
     for (const SequenceSpan& s : seqs) cache->set_length(s.slot, cache->length(s.slot) + s.length);
 
   // Final norm and lm_head only for the rows whose logits are wanted.
   const int R = static_cast<int>(logit_rows.size());
-  rows_.resize(static_cast<size_t>(R) * C);
+  grow(rows_, static_cast<size_t>(R) * C);
   for (int r = 0; r < R; ++r)
     std::memcpy(&rows_[static_cast<size_t>(r) * C], &x_[static_cast<size_t>(logit_rows[r]) * C],
                 C * sizeof(float));
-  ops::rmsnorm_forward(rows_.data(), nullptr, rows_.data(), w.final_norm, R, C, eps);
-  ops::linear_forward(logits, rows_.data(), w.lm_head, nullptr, R, C, V);
+  ops::rmsnorm_forward(rows_.data(), nullptr, rows_.data(), weights_->final_norm, R, C,
+                       static_cast<float>(config_.rms_norm_eps));
+  ops::linear_forward(logits, rows_.data(), weights_->lm_head, nullptr, R, C, config_.vocab_size);
 }
 
 }  // namespace loratune

@@ -1,14 +1,18 @@
-// The Qwen2 forward pass on the CPU in fp32: several sequences packed into one batch of N
-// tokens (no padding), optionally continuing from a KV cache.
+// The Qwen2 model on the CPU in fp32: several sequences packed into one batch of N tokens
+// (no padding), optionally with a LoRA adapter applied unmerged, optionally continuing
+// from a KV cache (inference) or followed by the backward pass (training).
 #pragma once
 
+#include <array>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "lora/adapter.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
 #include "model/weights.h"
+#include "ops/ops.h"
 
 namespace loratune {
 
@@ -21,10 +25,40 @@ struct SequenceSpan {
   int slot = 0;
 };
 
+// What one layer's forward leaves behind: the backward reads it (training keeps one per
+// layer; inference reuses one for every layer).
+struct LayerActivations {
+  std::vector<float> x_in;      // [N, C] residual stream entering the layer
+  std::vector<float> rstd1;     // [N]
+  std::vector<float> q, k, v;   // [N, H·D], [N, Hkv·D] ×2, after RoPE
+  std::vector<float> att;       // [N, H·D] attention output (o_proj input)
+  std::vector<float> lse;       // [N, H] softmax log-sum-exp
+  std::vector<float> x_mid;     // [N, C] residual stream after attention
+  std::vector<float> rstd2;     // [N]
+  std::vector<float> gate, up;  // [N, F] MLP pre-activations
+  std::array<std::vector<float>, kNumLoraModules> lora_u;  // [N, r] x·Aᵀ per LoRA module
+};
+
+// LoRA dropout in training: each (module, token, feature) is kept with probability 1 − p,
+// drawn from a counter-based hash of `seed` so the backward can regenerate the mask.
+struct Dropout {
+  float p = 0.0f;
+  uint64_t seed = 0;
+  int64_t token_offset = 0;  // index of this pass's first token in the whole step's batch
+};
+
+struct LossSum {
+  double sum = 0.0;   // Σ −log p(label) over labelled positions
+  int64_t count = 0;  // number of labelled positions
+};
+
 class Transformer {
  public:
   // Loads config.json, generation_config.json and the weights of a model folder.
   explicit Transformer(const std::string& model_dir);
+
+  // The adapter applied (unmerged) by every pass from now on; nullptr for the base model.
+  void set_adapter(LoraAdapter* adapter) { adapter_ = adapter; }
 
   // Runs tokens[N] (split into `seqs`) through the model and writes the logits of the packed
   // rows listed in `logit_rows` to logits[logit_rows.size(), V]. With `cache`, each
@@ -33,19 +67,53 @@ class Transformer {
   void forward(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
                KVCache* cache, const std::vector<int>& logit_rows, float* logits);
 
+  // Training pass: causal-LM loss on `labels` (aligned with tokens; the logits at position
+  // t predict labels[t + 1] of the same sequence; −100 is ignored), then the backward,
+  // adding grad_scale · ∂loss_sum/∂θ into the adapter's gradients. Sequences run in groups
+  // of at most `max_group_tokens` tokens so activation memory stays bounded; the result
+  // does not depend on the grouping.
+  LossSum forward_backward(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
+                           const std::vector<int>& labels, float grad_scale,
+                           const Dropout& dropout = {}, int max_group_tokens = 512);
+
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return *weights_; }
 
  private:
   void check_inputs(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
-                    const KVCache* cache, const std::vector<int>& logit_rows) const;
+                    const KVCache* cache) const;
+  // Embeds tokens into x_ and fills positions; returns attention spans.
+  void embed(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
+             const KVCache* cache);
+  // One block, x_ updated in place; activations saved into `a`.
+  void layer_forward(int l, LayerActivations& a, const std::vector<SequenceSpan>& seqs,
+                     KVCache* cache, const Dropout& dropout, bool training);
+  void layer_backward(int l, LayerActivations& a, const std::vector<SequenceSpan>& seqs,
+                      const Dropout& dropout);
+  // y += s·B·A·dropout(x) for module m when the adapter targets it.
+  void lora_forward(int l, LoraModule m, LayerActivations& a, float* y, const float* x, int N,
+                    const Dropout& dropout, bool training);
+  void lora_backward(int l, LoraModule m, LayerActivations& a, float* dx, const float* dy,
+                     const float* x, int N, const Dropout& dropout);
+  // The LoRA branch input: x itself, or its dropped-out copy in dropped_.
+  const float* lora_input(int l, LoraModule m, const float* x, int N, int in,
+                          const Dropout& dropout, bool training);
+  LossSum group_forward_backward(const std::vector<int>& tokens,
+                                 const std::vector<SequenceSpan>& seqs,
+                                 const std::vector<int>& labels, float grad_scale,
+                                 const Dropout& dropout);
 
   ModelConfig config_;
   std::unique_ptr<ModelWeights> weights_;
+  LoraAdapter* adapter_ = nullptr;
   std::vector<float> inv_freq_;  // [D/2]
-  // Activations, grown on demand and reused between calls.
-  std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, rows_;
+  // Working memory, grown on demand and reused between calls.
+  std::vector<float> x_, xn_, rows_, dropped_, dlora_, rstd_final_;
   std::vector<int> pos_;
+  std::vector<ops::AttentionSpan> spans_;
+  std::vector<LayerActivations> acts_;  // one per layer in training, one shared otherwise
+  std::vector<float> dx_, dxn_, dq_, dk_, dv_, datt_, dh_, dup_, du_, loss_scratch_;
+  std::vector<int> loss_rows_, loss_targets_;
 };
 
 }  // namespace loratune

@@ -11,15 +11,33 @@ void linear_forward(float* y, const float* x, const float* w, const float* b, in
                     int out);
 // y[N, out] += x[N, in] · w[out, in]ᵀ: the residual stream accumulates projections.
 void linear_accumulate(float* y, const float* x, const float* w, int N, int in, int out);
+// dx[N, in] = dy[N, out] · w[out, in] (+= when accumulate). Frozen weights: no dw.
+void linear_backward(float* dx, const float* dy, const float* w, int N, int in, int out,
+                     bool accumulate);
+
+// LoRA branch of a linear layer: u[N, r] = x · Aᵀ (saved), y[N, out] += s · u · Bᵀ.
+// x is the branch input (already dropped out when training with dropout).
+void lora_forward(float* y, float* u, const float* x, const float* A, const float* B, float scale,
+                  int N, int in, int out, int r);
+// dB[out, r] += s · dyᵀ · u; du[N, r] = s · dy · B (scratch); dA[r, in] += duᵀ · x;
+// dx[N, in] += du · A (dx may be null when nothing needs it).
+void lora_backward(float* dx, float* dA, float* dB, float* du, const float* dy, const float* u,
+                   const float* x, const float* A, const float* B, float scale, int N, int in,
+                   int out, int r);
 
 // y[N, C] = x · rsqrt(mean(x²) + eps) · w, in fp32; rstd[N] saved (may be null).
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int N, int C,
                      float eps);
+// dx[N, C] += ∂/∂x of the above (frozen w): dx = rstd·g − rstd³·x·mean(g·x), g = dy·w.
+void rmsnorm_backward(float* dx, const float* dy, const float* rstd, const float* x, const float* w,
+                      int N, int C);
 
 // inv_freq[D/2] = 1 / θ^(2i/D), computed in fp32 as the reference does.
 void rope_inv_freq(float* inv_freq, int D, double theta);
 // In place on x[N, heads·D] (HF rotate_half layout); token n sits at position pos[n].
 void rope_forward(float* x, const int* pos, const float* inv_freq, int N, int heads, int D);
+// In place on dx[N, heads·D]: the transpose of the rotation (rotate by −angle).
+void rope_backward(float* dx, const int* pos, const float* inv_freq, int N, int heads, int D);
 
 // One sequence's share of a packed attention call: queries q_start..q_start+q_len−1 of the
 // packed q, at positions past..past+q_len−1; k and v point at that sequence's position 0,
@@ -34,10 +52,28 @@ struct AttentionSpan {
 
 // Causal grouped-query attention for every span: out[N, H·D] from q[N, H·D].
 // Scale 1/sqrt(D), softmax in fp32, query head h reads kv head h / (H / Hkv).
-void attention_forward(float* out, const float* q, const AttentionSpan* spans, int n_spans, int H,
-                       int Hkv, int D, int kv_stride);
+// lse[N, H] (may be null) saves each row's log-sum-exp for the backward.
+void attention_forward(float* out, float* lse, const float* q, const AttentionSpan* spans,
+                       int n_spans, int H, int Hkv, int D, int kv_stride);
+// Backward of packed training attention (every span has past = 0 and its keys/values at
+// rows q_start.. of k and v [N, Hkv·D]; the span's k/v pointers are not read). Recomputes
+// the probabilities from q, k and lse instead of storing [T, T] per head.
+// Writes dq [N, H·D], dk and dv [N, Hkv·D].
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
+                        const float* lse, const float* q, const float* k, const float* v,
+                        const AttentionSpan* spans, int n_spans, int H, int Hkv, int D);
 
 // h[n] = silu(gate[n]) · up[n]
 void swiglu_forward(float* h, const float* gate, const float* up, long n);
+// dgate, dup from dh (dgate may alias gate and dup may alias up: elementwise in place).
+void swiglu_backward(float* dgate, float* dup, const float* dh, const float* gate, const float* up,
+                     long n);
+
+// Fused lm_head + softmax + cross-entropy and its backward, `chunk` rows at a time so that
+// [R, V] logits never exist: for rows h[R, C] with targets[R], returns Σ −log p(target) and
+// writes dh[R, C] = grad_scale · (softmax − onehot) · w. scratch holds chunk·V floats.
+double cross_entropy_forward_backward(float* dh, const float* h, const float* w, const int* targets,
+                                      int R, int C, int V, float grad_scale, float* scratch,
+                                      int chunk);
 
 }  // namespace loratune::ops

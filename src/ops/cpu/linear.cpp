@@ -22,4 +22,29 @@ void linear_accumulate(float* y, const float* x, const float* w, int N, int in, 
               out);
 }
 
+void linear_backward(float* dx, const float* dy, const float* w, int N, int in, int out,
+                     bool accumulate) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, out, 1.0f, dy, out, w, in,
+              accumulate ? 1.0f : 0.0f, dx, in);
+}
+
+void lora_forward(float* y, float* u, const float* x, const float* A, const float* B, float scale,
+                  int N, int in, int out, int r) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r, in, 1.0f, x, in, A, in, 0.0f, u, r);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, r, scale, u, r, B, r, 1.0f, y, out);
+}
+
+void lora_backward(float* dx, float* dA, float* dB, float* du, const float* dy, const float* u,
+                   const float* x, const float* A, const float* B, float scale, int N, int in,
+                   int out, int r) {
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, N, scale, dy, out, u, r, 1.0f, dB,
+              r);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, r, out, scale, dy, out, B, r, 0.0f, du,
+              r);
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, N, 1.0f, du, r, x, in, 1.0f, dA, in);
+  if (dx)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, r, 1.0f, du, r, A, in, 1.0f, dx,
+                in);
+}
+
 }  // namespace loratune::ops

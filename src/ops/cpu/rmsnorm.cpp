@@ -21,3 +21,24 @@ void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int 
 }
 
 }  // namespace loratune::ops
+
+namespace loratune::ops {
+
+void rmsnorm_backward(float* dx, const float* dy, const float* rstd, const float* x, const float* w,
+                      int N, int C) {
+#pragma omp parallel for schedule(static) if (N > 1)
+  for (int n = 0; n < N; ++n) {
+    const float* xr = x + static_cast<long>(n) * C;
+    const float* dyr = dy + static_cast<long>(n) * C;
+    float* dxr = dx + static_cast<long>(n) * C;
+    const float r = rstd[n];
+    float dot = 0.0f;  // Σ g·x with g = dy·w
+#pragma omp simd reduction(+ : dot)
+    for (int c = 0; c < C; ++c) dot += dyr[c] * w[c] * xr[c];
+    const float k = r * r * r * dot / static_cast<float>(C);
+#pragma omp simd
+    for (int c = 0; c < C; ++c) dxr[c] += r * dyr[c] * w[c] - k * xr[c];
+  }
+}
+
+}  // namespace loratune::ops

@@ -30,3 +30,25 @@ void rope_forward(float* x, const int* pos, const float* inv_freq, int N, int he
 }
 
 }  // namespace loratune::ops
+
+namespace loratune::ops {
+
+void rope_backward(float* dx, const int* pos, const float* inv_freq, int N, int heads, int D) {
+  const int half = D / 2;
+#pragma omp parallel for schedule(static) if (N > 1)
+  for (int n = 0; n < N; ++n) {
+    float* row = dx + static_cast<long>(n) * heads * D;
+    for (int i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(pos[n]) * inv_freq[i];
+      const float c = std::cos(angle), s = std::sin(angle);
+      for (int h = 0; h < heads; ++h) {
+        float* v = row + h * D;
+        const float ga = v[i], gb = v[i + half];
+        v[i] = ga * c + gb * s;
+        v[i + half] = gb * c - ga * s;
+      }
+    }
+  }
+}
+
+}  // namespace loratune::ops

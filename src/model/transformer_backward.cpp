@@ -1,0 +1,204 @@
+// The training pass: forward with saved activations, fused loss, and the backward read
+// bottom-up from the forward (DESIGN.md §5). Only LoRA parameters get gradients.
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+#include "model/transformer.h"
+
+namespace loratune {
+
+namespace {
+
+template <typename T>
+void grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+constexpr int kLossChunk = 64;  // lm_head rows per chunk: [64, V] logits at a time
+
+}  // namespace
+
+void Transformer::lora_backward(int l, LoraModule m, LayerActivations& a, float* dx,
+                                const float* dy, const float* x, int N, const Dropout& dropout) {
+  LoraWeights* w = adapter_ ? adapter_->at(l, m) : nullptr;
+  if (!w) return;
+  const float* xin = lora_input(l, m, x, N, w->in, dropout, true);
+  grow(du_, static_cast<size_t>(N) * w->r);
+  const float* u = a.lora_u[static_cast<int>(m)].data();
+  if (dropout.p <= 0.0f || !dx) {
+    ops::lora_backward(dx, w->dA.data(), w->dB.data(), du_.data(), dy, u, xin, w->A.data(),
+                       w->B.data(), adapter_->scale(), N, w->in, w->out, w->r);
+    return;
+  }
+  // With dropout the branch's input gradient passes through the same mask: the dropped copy
+  // is x·mask/(1−p), so the mask factor is dropped/x where x ≠ 0 (recomputed exactly below).
+  const size_t n_in = static_cast<size_t>(N) * w->in;
+  grow(dlora_, n_in);
+  std::fill(dlora_.begin(), dlora_.begin() + n_in, 0.0f);
+  ops::lora_backward(dlora_.data(), w->dA.data(), w->dB.data(), du_.data(), dy, u, xin, w->A.data(),
+                     w->B.data(), adapter_->scale(), N, w->in, w->out, w->r);
+  const float keep_scale = 1.0f / (1.0f - dropout.p);
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n_in; ++i)
+    if (xin[i] != 0.0f || x[i] == 0.0f) dx[i] += dlora_[i] * (xin[i] != 0.0f ? keep_scale : 0.0f);
+}
+
+void Transformer::layer_backward(int l, LayerActivations& a, const std::vector<SequenceSpan>& seqs,
+                                 const Dropout& dropout) {
+  const ModelConfig& c = config_;
+  const LayerWeights& lw = weights_->layers[l];
+  const int N = seqs.back().start + seqs.back().length;
+  const int C = c.hidden_size, F = c.intermediate_size;
+  const int H = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim();
+  const int QD = H * D, KVD = Hkv * D;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  // Below the lowest LoRA layer nothing needs gradients, so that layer skips its input grad.
+  bool lower_lora = false;
+  for (int k = 0; k < l && !lower_lora; ++k)
+    for (int m = 0; m < kNumLoraModules && !lower_lora; ++m)
+      lower_lora = adapter_->at(k, static_cast<LoraModule>(m)) != nullptr;
+  grow(dxn_, static_cast<size_t>(N) * C);
+  grow(dh_, static_cast<size_t>(N) * F);
+  grow(dup_, static_cast<size_t>(N) * F);
+  grow(datt_, static_cast<size_t>(N) * QD);
+  grow(dq_, static_cast<size_t>(N) * QD);
+  grow(dk_, static_cast<size_t>(N) * KVD);
+  grow(dv_, static_cast<size_t>(N) * KVD);
+  grow(xn_, std::max(static_cast<size_t>(N) * C, static_cast<size_t>(N) * F));
+  grow(rows_, static_cast<size_t>(N) * C);
+
+  // MLP: x += down(silu(gate(xn)) · up(xn)), xn = norm(x_mid)
+  float* h = xn_.data();     // silu(gate)·up, recomputed [N, F]
+  float* xn = rows_.data();  // norm(x_mid), recomputed [N, C]
+  ops::swiglu_forward(h, a.gate.data(), a.up.data(), static_cast<long>(N) * F);
+  ops::linear_backward(dh_.data(), dx_.data(), lw.w_down, N, F, C, false);
+  lora_backward(l, LoraModule::kDown, a, dh_.data(), dx_.data(), h, N, dropout);
+  ops::swiglu_backward(dh_.data(), dup_.data(), dh_.data(), a.gate.data(), a.up.data(),
+                       static_cast<long>(N) * F);
+  ops::rmsnorm_forward(xn, nullptr, a.x_mid.data(), lw.post_norm, N, C, eps);
+  ops::linear_backward(dxn_.data(), dh_.data(), lw.w_gate, N, C, F, false);
+  ops::linear_backward(dxn_.data(), dup_.data(), lw.w_up, N, C, F, true);
+  lora_backward(l, LoraModule::kGate, a, dxn_.data(), dh_.data(), xn, N, dropout);
+  lora_backward(l, LoraModule::kUp, a, dxn_.data(), dup_.data(), xn, N, dropout);
+  ops::rmsnorm_backward(dx_.data(), dxn_.data(), a.rstd2.data(), a.x_mid.data(), lw.post_norm, N,
+                        C);
+
+  // Attention: x_mid = x_in + o(attn(rope(q(xn)), rope(k(xn)), v(xn))), xn = norm(x_in)
+  ops::linear_backward(datt_.data(), dx_.data(), lw.wo, N, QD, C, false);
+  lora_backward(l, LoraModule::kO, a, datt_.data(), dx_.data(), a.att.data(), N, dropout);
+  spans_.resize(seqs.size());
+  for (size_t i = 0; i < seqs.size(); ++i)
+    spans_[i] = {seqs[i].start, seqs[i].length, 0, nullptr, nullptr};
+  ops::attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.att.data(),
+                          a.lse.data(), a.q.data(), a.k.data(), a.v.data(), spans_.data(),
+                          static_cast<int>(spans_.size()), H, Hkv, D);
+  ops::rope_backward(dq_.data(), pos_.data(), inv_freq_.data(), N, H, D);
+  ops::rope_backward(dk_.data(), pos_.data(), inv_freq_.data(), N, Hkv, D);
+  ops::rmsnorm_forward(xn, nullptr, a.x_in.data(), lw.input_norm, N, C, eps);
+  float* dxn = lower_lora ? dxn_.data() : nullptr;
+  if (lower_lora) {
+    ops::linear_backward(dxn, dq_.data(), lw.wq, N, C, QD, false);
+    ops::linear_backward(dxn, dk_.data(), lw.wk, N, C, KVD, true);
+    ops::linear_backward(dxn, dv_.data(), lw.wv, N, C, KVD, true);
+  }
+  lora_backward(l, LoraModule::kQ, a, dxn, dq_.data(), xn, N, dropout);
+  lora_backward(l, LoraModule::kK, a, dxn, dk_.data(), xn, N, dropout);
+  lora_backward(l, LoraModule::kV, a, dxn, dv_.data(), xn, N, dropout);
+  if (lower_lora)
+    ops::rmsnorm_backward(dx_.data(), dxn, a.rstd1.data(), a.x_in.data(), lw.input_norm, N, C);
+}
+
+LossSum Transformer::group_forward_backward(const std::vector<int>& tokens,
+                                            const std::vector<SequenceSpan>& seqs,
+                                            const std::vector<int>& labels, float grad_scale,
+                                            const Dropout& dropout) {
+  const ModelConfig& c = config_;
+  const int N = static_cast<int>(tokens.size()), C = c.hidden_size, V = c.vocab_size;
+  const int L = c.num_hidden_layers;
+  embed(tokens, seqs, nullptr);
+  acts_.resize(std::max<size_t>(acts_.size(), L));
+  for (int l = 0; l < L; ++l) layer_forward(l, acts_[l], seqs, nullptr, dropout, true);
+
+  // Rows with a label: position t predicts labels[t + 1] of the same sequence.
+  loss_rows_.clear();
+  loss_targets_.clear();
+  for (const SequenceSpan& s : seqs)
+    for (int t = 0; t + 1 < s.length; ++t) {
+      const int label = labels[s.start + t + 1];
+      if (label == -100) continue;
+      loss_rows_.push_back(s.start + t);
+      loss_targets_.push_back(label);
+    }
+  const int R = static_cast<int>(loss_rows_.size());
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  grow(rows_, static_cast<size_t>(R) * C);  // final residual of the labelled rows [R, C]
+  grow(dxn_, static_cast<size_t>(R) * C);   // normed [R, C], then its gradient
+  grow(dh_, static_cast<size_t>(R) * C);
+  grow(rstd_final_, static_cast<size_t>(R));
+  grow(loss_scratch_, static_cast<size_t>(kLossChunk) * V);
+  for (int r = 0; r < R; ++r)
+    std::memcpy(&rows_[static_cast<size_t>(r) * C], &x_[static_cast<size_t>(loss_rows_[r]) * C],
+                C * sizeof(float));
+  ops::rmsnorm_forward(dxn_.data(), rstd_final_.data(), rows_.data(), weights_->final_norm, R, C,
+                       eps);
+  LossSum loss;
+  loss.count = R;
+  loss.sum = ops::cross_entropy_forward_backward(dh_.data(), dxn_.data(), weights_->lm_head,
+                                                 loss_targets_.data(), R, C, V, grad_scale,
+                                                 loss_scratch_.data(), kLossChunk);
+  std::fill(dxn_.begin(), dxn_.begin() + static_cast<size_t>(R) * C, 0.0f);
+  ops::rmsnorm_backward(dxn_.data(), dh_.data(), rstd_final_.data(), rows_.data(),
+                        weights_->final_norm, R, C);
+  grow(dx_, static_cast<size_t>(N) * C);
+  std::fill(dx_.begin(), dx_.begin() + static_cast<size_t>(N) * C, 0.0f);
+  for (int r = 0; r < R; ++r)
+    std::memcpy(&dx_[static_cast<size_t>(loss_rows_[r]) * C], &dxn_[static_cast<size_t>(r) * C],
+                C * sizeof(float));
+
+  int lowest = L;  // lowest layer with LoRA: nothing below it needs a backward
+  for (int l = 0; l < L && lowest == L; ++l)
+    for (int m = 0; m < kNumLoraModules; ++m)
+      if (adapter_->at(l, static_cast<LoraModule>(m))) lowest = l;
+  for (int l = L - 1; l >= lowest; --l) layer_backward(l, acts_[l], seqs, dropout);
+  return loss;
+}
+
+LossSum Transformer::forward_backward(const std::vector<int>& tokens,
+                                      const std::vector<SequenceSpan>& seqs,
+                                      const std::vector<int>& labels, float grad_scale,
+                                      const Dropout& dropout, int max_group_tokens) {
+  if (!adapter_) throw Error("training needs a LoRA adapter");
+  check_inputs(tokens, seqs, nullptr);
+  if (labels.size() != tokens.size()) throw Error("labels and tokens differ in length");
+  for (size_t i = 0; i < labels.size(); ++i)
+    if (labels[i] != -100 && (labels[i] < 0 || labels[i] >= config_.vocab_size))
+      throw Error("label " + std::to_string(labels[i]) + " out of range",
+                  "position " + std::to_string(i));
+  LossSum total;
+  size_t first = 0;
+  while (first < seqs.size()) {
+    // A group: consecutive whole sequences up to max_group_tokens (at least one sequence).
+    size_t last = first + 1;
+    int n = seqs[first].length;
+    while (last < seqs.size() && n + seqs[last].length <= max_group_tokens)
+      n += seqs[last++].length;
+    const int start = seqs[first].start;
+    std::vector<int> group_tokens(tokens.begin() + start, tokens.begin() + start + n);
+    std::vector<int> group_labels(labels.begin() + start, labels.begin() + start + n);
+    std::vector<SequenceSpan> group_seqs;
+    for (size_t i = first; i < last; ++i)
+      group_seqs.push_back({seqs[i].start - start, seqs[i].length, 0});
+    Dropout d = dropout;
+    d.token_offset = dropout.token_offset + start;
+    if (n > 0) {
+      LossSum part = group_forward_backward(group_tokens, group_seqs, group_labels, grad_scale, d);
+      total.sum += part.sum;
+      total.count += part.count;
+    }
+    first = last;
+  }
+  return total;
+}
+
+}  // namespace loratune
