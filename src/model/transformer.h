@@ -52,6 +52,11 @@ struct LossSum {
   int64_t count = 0;  // number of labelled positions
 };
 
+// Number of positions with a loss target: position t of a sequence counts when
+// labels[t + 1] (same sequence) is not −100. Gradient accumulation divides by the total
+// over the whole window.
+int64_t count_loss_targets(const std::vector<int>& labels, const std::vector<SequenceSpan>& seqs);
+
 class Transformer {
  public:
   // Loads config.json, generation_config.json and the weights of a model folder.

@@ -19,6 +19,13 @@ constexpr int kLossChunk = 64;  // lm_head rows per chunk: [64, V] logits at a t
 
 }  // namespace
 
+int64_t count_loss_targets(const std::vector<int>& labels, const std::vector<SequenceSpan>& seqs) {
+  int64_t n = 0;
+  for (const SequenceSpan& s : seqs)
+    for (int t = 0; t + 1 < s.length; ++t) n += labels[s.start + t + 1] != -100;
+  return n;
+}
+
 void Transformer::lora_backward(int l, LoraModule m, LayerActivations& a, float* dx,
                                 const float* dy, const float* x, int N, const Dropout& dropout) {
   LoraWeights* w = adapter_ ? adapter_->at(l, m) : nullptr;
