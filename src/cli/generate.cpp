@@ -1,11 +1,13 @@
 // loratune generate: greedy or sampled generation with a KV cache, streamed as it goes.
 #include <cstdio>
+#include <memory>
 
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "generate/generator.h"
+#include "lora/adapter.h"
 #include "model/transformer.h"
 
 namespace loratune::cli {
@@ -20,6 +22,7 @@ const CommandSpec kSpec = {
     "generation_config.json) asks for sampling.",
     {
         {"--model", "DIR", "Hugging Face model folder"},
+        {"--adapter", "DIR", "PEFT LoRA adapter folder, applied unmerged"},
         {"--prompt-ids", "IDS", "prompt as comma-separated token ids"},
         {"--max-new-tokens", "N", "most tokens to generate", "200"},
         {"--do-sample", "", "sample instead of greedy decoding"},
@@ -41,6 +44,11 @@ int run_generate(const Args& args) {
   const std::vector<long long> ids = parse_int_list(a.required("--prompt-ids"), "--prompt-ids");
   set_num_threads(static_cast<int>(a.integer("--threads", 0)));
   Transformer model(model_dir);
+  std::unique_ptr<LoraAdapter> adapter;
+  if (a.has("--adapter")) {
+    adapter = std::make_unique<LoraAdapter>(LoraAdapter::load(a.str("--adapter"), model.config()));
+    model.set_adapter(adapter.get());
+  }
   const GenerationConfig& gc = model.config().generation;
 
   GenerateOptions opt;
