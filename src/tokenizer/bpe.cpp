@@ -162,6 +162,48 @@ void BpeModel::encode_word_heap(std::string_view bytes, std::vector<int32_t>& ou
 }
 
 // ---------------------------------------------------------------------------------------------
+// TokenIndex
+
+void TokenIndex::rehash(size_t slots) {
+  slots_.assign(slots, 0);
+  for (size_t e = 0; e < entries_.size(); ++e) {
+    size_t i = static_cast<size_t>(entries_[e].hash) & (slots - 1);
+    while (slots_[i] != 0) i = (i + 1) & (slots - 1);
+    slots_[i] = static_cast<uint32_t>(e + 1);
+  }
+}
+
+void TokenIndex::insert(std::string_view key, int32_t id) {
+  if ((entries_.size() + 1) * 2 > slots_.size()) rehash(std::max<size_t>(64, slots_.size() * 2));
+  uint64_t h = hash_bytes(key);
+  size_t i = static_cast<size_t>(h) & (slots_.size() - 1);
+  while (slots_[i] != 0) {
+    Entry& e = entries_[slots_[i] - 1];
+    if (e.hash == h && e.len == key.size() && pool_.compare(e.off, e.len, key) == 0) {
+      e.id = id;
+      return;
+    }
+    i = (i + 1) & (slots_.size() - 1);
+  }
+  entries_.push_back(
+      Entry{h, static_cast<uint32_t>(pool_.size()), static_cast<uint32_t>(key.size()), id});
+  pool_.append(key);
+  slots_[i] = static_cast<uint32_t>(entries_.size());
+}
+
+int32_t TokenIndex::find(std::string_view key) const {
+  if (slots_.empty()) return -1;
+  uint64_t h = hash_bytes(key);
+  size_t i = static_cast<size_t>(h) & (slots_.size() - 1);
+  while (slots_[i] != 0) {
+    const Entry& e = entries_[slots_[i] - 1];
+    if (e.hash == h && e.len == key.size() && pool_.compare(e.off, e.len, key) == 0) return e.id;
+    i = (i + 1) & (slots_.size() - 1);
+  }
+  return -1;
+}
+
+// ---------------------------------------------------------------------------------------------
 // WordCache
 
 namespace {

@@ -67,6 +67,29 @@ class BpeModel {
   bool fuse_unk_ = false;
 };
 
+// Token spelling -> id, as a flat open-addressing table (the vocabulary has ~150k entries and
+// loading does three lookups per merge).
+class TokenIndex {
+ public:
+  // Maps `key` to `id`, replacing an earlier id of the same key.
+  void insert(std::string_view key, int32_t id);
+  // The id of `key`, or -1.
+  int32_t find(std::string_view key) const;
+  size_t size() const { return entries_.size(); }
+
+ private:
+  struct Entry {
+    uint64_t hash;
+    uint32_t off;
+    uint32_t len;
+    int32_t id;
+  };
+  void rehash(size_t slots);
+  std::vector<uint32_t> slots_;  // entry index + 1; 0: empty
+  std::vector<Entry> entries_;
+  std::string pool_;
+};
+
 // Cache of encoded words: word bytes -> ids. Bounded; cleared when full.
 class WordCache {
  public:

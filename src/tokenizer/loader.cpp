@@ -264,7 +264,6 @@ Tokenizer TokenizerBuilder::build(const json& root, const std::string& where,
   d->token_strings.assign(n, "");
   d->token_bytes.assign(n, "");
   d->flags.assign(n, 0);
-  d->token_ids.reserve(vocab_entries);
   for (auto it = vocab->begin(); it != vocab->end(); ++it) {
     auto id = static_cast<size_t>(it.value().get<int64_t>());
     if (d->flags[id])
@@ -272,7 +271,7 @@ Tokenizer TokenizerBuilder::build(const json& root, const std::string& where,
                   "each id must name one token");
     d->flags[id] = TokenizerData::kValid;
     d->token_strings[id] = it.key();
-    d->token_ids.emplace(it.key(), static_cast<int32_t>(id));
+    d->token_ids.insert(it.key(), static_cast<int32_t>(id));
   }
 
   // Bytes of each vocabulary token: byte-level characters mapped back to bytes; a token with
@@ -296,15 +295,12 @@ Tokenizer TokenizerBuilder::build(const json& root, const std::string& where,
   for (int b = 0; b < 256; ++b) {
     std::string s;
     append_utf8(s, byte_level_char(static_cast<unsigned char>(b)));
-    auto it = d->token_ids.find(s);
-    d->byte_ids[b] = it == d->token_ids.end() ? -1 : it->second;
+    d->byte_ids[b] = d->token_ids.find(s);
   }
   int32_t unk = -1;
   if (std::string u = get_string(*model, "unk_token", mwhere); !u.empty()) {
-    auto it = d->token_ids.find(u);
-    if (it == d->token_ids.end())
-      throw Error("unk_token '" + u + "' is not in the vocabulary", mwhere);
-    unk = it->second;
+    unk = d->token_ids.find(u);
+    if (unk < 0) throw Error("unk_token '" + u + "' is not in the vocabulary", mwhere);
   }
   d->bpe.set_byte_tokens(d->byte_ids, unk, get_bool(*model, "fuse_unk", false, mwhere));
 
@@ -331,12 +327,12 @@ Tokenizer TokenizerBuilder::build(const json& root, const std::string& where,
                     mwhere + ".merges[" + std::to_string(rank) + "]");
       }
       auto lookup = [&](const std::string& token) {
-        auto it = d->token_ids.find(token);
-        if (it == d->token_ids.end())
+        int32_t id = d->token_ids.find(token);
+        if (id < 0)
           throw Error("merge names unknown token '" + token + "'",
                       mwhere + ".merges[" + std::to_string(rank) + "]",
                       "every merge must join two tokens of the vocabulary");
-        return it->second;
+        return id;
       };
       int32_t a = lookup(left), b = lookup(right);
       joined = left + right;
@@ -353,7 +349,7 @@ Tokenizer TokenizerBuilder::build(const json& root, const std::string& where,
     d->flags[a.id] = TokenizerData::kValid | (a.special ? TokenizerData::kSpecial : 0);
     d->token_strings[a.id] = a.content;
     d->token_bytes[a.id] = bytes_of(a.content);
-    d->token_ids[a.content] = a.id;
+    d->token_ids.insert(a.content, a.id);
   }
   d->added = std::move(added);
   if (d->added.size() > 65535) throw Error("too many added tokens", where);
@@ -371,10 +367,10 @@ Tokenizer TokenizerBuilder::build(const json& root, const std::string& where,
   auto resolve = [&](const char* key) -> int32_t {
     std::string text = special_token_text(tokenizer_config, key, tc_where);
     if (text.empty()) return -1;
-    auto it = d->token_ids.find(text);
-    if (it == d->token_ids.end())
+    int32_t id = d->token_ids.find(text);
+    if (id < 0)
       throw Error(std::string(key) + " '" + text + "' is not a token of this tokenizer", tc_where);
-    return it->second;
+    return id;
   };
   d->eos = resolve("eos_token");
   d->bos = resolve("bos_token");

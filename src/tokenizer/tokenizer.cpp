@@ -211,9 +211,9 @@ std::string_view Tokenizer::token_string(int32_t id) const {
 }
 
 std::optional<int32_t> Tokenizer::token_id(std::string_view token) const {
-  auto it = data_->token_ids.find(std::string(token));
-  if (it == data_->token_ids.end()) return std::nullopt;
-  return it->second;
+  int32_t id = data_->token_ids.find(token);
+  if (id < 0) return std::nullopt;
+  return id;
 }
 
 std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) const {

@@ -41,7 +41,7 @@ class TokenizerData {
   std::vector<std::string> token_strings;  // id -> vocabulary spelling; empty: no such id
   std::vector<std::string> token_bytes;    // id -> bytes the id decodes to
   std::vector<uint8_t> flags;              // id -> kValid | kSpecial
-  std::unordered_map<std::string, int32_t> token_ids;     // spelling -> id (vocab and added)
+  TokenIndex token_ids;                    // spelling -> id (vocab and added)
   std::unordered_map<std::string, int32_t> raw_word_ids;  // bytes -> id, with ignore_merges
 
   BpeModel bpe;
