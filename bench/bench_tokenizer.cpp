@@ -76,7 +76,8 @@ int main(int argc, char** argv) {
                 static_cast<unsigned long long>(checksum));
     std::printf("  load %.3f s; first pass %.2f MB/s; warm %.2f MB/s (%d passes, 1 thread)\n",
                 load_s, mb / first_s, warm_mbs, iterations - 1);
-    std::printf("RESULT loratune %.3f %llu\n", warm_mbs, static_cast<unsigned long long>(checksum));
+    std::printf("RESULT loratune %.3f %.3f %llu\n", warm_mbs, mb / first_s,
+                static_cast<unsigned long long>(checksum));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_tokenizer: %s\n", e.what());
     return 1;

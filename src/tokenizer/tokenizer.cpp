@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "core/error.h"
 #include "tokenizer/tokenizer_data.h"
 #include "tokenizer/unicode.h"
 
@@ -113,6 +114,9 @@ ThreadState& thread_state(uint64_t uid) {
 // Pre-tokenizes and BPE-encodes normalised text that holds no added tokens.
 void encode_plain(const TokenizerData& d, std::string_view text, std::vector<int32_t>& ids) {
   if (text.empty()) return;
+  if (text.size() > UINT32_MAX)
+    throw Error("cannot encode a text of more than 4 GiB at once", "tokenizer",
+                "split the text into smaller parts");
   ThreadState& st = thread_state(d.uid);
   pre_tokenize(d.pattern, text, st.pieces);
   for (const Piece& piece : st.pieces) {
