@@ -6,6 +6,20 @@
 
 namespace loratune::ops {
 
+namespace {
+
+// sgemm packs the weight matrix on every call, which dominates when only a few rows
+// multiply it (decoding); matrix-vector products stream the weights once per row instead.
+constexpr int kGemvRows = 4;
+
+void gemv_rows(float* y, const float* x, const float* w, int N, int in, int out, float beta) {
+  for (int n = 0; n < N; ++n)
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, w, in, x + static_cast<long>(n) * in,
+                1, beta, y + static_cast<long>(n) * out, 1);
+}
+
+}  // namespace
+
 void linear_forward(float* y, const float* x, const float* w, const float* b, int N, int in,
                     int out) {
   float beta = 0.0f;
@@ -13,11 +27,13 @@ void linear_forward(float* y, const float* x, const float* w, const float* b, in
     for (int n = 0; n < N; ++n) std::memcpy(y + static_cast<long>(n) * out, b, out * sizeof(float));
     beta = 1.0f;
   }
+  if (N < kGemvRows) return gemv_rows(y, x, w, N, in, out, beta);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, w, in, beta, y,
               out);
 }
 
 void linear_accumulate(float* y, const float* x, const float* w, int N, int in, int out) {
+  if (N < kGemvRows) return gemv_rows(y, x, w, N, in, out, 1.0f);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, w, in, 1.0f, y,
               out);
 }
