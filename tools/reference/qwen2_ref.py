@@ -467,6 +467,8 @@ def cmd_compare(args):
     worst = 0.0
     for name in sorted(set(a) & set(b)):
         x, y = np.asarray(a[name], np.float64), np.asarray(b[name], np.float64)
+        if x.shape != y.shape and np.squeeze(x).shape == np.squeeze(y).shape:
+            x, y = np.squeeze(x), np.squeeze(y)  # scalar [] vs [1]
         if x.shape != y.shape:
             print(f"{name}: shape {x.shape} vs {y.shape}")
             worst = float("inf")
