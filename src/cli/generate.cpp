@@ -1,14 +1,18 @@
 // loratune generate: greedy or sampled generation with a KV cache, streamed as it goes.
 #include <cstdio>
 #include <memory>
+#include <optional>
 
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "core/error.h"
 #include "core/threads.h"
+#include "data/template.h"
 #include "generate/generator.h"
+#include "io/json_file.h"
 #include "lora/adapter.h"
 #include "model/transformer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace loratune::cli {
 
@@ -16,14 +20,20 @@ namespace {
 
 const CommandSpec kSpec = {
     "generate",
-    "--model DIR --prompt-ids IDS [options]",
-    "Generates up to --max-new-tokens tokens after the prompt, stopping at an eos id of\n"
-    "generation_config.json / config.json. Greedy unless --do-sample (or the model's\n"
-    "generation_config.json) asks for sampling.",
+    "--model DIR (--prompt TEXT | --instruction TEXT [--input TEXT] | --prompt-ids IDS) [options]",
+    "Generates up to --max-new-tokens tokens after the prompt and streams them as text (as ids\n"
+    "when the model folder has no tokenizer), stopping at an eos id of generation_config.json /\n"
+    "config.json / the tokenizer. Greedy unless --do-sample (or the model's\n"
+    "generation_config.json) asks for sampling. Text prompts go through --template.",
     {
         {"--model", "DIR", "Hugging Face model folder"},
         {"--adapter", "DIR", "PEFT LoRA adapter folder, applied unmerged"},
-        {"--prompt-ids", "IDS", "prompt as comma-separated token ids"},
+        {"--prompt", "TEXT", "the instruction (or, with --template raw, the whole prompt)"},
+        {"--instruction", "TEXT", "same as --prompt"},
+        {"--input", "TEXT", "the record's input field (seed/chatml templates)"},
+        {"--template", "NAME", "seed (Instruction: ...\\nOutput: ), chatml or raw", "seed"},
+        {"--system", "TEXT", "system prompt for chatml", "You are a helpful assistant."},
+        {"--prompt-ids", "IDS", "prompt as comma-separated token ids (no template)"},
         {"--max-new-tokens", "N", "most tokens to generate", "200"},
         {"--do-sample", "", "sample instead of greedy decoding"},
         {"--greedy", "", "greedy decoding even if generation_config.json samples"},
@@ -36,12 +46,34 @@ const CommandSpec kSpec = {
         {"--threads", "N", "threads", "all cores"},
     }};
 
+bool has_tokenizer(const std::string& dir) {
+  return file_exists(dir + "/tokenizer.json") ||
+         (file_exists(dir + "/vocab.json") && file_exists(dir + "/merges.txt"));
+}
+
+// The prompt text: the instruction in the chosen template, or the raw text.
+std::string prompt_text(const ParsedArgs& a) {
+  const std::string instruction = a.has("--prompt") ? a.str("--prompt") : a.str("--instruction");
+  const std::string name = a.str("--template", "seed");
+  if (name == "raw") {
+    if (a.has("--input")) throw UsageError("--input needs the seed or chatml template");
+    return instruction;
+  }
+  data::Example ex;
+  ex.instruction = instruction;
+  ex.input = a.str("--input");
+  ex.system = a.str("--system");
+  return data::apply_template(data::parse_template_kind(name), ex).prompt;
+}
+
 }  // namespace
 
 int run_generate(const Args& args) {
   ParsedArgs a = parse_args(kSpec, args);
   const std::string model_dir = a.required("--model");
-  const std::vector<long long> ids = parse_int_list(a.required("--prompt-ids"), "--prompt-ids");
+  const int sources = a.has("--prompt") + a.has("--instruction") + a.has("--prompt-ids");
+  if (sources != 1)
+    throw UsageError("give exactly one of --prompt, --instruction and --prompt-ids");
   set_num_threads(static_cast<int>(a.integer("--threads", 0)));
   Transformer model(model_dir);
   std::unique_ptr<LoraAdapter> adapter;
@@ -63,19 +95,41 @@ int run_generate(const Args& args) {
       static_cast<float>(a.number("--repetition-penalty", gc.repetition_penalty));
   s.seed = static_cast<uint64_t>(a.integer("--seed", 0));
 
+  std::optional<tokenizer::Tokenizer> tok;
+  if (has_tokenizer(model_dir)) tok = tokenizer::Tokenizer::load(model_dir);
   std::vector<int> prompt;
-  for (long long id : ids) {
-    if (id < 0 || id >= model.config().vocab_size)
-      throw UsageError("prompt token id " + std::to_string(id) + " out of range [0, " +
-                       std::to_string(model.config().vocab_size) + ")");
-    prompt.push_back(static_cast<int>(id));
+  if (a.has("--prompt-ids")) {
+    for (long long id : parse_int_list(a.str("--prompt-ids"), "--prompt-ids")) {
+      if (id < 0 || id >= model.config().vocab_size)
+        throw UsageError("prompt token id " + std::to_string(id) + " out of range [0, " +
+                         std::to_string(model.config().vocab_size) + ")");
+      prompt.push_back(static_cast<int>(id));
+    }
+  } else {
+    if (!tok)
+      throw Error("the model folder has no tokenizer", model_dir,
+                  "add tokenizer.json (init-model --tokenizer DIR) or use --prompt-ids");
+    const std::string text = prompt_text(a);
+    for (int32_t id : tok->encode(text)) prompt.push_back(id);
+    for (int32_t id : tok->stop_ids()) opt.eos_token_ids.push_back(id);
+    if (a.str("--template", "seed") == "chatml")
+      if (auto end = tok->token_id("<|im_end|>")) opt.eos_token_ids.push_back(*end);
   }
-  bool first = true;
-  generate(model, prompt, opt, [&](int token) {
-    std::printf(first ? "%d" : ",%d", token);
-    first = false;
-    std::fflush(stdout);
-  });
+  if (tok) {
+    tokenizer::StreamDecoder decoder(*tok, /*skip_special=*/true);
+    generate(model, prompt, opt, [&](int token) {
+      std::fputs(decoder.push(token).c_str(), stdout);
+      std::fflush(stdout);
+    });
+    std::fputs(decoder.finish().c_str(), stdout);
+  } else {
+    bool first = true;
+    generate(model, prompt, opt, [&](int token) {
+      std::printf(first ? "%d" : ",%d", token);
+      first = false;
+      std::fflush(stdout);
+    });
+  }
   std::printf("\n");
   return 0;
 }

@@ -10,6 +10,7 @@
 #include "io/json_file.h"
 #include "model/init_model.h"
 #include "model/weights.h"
+#include "tokenizer/tokenizer.h"
 
 namespace loratune::cli {
 
@@ -25,7 +26,10 @@ const CommandSpec kSpec = {
         {"--out", "DIR", "output folder (created if needed)"},
         {"--seed", "S", "random seed", "0"},
         {"--dtype", "f32|bf16", "weight dtype in the file", "f32"},
-        {"--tokenizer", "DIR", "copy the tokenizer files of this folder into the model folder"},
+        {"--tokenizer", "DIR",
+         "copy the tokenizer files of this folder into the model folder (default: write the\n"
+         "                              built-in byte-level tokenizer: 256 bytes + special "
+         "tokens)"},
         {"--threads", "N", "threads", "all cores"},
         {"--hidden-size", "N", "override hidden_size"},
         {"--intermediate-size", "N", "override intermediate_size"},
@@ -55,6 +59,9 @@ int positive_int(const ParsedArgs& a, const std::string& name, int current) {
   if (v <= 0 || v > (1 << 30)) throw UsageError(name + " must be a positive integer");
   return static_cast<int>(v);
 }
+
+// 256 byte tokens and <|endoftext|>, <|im_start|>, <|im_end|>.
+constexpr int kByteLevelVocab = 259;
 
 }  // namespace
 
@@ -88,20 +95,28 @@ int run_init_model(const Args& args) {
   const long long seed = a.integer("--seed", 0);
   set_num_threads(static_cast<int>(a.integer("--threads", 0)));
 
-  write_random_model(out, c, static_cast<uint64_t>(seed),
-                     dtype == "f32" ? DType::F32 : DType::BF16);
+  if (!a.has("--tokenizer") && c.vocab_size < kByteLevelVocab)
+    throw UsageError("vocab_size " + std::to_string(c.vocab_size) +
+                         " is too small for the built-in byte-level tokenizer (needs " +
+                         std::to_string(kByteLevelVocab) + ")",
+                     "", "raise --vocab-size or pass --tokenizer DIR");
+  // The tokenizer source is checked before anything is written.
+  std::vector<std::string> tokenizer_files;
   if (a.has("--tokenizer")) {
     const std::string tok = a.str("--tokenizer");
-    int copied = 0;
-    for (const char* name : kTokenizerFiles) {
-      if (!file_exists(tok + "/" + name)) continue;
-      copy_file(tok + "/" + name, out + "/" + name);
-      ++copied;
-    }
-    if (copied == 0)
+    for (const char* name : kTokenizerFiles)
+      if (file_exists(tok + "/" + name)) tokenizer_files.push_back(name);
+    if (tokenizer_files.empty())
       throw Error("no tokenizer files found", tok,
                   "expected tokenizer.json or vocab.json + merges.txt");
   }
+  write_random_model(out, c, static_cast<uint64_t>(seed),
+                     dtype == "f32" ? DType::F32 : DType::BF16);
+  if (a.has("--tokenizer"))
+    for (const std::string& name : tokenizer_files)
+      copy_file(a.str("--tokenizer") + "/" + name, out + "/" + name);
+  else
+    tokenizer::write_byte_level_tokenizer(out);
   const int64_t params = qwen2_parameter_count(c);
   std::printf("wrote %s: %lld parameters, %d layers, hidden %d, dtype %s\n", out.c_str(),
               static_cast<long long>(params), c.num_hidden_layers, c.hidden_size, dtype.c_str());
