@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cstring>
 #include <queue>
+#include <string>
+
+#include "core/error.h"
 
 namespace loratune::tokenizer {
 
@@ -47,25 +50,34 @@ void BpeModel::set_byte_tokens(const int32_t (&ids)[256], int32_t unk_id, bool f
 }
 
 void BpeModel::grow() {
-  std::vector<Slot> old = std::move(slots_);
-  slots_.assign(old.size() * 2, Slot{kEmpty, 0, 0});
+  std::vector<uint64_t> old = std::move(slots_);
+  slots_.assign(old.size() * 2, kEmpty);
   --shift_;
-  for (const Slot& s : old) {
-    if (s.key == kEmpty) continue;
-    size_t i = static_cast<size_t>((s.key * 0x9E3779B97F4A7C15ull) >> shift_);
-    while (slots_[i].key != kEmpty) i = (i + 1) & (slots_.size() - 1);
+  for (uint64_t s : old) {
+    if (s == kEmpty) continue;
+    size_t i = home(s >> kRankBits);
+    while (slots_[i] != kEmpty) i = (i + 1) & (slots_.size() - 1);
     slots_[i] = s;
   }
 }
 
 void BpeModel::add_merge(int32_t left, int32_t right, int32_t merged, uint32_t rank) {
+  if (left < 0 || right < 0 ||
+      ((static_cast<uint32_t>(left) | static_cast<uint32_t>(right)) >> kIdBits) != 0)
+    throw Error(
+        "merges of token ids above " + std::to_string((1 << kIdBits) - 1) + " are not supported",
+        "tokenizer merges");
+  if (rank >= (uint32_t{1} << kRankBits) - 1)
+    throw Error("more than " + std::to_string((1 << kRankBits) - 2) + " merges",
+                "tokenizer merges");
   if ((count_ + 1) * 2 > slots_.size()) grow();
-  uint64_t key =
-      (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
-  size_t i = static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift_);
-  while (slots_[i].key != kEmpty && slots_[i].key != key) i = (i + 1) & (slots_.size() - 1);
-  if (slots_[i].key == kEmpty) ++count_;
-  slots_[i] = Slot{key, rank, merged};
+  const uint64_t key = pair_key(left, right);
+  size_t i = home(key);
+  while (slots_[i] != kEmpty && (slots_[i] >> kRankBits) != key) i = (i + 1) & (slots_.size() - 1);
+  if (slots_[i] == kEmpty) ++count_;
+  slots_[i] = (key << kRankBits) | rank;
+  if (merged_by_rank_.size() <= rank) merged_by_rank_.resize(rank + 1, -1);
+  merged_by_rank_[rank] = merged;
 }
 
 void BpeModel::initial_symbols(std::string_view bytes, std::vector<int32_t>& syms) const {
@@ -108,7 +120,7 @@ void BpeModel::encode_word_flat(std::string_view bytes, std::vector<int32_t>& ou
         }
       }
       if (best_rank == UINT32_MAX) break;
-      syms[best] = find(syms[best], syms[best + 1])->merged;
+      syms[best] = merged_by_rank_[best_rank];
       std::memmove(&syms[best + 1], &syms[best + 2], (n - best - 2) * sizeof(int32_t));
       if (best + 1 < n - 1)
         std::memmove(&ranks[best + 1], &ranks[best + 2], (n - best - 3) * sizeof(uint32_t));
@@ -142,10 +154,9 @@ void BpeModel::encode_word_heap(std::string_view bytes, std::vector<int32_t>& ou
     auto [rank, pos] = heap.top();
     heap.pop();
     int32_t right = next[pos];
-    if (syms[pos] < 0 || right < 0) continue;  // merged away, or now the last symbol
-    const Slot* s = find(syms[pos], syms[right]);
-    if (!s || s->rank != rank) continue;  // stale: this pair changed since it was queued
-    syms[pos] = s->merged;
+    if (syms[pos] < 0 || right < 0) continue;               // merged away, or now the last symbol
+    if (rank_of(syms[pos], syms[right]) != rank) continue;  // stale: the pair has changed
+    syms[pos] = merged_by_rank_[rank];
     syms[right] = -1;
     next[pos] = next[right];
     if (next[pos] >= 0) prev[next[pos]] = pos;

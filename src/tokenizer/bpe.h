@@ -34,32 +34,35 @@ class BpeModel {
   void encode_word_heap(std::string_view bytes, std::vector<int32_t>& out) const;
 
  private:
-  struct Slot {
-    uint64_t key;  // left << 32 | right; kEmpty when unused
-    uint32_t rank;
-    int32_t merged;
-  };
+  // A slot packs (left << 20 | right) << 24 | rank, so the table of Qwen2's 151k merges is
+  // 4 MiB; the merged token of each rank is in merged_by_rank_.
+  static constexpr int kIdBits = 20;
+  static constexpr int kRankBits = 24;
   static constexpr uint64_t kEmpty = ~uint64_t{0};
 
-  const Slot* find(int32_t left, int32_t right) const {
-    uint64_t key =
-        (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
-    size_t i = static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift_);
-    for (;;) {
-      const Slot& s = slots_[i];
-      if (s.key == key) return &s;
-      if (s.key == kEmpty) return nullptr;
-      i = (i + 1) & (slots_.size() - 1);
-    }
+  static uint64_t pair_key(int32_t left, int32_t right) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << kIdBits) |
+           static_cast<uint32_t>(right);
   }
+  size_t home(uint64_t key) const {
+    return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift_);
+  }
+  // The rank of merging (left, right), or UINT32_MAX when there is no such merge.
   uint32_t rank_of(int32_t left, int32_t right) const {
-    const Slot* s = find(left, right);
-    return s ? s->rank : UINT32_MAX;
+    if ((static_cast<uint32_t>(left) | static_cast<uint32_t>(right)) >> kIdBits) return UINT32_MAX;
+    const uint64_t key = pair_key(left, right);
+    for (size_t i = home(key);; i = (i + 1) & (slots_.size() - 1)) {
+      uint64_t s = slots_[i];
+      if (s == kEmpty) return UINT32_MAX;
+      if ((s >> kRankBits) == key)
+        return static_cast<uint32_t>(s & ((uint64_t{1} << kRankBits) - 1));
+    }
   }
   void grow();
   void initial_symbols(std::string_view bytes, std::vector<int32_t>& syms) const;
 
-  std::vector<Slot> slots_ = std::vector<Slot>(16, Slot{kEmpty, 0, 0});
+  std::vector<uint64_t> slots_ = std::vector<uint64_t>(16, kEmpty);
+  std::vector<int32_t> merged_by_rank_;
   int shift_ = 60;  // 64 - log2(slots_.size())
   size_t count_ = 0;
   int32_t byte_ids_[256] = {};
