@@ -4,7 +4,11 @@
 
 #include "core/rng.h"
 #include "ops/ops.h"
-#include "ops/ref/forward_ref.h"
+#include "ops/ref/attention.h"
+#include "ops/ref/linear.h"
+#include "ops/ref/rmsnorm.h"
+#include "ops/ref/rope.h"
+#include "ops/ref/swiglu.h"
 #include "test_util.h"
 
 namespace loratune {
