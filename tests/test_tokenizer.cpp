@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <thread>
 
 #include "core/error.h"
 #include "data/template.h"
@@ -357,6 +358,32 @@ TEST(ByteLevelTokenizer, DecodeReplacesBrokenBytesAndSkipsUnknownIds) {
   EXPECT_EQ(tok.decode(unknown), "ab");
   EXPECT_FALSE(tok.is_valid(100000));
   EXPECT_EQ(tok.token_string(-1), "");
+}
+
+TEST(ByteLevelTokenizer, ConcurrentEncodingGivesTheSameIds) {
+  TempDir tmp;
+  const Tokenizer tok = small_tokenizer(tmp.path);
+  std::vector<std::string> texts;
+  std::mt19937 rng(13);
+  const std::vector<std::string> atoms = {"hello", " world", "\n", "中文", "'s", "12", " ", "é"};
+  for (int i = 0; i < 400; ++i) {
+    std::string t;
+    for (int k = 0; k < 30; ++k) t += atoms[rng() % atoms.size()];
+    texts.push_back(t);
+  }
+  std::vector<std::vector<int32_t>> expected;
+  for (const std::string& t : texts) expected.push_back(tok.encode(t));
+  std::vector<int> mismatches(4, 0);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 4; ++w)
+    threads.emplace_back([&, w] {
+      const Tokenizer copy = tok;  // copies share the loaded state
+      for (int rep = 0; rep < 5; ++rep)
+        for (size_t i = w; i < texts.size(); i += 2)
+          if (copy.encode(texts[i]) != expected[i]) ++mismatches[w];
+    });
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(mismatches, std::vector<int>(4, 0));
 }
 
 TEST(StreamDecoder, NeverEmitsHalfACharacterAndMatchesDecode) {
