@@ -78,6 +78,13 @@ TEST(CliErrors, CorruptSafetensors) {
   });
   expect_clean_failure(logits_cmd(m), "unknown dtype");
 
+  test::write_file(weights, good);  // same byte size, wrong type for weights
+  edit_header(weights, [](std::string h) {
+    h.replace(h.find("\"F32\""), 5, "\"I32\"");
+    return h;
+  });
+  expect_clean_failure(logits_cmd(m), "weights must be F32, BF16 or F16");
+
   test::write_file(weights, good);
   edit_header(weights, [](std::string h) {
     size_t p = h.find("model.norm.weight");

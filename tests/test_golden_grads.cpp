@@ -96,5 +96,34 @@ TEST(GoldenGrads, PackedEqualsOneByOne) {
   check_grads("tiny", "tiny_all", "grads_tiny_all.safetensors", 1);
 }
 
+// Gradient accumulation: two passes over halves of the batch, each scaled by the labelled
+// count of the whole window, add up to one pass over the whole batch.
+TEST(GoldenGrads, AccumulationOverPassesEqualsOnePass) {
+  SafetensorsFile g(golden("grads_tiny_all.safetensors"));
+  Transformer m(golden("models/tiny"));
+  LoraAdapter lora = LoraAdapter::load(golden("adapters/tiny_all"), m.config());
+  m.set_adapter(&lora);
+  Batch b = read_batch(g);
+  const int64_t count = count_loss_targets(b.labels, b.seqs);
+  const float scale = 1.0f / static_cast<float>(count);
+  const int split = b.seqs[1].start;  // first sequence | the rest
+  auto part = [&](int from, int to, int first_seq, int end_seq) {
+    std::vector<SequenceSpan> seqs;
+    for (int i = first_seq; i < end_seq; ++i)
+      seqs.push_back({b.seqs[i].start - from, b.seqs[i].length, 0});
+    return m.forward_backward(
+        std::vector<int>(b.tokens.begin() + from, b.tokens.begin() + to), seqs,
+        std::vector<int>(b.labels.begin() + from, b.labels.begin() + to), scale);
+  };
+  LossSum l1 = part(0, split, 0, 1);
+  LossSum l2 = part(split, static_cast<int>(b.tokens.size()), 1, static_cast<int>(b.seqs.size()));
+  EXPECT_EQ(l1.count + l2.count, count);
+  EXPECT_NEAR((l1.sum + l2.sum) / count, *reinterpret_cast<const float*>(g.find("loss")->data),
+              1e-5);
+  for (const LoraParam& p : lora.parameters())
+    EXPECT_LE(rel_error(p.grad, reinterpret_cast<const float*>(g.find(p.name)->data), p.size), 1e-4)
+        << p.name;
+}
+
 }  // namespace
 }  // namespace loratune

@@ -69,21 +69,23 @@ void Transformer::embed(const std::vector<int>& tokens, const std::vector<Sequen
                 weights_->embed + static_cast<size_t>(tokens[n]) * C, C * sizeof(float));
 }
 
+float dropout_factor(const Dropout& d, int layer, LoraModule m, int token, int feature, int in) {
+  const uint64_t base =
+      mix(d.seed ^ (static_cast<uint64_t>(layer * kNumLoraModules + static_cast<int>(m)) << 40));
+  const uint64_t counter = static_cast<uint64_t>(d.token_offset + token) * in + feature;
+  const bool keep = static_cast<double>(mix(base + counter) >> 11) * 0x1.0p-53 >= d.p;
+  return keep ? 1.0f / (1.0f - d.p) : 0.0f;
+}
+
 const float* Transformer::lora_input(int l, LoraModule m, const float* x, int N, int in,
                                      const Dropout& dropout, bool training) {
   if (!training || dropout.p <= 0.0f) return x;
   grow(dropped_, static_cast<size_t>(N) * in);
-  const float keep_scale = 1.0f / (1.0f - dropout.p);
-  const uint64_t base =
-      mix(dropout.seed ^ (static_cast<uint64_t>(l * kNumLoraModules + static_cast<int>(m)) << 40));
-  const double p = dropout.p;
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n)
     for (int i = 0; i < in; ++i) {
       const size_t idx = static_cast<size_t>(n) * in + i;
-      const uint64_t counter = static_cast<uint64_t>(dropout.token_offset + n) * in + i;
-      const bool keep = static_cast<double>(mix(base + counter) >> 11) * 0x1.0p-53 >= p;
-      dropped_[idx] = keep ? x[idx] * keep_scale : 0.0f;
+      dropped_[idx] = x[idx] * dropout_factor(dropout, l, m, n, i, in);
     }
   return dropped_.data();
 }

@@ -47,6 +47,10 @@ struct Dropout {
   int64_t token_offset = 0;  // index of this pass's first token in the whole step's batch
 };
 
+// The factor (0 or 1/(1 − p)) that dropout applies to feature `feature` of token `token` at
+// the input of layer `layer`'s LoRA module `m` whose input has `in` features.
+float dropout_factor(const Dropout& d, int layer, LoraModule m, int token, int feature, int in);
+
 struct LossSum {
   double sum = 0.0;   // Σ −log p(label) over labelled positions
   int64_t count = 0;  // number of labelled positions

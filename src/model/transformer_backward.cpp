@@ -38,17 +38,18 @@ void Transformer::lora_backward(int l, LoraModule m, LayerActivations& a, float*
                        w->B.data(), adapter_->scale(), N, w->in, w->out, w->r);
     return;
   }
-  // With dropout the branch's input gradient passes through the same mask: the dropped copy
-  // is x·mask/(1−p), so the mask factor is dropped/x where x ≠ 0 (recomputed exactly below).
+  // With dropout the branch's input gradient passes through the same mask.
   const size_t n_in = static_cast<size_t>(N) * w->in;
   grow(dlora_, n_in);
   std::fill(dlora_.begin(), dlora_.begin() + n_in, 0.0f);
   ops::lora_backward(dlora_.data(), w->dA.data(), w->dB.data(), du_.data(), dy, u, xin, w->A.data(),
                      w->B.data(), adapter_->scale(), N, w->in, w->out, w->r);
-  const float keep_scale = 1.0f / (1.0f - dropout.p);
 #pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n_in; ++i)
-    if (xin[i] != 0.0f || x[i] == 0.0f) dx[i] += dlora_[i] * (xin[i] != 0.0f ? keep_scale : 0.0f);
+  for (int n = 0; n < N; ++n)
+    for (int i = 0; i < w->in; ++i) {
+      const size_t idx = static_cast<size_t>(n) * w->in + i;
+      dx[idx] += dlora_[idx] * dropout_factor(dropout, l, m, n, i, w->in);
+    }
 }
 
 void Transformer::layer_backward(int l, LayerActivations& a, const std::vector<SequenceSpan>& seqs,
