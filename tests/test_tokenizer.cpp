@@ -455,6 +455,14 @@ TEST(TokenizerJson, WellFormedTinyFileLoads) {
   EXPECT_EQ(tok.encode("a c"), (std::vector<int32_t>{0}));
 }
 
+TEST(TokenizerJson, IgnoreMergesTakesWholeWordsFromTheVocabulary) {
+  const std::string vocab = R"({"a":0,"b":1,"c":2,"ab":3,"abc":4})";
+  Tokenizer merging = Tokenizer::from_json(tiny_json(vocab, R"(["a b"])"), "t");
+  EXPECT_EQ(merging.encode("abc"), (std::vector<int32_t>{3, 2}));
+  Tokenizer whole = Tokenizer::from_json(tiny_json(vocab, R"(["a b"],"ignore_merges":true)"), "t");
+  EXPECT_EQ(whole.encode("abc cab"), (std::vector<int32_t>{4, 2, 3}));  // no token for " "
+}
+
 TEST(TokenizerJson, MalformedFilesGiveClearErrors) {
   EXPECT_NE(error_of("{not json").find("not valid JSON"), std::string::npos);
   EXPECT_NE(error_of("[]").find("JSON object"), std::string::npos);

@@ -342,7 +342,8 @@ Tokenizer TokenizerBuilder::build(const json& root, const std::string& where,
   }
   if (d->ignore_merges)
     for (size_t id = 0; id < n; ++id)
-      if (d->flags[id]) d->raw_word_ids.emplace(d->token_bytes[id], static_cast<int32_t>(id));
+      if (d->flags[id] && d->raw_word_ids.find(d->token_bytes[id]) < 0)
+        d->raw_word_ids.insert(d->token_bytes[id], static_cast<int32_t>(id));
 
   // Added tokens override the vocabulary's spelling of their id.
   for (const AddedToken& a : added) {

@@ -129,9 +129,8 @@ void encode_plain(const TokenizerData& d, std::string_view text, std::vector<int
       }
     }
     if (d.ignore_merges) {
-      auto it = d.raw_word_ids.find(std::string(word));
-      if (it != d.raw_word_ids.end()) {
-        ids.push_back(it->second);
+      if (int32_t id = d.raw_word_ids.find(word); id >= 0) {
+        ids.push_back(id);
         continue;
       }
     }

@@ -3,7 +3,6 @@
 
 #include <array>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "tokenizer/bpe.h"
@@ -42,7 +41,7 @@ class TokenizerData {
   std::vector<std::string> token_bytes;    // id -> bytes the id decodes to
   std::vector<uint8_t> flags;              // id -> kValid | kSpecial
   TokenIndex token_ids;                    // spelling -> id (vocab and added)
-  std::unordered_map<std::string, int32_t> raw_word_ids;  // bytes -> id, with ignore_merges
+  TokenIndex raw_word_ids;                 // bytes -> id, with ignore_merges
 
   BpeModel bpe;
   int32_t byte_ids[256];
