@@ -12,8 +12,10 @@
 // only the completion (plus the end token) carries labels.
 #pragma once
 
+#include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 
 namespace loratune::data {
 
@@ -38,6 +40,17 @@ struct PromptParts {
 };
 
 PromptParts apply_template(TemplateKind kind, const Example& example);
+
+// A multi-turn conversation: the earlier (user, assistant) turns go into the prompt before the
+// final example, so only the last answer is the completion.
+//   seed    each turn as "Instruction: {user}\nOutput: {assistant}\n", then the usual prompt.
+//   chatml  the system block once, then "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>
+//           assistant\n{assistant}<|im_end|>\n" per turn (Qwen2's chat template), then the
+//           final user turn and the assistant header.
+// With no history this equals apply_template(kind, example).
+PromptParts apply_template_with_history(
+    TemplateKind kind, const Example& example,
+    std::span<const std::pair<std::string, std::string>> history);
 
 // The prompt for generating an answer to `prompt` (no input field).
 std::string generation_prompt(TemplateKind kind, std::string_view prompt,
