@@ -12,6 +12,9 @@ using Args = std::vector<std::string>;
 int run_init_model(const Args& args);
 int run_generate(const Args& args);
 int run_debug(const Args& args);
+int run_train(const Args& args);
+int run_eval(const Args& args);
+int run_merge(const Args& args);
 int run_tokenize(const Args& args);
 
 }  // namespace loratune::cli

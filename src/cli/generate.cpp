@@ -28,6 +28,7 @@ const CommandSpec kSpec = {
     {
         {"--model", "DIR", "Hugging Face model folder"},
         {"--adapter", "DIR", "PEFT LoRA adapter folder, applied unmerged"},
+        {"--merge", "", "fold the adapter into the weights at load (same output)"},
         {"--prompt", "TEXT", "the instruction (or, with --template raw, the whole prompt)"},
         {"--instruction", "TEXT", "same as --prompt"},
         {"--input", "TEXT", "the record's input field (seed/chatml templates)"},
@@ -79,7 +80,12 @@ int run_generate(const Args& args) {
   std::unique_ptr<LoraAdapter> adapter;
   if (a.has("--adapter")) {
     adapter = std::make_unique<LoraAdapter>(LoraAdapter::load(a.str("--adapter"), model.config()));
-    model.set_adapter(adapter.get());
+    if (a.flag("--merge"))
+      model.merge_adapter(*adapter);
+    else
+      model.set_adapter(adapter.get());
+  } else if (a.flag("--merge")) {
+    throw UsageError("--merge needs --adapter");
   }
   const GenerationConfig& gc = model.config().generation;
 

@@ -1,6 +1,5 @@
 // loratune init-model: a Hugging Face Qwen2 folder with deterministic random weights.
 #include <cstdio>
-#include <fstream>
 
 #include "cli/commands.h"
 #include "cli/options.h"
@@ -9,6 +8,7 @@
 #include "io/atomic_file.h"
 #include "io/json_file.h"
 #include "model/init_model.h"
+#include "model/model_folder.h"
 #include "model/weights.h"
 #include "tokenizer/tokenizer.h"
 
@@ -42,17 +42,6 @@ const CommandSpec kSpec = {
         {"--rms-norm-eps", "X", "override rms_norm_eps"},
         {"--tie-word-embeddings", "true|false", "override tie_word_embeddings"},
     }};
-
-const char* kTokenizerFiles[] = {"tokenizer.json",    "tokenizer_config.json",
-                                 "vocab.json",        "merges.txt",
-                                 "added_tokens.json", "special_tokens_map.json"};
-
-void copy_file(const std::string& from, const std::string& to) {
-  std::ifstream in(from, std::ios::binary);
-  if (!in) throw Error("cannot read file", from);
-  std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  write_file_atomic(to, content);
-}
 
 int positive_int(const ParsedArgs& a, const std::string& name, int current) {
   long long v = a.integer(name, current);
@@ -101,20 +90,17 @@ int run_init_model(const Args& args) {
                          std::to_string(kByteLevelVocab) + ")",
                      "", "raise --vocab-size or pass --tokenizer DIR");
   // The tokenizer source is checked before anything is written.
-  std::vector<std::string> tokenizer_files;
+  std::vector<std::string> tok_files;
   if (a.has("--tokenizer")) {
-    const std::string tok = a.str("--tokenizer");
-    for (const char* name : kTokenizerFiles)
-      if (file_exists(tok + "/" + name)) tokenizer_files.push_back(name);
-    if (tokenizer_files.empty())
-      throw Error("no tokenizer files found", tok,
+    tok_files = tokenizer_files(a.str("--tokenizer"));
+    if (tok_files.empty())
+      throw Error("no tokenizer files found", a.str("--tokenizer"),
                   "expected tokenizer.json or vocab.json + merges.txt");
   }
   write_random_model(out, c, static_cast<uint64_t>(seed),
                      dtype == "f32" ? DType::F32 : DType::BF16);
   if (a.has("--tokenizer"))
-    for (const std::string& name : tokenizer_files)
-      copy_file(a.str("--tokenizer") + "/" + name, out + "/" + name);
+    copy_files(a.str("--tokenizer"), out, tok_files);
   else
     tokenizer::write_byte_level_tokenizer(out);
   const int64_t params = qwen2_parameter_count(c);

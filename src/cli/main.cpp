@@ -17,6 +17,12 @@ struct Command {
 };
 
 const Command kCommands[] = {
+    {"train", "fine-tune a LoRA adapter (the seed recipe and HF Trainer options)",
+     loratune::cli::run_train},
+    {"eval", "eval loss and perplexity of a model (and adapter) on a dataset",
+     loratune::cli::run_eval},
+    {"merge", "write a full model folder with the adapter merged in (W + s·B·A)",
+     loratune::cli::run_merge},
     {"init-model", "write a Hugging Face Qwen2 folder with deterministic random weights",
      loratune::cli::run_init_model},
     {"generate", "generate text with a model (and optionally a LoRA adapter)",

@@ -1,5 +1,8 @@
 #include "cli/options.h"
 
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -89,6 +92,58 @@ ParsedArgs parse_args(const CommandSpec& spec, const std::vector<std::string>& a
     if (!slot.empty() && !opt->repeatable)
       throw UsageError("option " + arg + " given more than once", spec.name);
     slot.push_back(value);
+  }
+  return parsed;
+}
+
+ParsedArgs parse_args_with_config(const CommandSpec& spec, const std::vector<std::string>& args) {
+  ParsedArgs parsed = parse_args(spec, args);
+  if (!parsed.has("--config")) return parsed;
+  const std::string path = parsed.str("--config");
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    throw UsageError("cannot read the config file", path);
+  } catch (const YAML::Exception& e) {
+    throw UsageError("invalid YAML/JSON: " + std::string(e.what()), path);
+  }
+  if (!root.IsMap()) throw UsageError("the config file must hold a mapping of option: value", path);
+  for (const auto& entry : root) {
+    std::string key = entry.first.Scalar();
+    std::replace(key.begin(), key.end(), '_', '-');
+    while (!key.empty() && key[0] == '-') key.erase(0, 1);
+    const std::string name = "--" + key;
+    const Option* opt = find_option(spec, name);
+    if (!opt || name == "--config")
+      throw UsageError("unknown key '" + entry.first.Scalar() + "'", path,
+                       "keys are the options of 'loratune " + spec.name + " --help'");
+    if (parsed.has(name)) continue;  // the command line wins
+    const YAML::Node& value = entry.second;
+    std::vector<std::string> values;
+    if (value.IsSequence()) {
+      std::string joined;
+      for (const auto& v : value) {
+        if (!v.IsScalar())
+          throw UsageError("list items must be plain values", path + ", key " + key);
+        if (opt->repeatable)
+          values.push_back(v.Scalar());
+        else
+          joined += (joined.empty() ? "" : ",") + v.Scalar();
+      }
+      if (!opt->repeatable) values.push_back(joined);
+    } else if (value.IsScalar()) {
+      values.push_back(value.Scalar());
+    } else if (!value.IsNull()) {
+      throw UsageError("value must be a plain value or a list", path + ", key " + key);
+    }
+    if (opt->value.empty()) {  // a flag: true / false
+      if (values.size() != 1 || (values[0] != "true" && values[0] != "false"))
+        throw UsageError("flag '" + key + "' must be true or false", path);
+      if (values[0] == "true") parsed.values_[name] = {"1"};
+      continue;
+    }
+    if (!values.empty()) parsed.values_[name] = values;
   }
   return parsed;
 }

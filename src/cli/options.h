@@ -38,6 +38,7 @@ class ParsedArgs {
 
  private:
   friend ParsedArgs parse_args(const CommandSpec&, const std::vector<std::string>&);
+  friend ParsedArgs parse_args_with_config(const CommandSpec&, const std::vector<std::string>&);
   std::map<std::string, std::vector<std::string>> values_;
 };
 
@@ -45,6 +46,12 @@ class ParsedArgs {
 // throws UsageError for unknown options, missing values or repeated options.
 ParsedArgs parse_args(const CommandSpec& spec, const std::vector<std::string>& args);
 std::string help_text(const CommandSpec& spec);
+
+// parse_args, then a --config FILE (YAML or JSON) fills every option the command line left
+// out. Keys are option names without the dashes, with '_' or '-' (learning_rate); lists give
+// repeatable options several values and other options a comma-separated one; true/false
+// switch flags. Unknown keys are usage errors naming the file.
+ParsedArgs parse_args_with_config(const CommandSpec& spec, const std::vector<std::string>& args);
 
 // "1,2,3" -> {1, 2, 3}; `what` names the option in errors.
 std::vector<long long> parse_int_list(const std::string& text, const std::string& what);

@@ -11,6 +11,7 @@
 #include "core/half.h"
 #include "core/rng.h"
 #include "io/atomic_file.h"
+#include "model/model_folder.h"
 #include "model/weights.h"
 
 namespace loratune {
@@ -102,34 +103,15 @@ void fill_tensor(float* out, int64_t n, const std::string& name, uint64_t seed) 
 void write_random_model(const std::string& dir, const ModelConfig& config, uint64_t seed,
                         DType dtype) {
   config.validate("model shape");
-  if (dtype != DType::F32 && dtype != DType::BF16) throw UsageError("--dtype must be f32 or bf16");
-  make_dirs(dir);
-  ModelConfig c = config;
-  c.torch_dtype = dtype == DType::F32 ? "float32" : "bfloat16";
-
-  std::vector<TensorSpec> specs = qwen2_tensor_specs(c);
-  std::vector<std::vector<float>> f32_buffers;
-  std::vector<std::vector<uint16_t>> bf16_buffers;
-  std::vector<TensorToWrite> tensors;
-  for (const TensorSpec& spec : specs) {
+  std::vector<std::vector<float>> buffers;
+  std::vector<const float*> tensors;
+  for (const TensorSpec& spec : qwen2_tensor_specs(config)) {
     const int64_t n = shape_numel(spec.shape);
-    std::vector<float> values(static_cast<size_t>(n));
-    fill_tensor(values.data(), n, spec.name, seed);
-    const void* data;
-    if (dtype == DType::BF16) {
-      std::vector<uint16_t> half(values.size());
-      for (size_t i = 0; i < values.size(); ++i) half[i] = float_to_bf16(values[i]);
-      bf16_buffers.push_back(std::move(half));
-      data = bf16_buffers.back().data();
-    } else {
-      f32_buffers.push_back(std::move(values));
-      data = f32_buffers.back().data();
-    }
-    tensors.push_back({spec.name, dtype, spec.shape, data});
+    buffers.emplace_back(static_cast<size_t>(n));
+    fill_tensor(buffers.back().data(), n, spec.name, seed);
+    tensors.push_back(buffers.back().data());
   }
-  write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
-  write_file_atomic(dir + "/config.json", model_config_to_json(c).dump(2) + "\n");
-  write_file_atomic(dir + "/generation_config.json", generation_config_to_json(c).dump(2) + "\n");
+  write_model_folder(dir, config, tensors, dtype);
 }
 
 }  // namespace loratune

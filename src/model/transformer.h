@@ -66,6 +66,9 @@ class Transformer {
   // Loads config.json, generation_config.json and the weights of a model folder.
   explicit Transformer(const std::string& model_dir);
 
+  // Folds the adapter into the weights (W + s·B·A); later passes need no adapter for it.
+  void merge_adapter(const LoraAdapter& adapter) { weights_->merge_lora(adapter, config_); }
+
   // The adapter applied (unmerged) by every pass from now on; nullptr for the base model.
   void set_adapter(LoraAdapter* adapter) { adapter_ = adapter; }
 
@@ -84,6 +87,10 @@ class Transformer {
   LossSum forward_backward(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
                            const std::vector<int>& labels, float grad_scale,
                            const Dropout& dropout = {}, int max_group_tokens = 512);
+
+  // The same loss without the backward (evaluation): LoRA applied, dropout off.
+  LossSum loss(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
+               const std::vector<int>& labels, int max_group_tokens = 512);
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return *weights_; }
@@ -107,10 +114,12 @@ class Transformer {
   // The LoRA branch input: x itself, or its dropped-out copy in dropped_.
   const float* lora_input(int l, LoraModule m, const float* x, int N, int in,
                           const Dropout& dropout, bool training);
-  LossSum group_forward_backward(const std::vector<int>& tokens,
-                                 const std::vector<SequenceSpan>& seqs,
-                                 const std::vector<int>& labels, float grad_scale,
-                                 const Dropout& dropout);
+  LossSum run_groups(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
+                     const std::vector<int>& labels, float grad_scale, const Dropout& dropout,
+                     int max_group_tokens, bool backward);
+  LossSum group_pass(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
+                     const std::vector<int>& labels, float grad_scale, const Dropout& dropout,
+                     bool backward);
 
   ModelConfig config_;
   std::unique_ptr<ModelWeights> weights_;

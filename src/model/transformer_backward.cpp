@@ -117,16 +117,18 @@ void Transformer::layer_backward(int l, LayerActivations& a, const std::vector<S
     ops::rmsnorm_backward(dx_.data(), dxn, a.rstd1.data(), a.x_in.data(), lw.input_norm, N, C);
 }
 
-LossSum Transformer::group_forward_backward(const std::vector<int>& tokens,
-                                            const std::vector<SequenceSpan>& seqs,
-                                            const std::vector<int>& labels, float grad_scale,
-                                            const Dropout& dropout) {
+LossSum Transformer::group_pass(const std::vector<int>& tokens,
+                                const std::vector<SequenceSpan>& seqs,
+                                const std::vector<int>& labels, float grad_scale,
+                                const Dropout& dropout, bool backward) {
   const ModelConfig& c = config_;
   const int N = static_cast<int>(tokens.size()), C = c.hidden_size, V = c.vocab_size;
   const int L = c.num_hidden_layers;
   embed(tokens, seqs, nullptr);
-  acts_.resize(std::max<size_t>(acts_.size(), L));
-  for (int l = 0; l < L; ++l) layer_forward(l, acts_[l], seqs, nullptr, dropout, true);
+  // Only the backward needs every layer's activations; evaluation reuses one set.
+  acts_.resize(std::max<size_t>(acts_.size(), backward ? L : 1));
+  for (int l = 0; l < L; ++l)
+    layer_forward(l, acts_[backward ? l : 0], seqs, nullptr, dropout, backward);
 
   // Rows with a label: position t predicts labels[t + 1] of the same sequence.
   loss_rows_.clear();
@@ -152,9 +154,10 @@ LossSum Transformer::group_forward_backward(const std::vector<int>& tokens,
                        eps);
   LossSum loss;
   loss.count = R;
-  loss.sum = ops::cross_entropy_forward_backward(dh_.data(), dxn_.data(), weights_->lm_head,
-                                                 loss_targets_.data(), R, C, V, grad_scale,
-                                                 loss_scratch_.data(), kLossChunk);
+  loss.sum = ops::cross_entropy_forward_backward(backward ? dh_.data() : nullptr, dxn_.data(),
+                                                 weights_->lm_head, loss_targets_.data(), R, C, V,
+                                                 grad_scale, loss_scratch_.data(), kLossChunk);
+  if (!backward) return loss;
   std::fill(dxn_.begin(), dxn_.begin() + static_cast<size_t>(R) * C, 0.0f);
   ops::rmsnorm_backward(dxn_.data(), dh_.data(), rstd_final_.data(), rows_.data(),
                         weights_->final_norm, R, C);
@@ -172,11 +175,10 @@ LossSum Transformer::group_forward_backward(const std::vector<int>& tokens,
   return loss;
 }
 
-LossSum Transformer::forward_backward(const std::vector<int>& tokens,
-                                      const std::vector<SequenceSpan>& seqs,
-                                      const std::vector<int>& labels, float grad_scale,
-                                      const Dropout& dropout, int max_group_tokens) {
-  if (!adapter_) throw Error("training needs a LoRA adapter");
+LossSum Transformer::run_groups(const std::vector<int>& tokens,
+                                const std::vector<SequenceSpan>& seqs,
+                                const std::vector<int>& labels, float grad_scale,
+                                const Dropout& dropout, int max_group_tokens, bool backward) {
   check_inputs(tokens, seqs, nullptr);
   if (labels.size() != tokens.size()) throw Error("labels and tokens differ in length");
   for (size_t i = 0; i < labels.size(); ++i)
@@ -200,13 +202,26 @@ LossSum Transformer::forward_backward(const std::vector<int>& tokens,
     Dropout d = dropout;
     d.token_offset = dropout.token_offset + start;
     if (n > 0) {
-      LossSum part = group_forward_backward(group_tokens, group_seqs, group_labels, grad_scale, d);
+      LossSum part = group_pass(group_tokens, group_seqs, group_labels, grad_scale, d, backward);
       total.sum += part.sum;
       total.count += part.count;
     }
     first = last;
   }
   return total;
+}
+
+LossSum Transformer::forward_backward(const std::vector<int>& tokens,
+                                      const std::vector<SequenceSpan>& seqs,
+                                      const std::vector<int>& labels, float grad_scale,
+                                      const Dropout& dropout, int max_group_tokens) {
+  if (!adapter_) throw Error("training needs a LoRA adapter");
+  return run_groups(tokens, seqs, labels, grad_scale, dropout, max_group_tokens, true);
+}
+
+LossSum Transformer::loss(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
+                          const std::vector<int>& labels, int max_group_tokens) {
+  return run_groups(tokens, seqs, labels, 0.0f, Dropout{}, max_group_tokens, false);
 }
 
 }  // namespace loratune

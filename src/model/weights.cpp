@@ -1,5 +1,7 @@
 #include "model/weights.h"
 
+#include <cblas.h>
+
 #include <cstring>
 
 #include "core/error.h"
@@ -92,6 +94,35 @@ ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config)
                      find(p + "post_attention_layernorm.weight"), find(p + "mlp.gate_proj.weight"),
                      find(p + "mlp.up_proj.weight"), find(p + "mlp.down_proj.weight")});
   }
+}
+
+void ModelWeights::merge_lora(const LoraAdapter& adapter, const ModelConfig& config) {
+  for (int l = 0; l < config.num_hidden_layers; ++l)
+    for (int i = 0; i < kNumLoraModules; ++i) {
+      const auto m = static_cast<LoraModule>(i);
+      const LoraWeights* w = adapter.at(l, m);
+      if (!w) continue;
+      const std::string name =
+          "model.layers." + std::to_string(l) + "." + lora_module_path(m) + ".weight";
+      auto merged = std::make_unique<float[]>(static_cast<size_t>(w->out) * w->in);
+      std::memcpy(merged.get(), find(name), static_cast<size_t>(w->out) * w->in * sizeof(float));
+      // W[out, in] += s · B[out, r] · A[r, in]
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, w->out, w->in, w->r, adapter.scale(),
+                  w->B.data(), w->r, w->A.data(), w->in, 1.0f, merged.get(), w->in);
+      const float* ptr = merged.get();
+      owned_.push_back(std::move(merged));
+      for (auto& [n, p] : by_name_)
+        if (n == name) p = ptr;
+      LayerWeights& lw = layers[l];
+      const float** slot[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.w_gate, &lw.w_up, &lw.w_down};
+      *slot[i] = ptr;
+    }
+}
+
+std::vector<const float*> ModelWeights::tensors() const {
+  std::vector<const float*> out;
+  for (const auto& [name, ptr] : by_name_) out.push_back(ptr);
+  return out;
 }
 
 const float* ModelWeights::find(const std::string& name) const {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "io/safetensors.h"
+#include "lora/adapter.h"
 #include "model/config.h"
 
 namespace loratune {
@@ -48,6 +49,12 @@ class ModelWeights {
   const float* final_norm = nullptr;  // [C]
   const float* lm_head = nullptr;     // [V, C]; equals embed when tied
   std::vector<LayerWeights> layers;
+
+  // Replaces every weight the adapter targets by W + s·B·A (owned copies; the file is not
+  // touched). The merged model computes what the base model with the adapter unmerged does.
+  void merge_lora(const LoraAdapter& adapter, const ModelConfig& config);
+  // Every tensor of qwen2_tensor_specs(config), in that order.
+  std::vector<const float*> tensors() const;
 
   // Pointer to any tensor by HF name (nullptr if unknown).
   const float* find(const std::string& name) const;

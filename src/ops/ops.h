@@ -71,7 +71,8 @@ void swiglu_backward(float* dgate, float* dup, const float* dh, const float* gat
 
 // Fused lm_head + softmax + cross-entropy and its backward, `chunk` rows at a time so that
 // [R, V] logits never exist: for rows h[R, C] with targets[R], returns Σ −log p(target) and
-// writes dh[R, C] = grad_scale · (softmax − onehot) · w. scratch holds chunk·V floats.
+// writes dh[R, C] = grad_scale · (softmax − onehot) · w (skipped when dh is null: loss only).
+// scratch holds chunk·V floats.
 double cross_entropy_forward_backward(float* dh, const float* h, const float* w, const int* targets,
                                       int R, int C, int V, float grad_scale, float* scratch,
                                       int chunk);

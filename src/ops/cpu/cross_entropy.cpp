@@ -25,13 +25,15 @@ double cross_entropy_forward_backward(float* dh, const float* h, const float* w,
       for (int j = 0; j < V; ++j) sum += std::exp(static_cast<double>(row[j] - max_l));
       const int t = targets[r0 + i];
       loss += std::log(sum) - static_cast<double>(row[t] - max_l);
+      if (!dh) continue;
       // Softmax gradient in place: (p − onehot) · grad_scale.
       const float inv = static_cast<float>(1.0 / sum);
       for (int j = 0; j < V; ++j) row[j] = std::exp(row[j] - max_l) * inv * grad_scale;
       row[t] -= grad_scale;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, C, V, 1.0f, logits, V, w, C, 0.0f,
-                dh + static_cast<long>(r0) * C, C);
+    if (dh)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, C, V, 1.0f, logits, V, w, C,
+                  0.0f, dh + static_cast<long>(r0) * C, C);
   }
   return loss;
 }
