@@ -26,6 +26,8 @@ const CommandSpec kSpec = {
         {"--out", "DIR", "output folder (created if needed)"},
         {"--seed", "S", "random seed", "0"},
         {"--dtype", "f32|bf16", "weight dtype in the file", "f32"},
+        {"--init", "scaled|hf",
+         "scaled: matrices N(0, 1/in), embeddings N(0, 0.25); hf: all N(0, 0.02^2)", "scaled"},
         {"--tokenizer", "DIR",
          "copy the tokenizer files of this folder into the model folder (default: write the\n"
          "                              built-in byte-level tokenizer: 256 bytes + special "
@@ -97,8 +99,9 @@ int run_init_model(const Args& args) {
       throw Error("no tokenizer files found", a.str("--tokenizer"),
                   "expected tokenizer.json or vocab.json + merges.txt");
   }
-  write_random_model(out, c, static_cast<uint64_t>(seed),
-                     dtype == "f32" ? DType::F32 : DType::BF16);
+  const InitScheme scheme = parse_init_scheme(a.str("--init", "scaled"));
+  write_random_model(out, c, static_cast<uint64_t>(seed), dtype == "f32" ? DType::F32 : DType::BF16,
+                     scheme);
   if (a.has("--tokenizer"))
     copy_files(a.str("--tokenizer"), out, tok_files);
   else

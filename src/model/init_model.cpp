@@ -83,32 +83,50 @@ bool is_norm(const std::string& name) {
 }
 
 // Fills one tensor; chunks have their own RNG streams so threads do not change the values.
-void fill_tensor(float* out, int64_t n, const std::string& name, uint64_t seed) {
+// Standard deviation of a tensor's entries (norm weights are 1 + N(0, 0.1) either way).
+double init_std(const TensorSpec& spec, InitScheme scheme) {
+  if (scheme == InitScheme::kHf) return 0.02;  // HF initializer_range
+  const bool embedding = spec.name == "model.embed_tokens.weight" || spec.name == "lm_head.weight";
+  if (embedding) return 0.5;
+  if (spec.shape.size() == 2) return 1.0 / std::sqrt(static_cast<double>(spec.shape[1]));
+  return 0.02;  // biases
+}
+
+// Fills one tensor; chunks have their own RNG streams so threads do not change the values.
+void fill_tensor(float* out, const TensorSpec& spec, uint64_t seed, InitScheme scheme) {
   constexpr int64_t kChunk = 1 << 16;
-  const bool norm = is_norm(name);
-  const uint64_t base = hash_name(name) ^ (seed * 0x9e3779b97f4a7c15ull);
+  const int64_t n = shape_numel(spec.shape);
+  const bool norm = is_norm(spec.name);
+  const double std = init_std(spec, scheme);
+  const uint64_t base = hash_name(spec.name) ^ (seed * 0x9e3779b97f4a7c15ull);
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < (n + kChunk - 1) / kChunk; ++c) {
     Rng rng(base + static_cast<uint64_t>(c) * 0xd1b54a32d192ed03ull);
     const int64_t end = std::min(n, (c + 1) * kChunk);
     for (int64_t i = c * kChunk; i < end; ++i) {
       double z = rng.normal();
-      out[i] = static_cast<float>(norm ? 1.0 + 0.1 * z : 0.02 * z);
+      out[i] = static_cast<float>(norm ? 1.0 + 0.1 * z : std * z);
     }
   }
 }
 
 }  // namespace
 
+InitScheme parse_init_scheme(const std::string& name) {
+  if (name == "scaled") return InitScheme::kScaled;
+  if (name == "hf") return InitScheme::kHf;
+  throw UsageError("unknown --init '" + name + "'", "", "use scaled or hf");
+}
+
 void write_random_model(const std::string& dir, const ModelConfig& config, uint64_t seed,
-                        DType dtype) {
+                        DType dtype, InitScheme scheme) {
   config.validate("model shape");
   std::vector<std::vector<float>> buffers;
   std::vector<const float*> tensors;
   for (const TensorSpec& spec : qwen2_tensor_specs(config)) {
     const int64_t n = shape_numel(spec.shape);
     buffers.emplace_back(static_cast<size_t>(n));
-    fill_tensor(buffers.back().data(), n, spec.name, seed);
+    fill_tensor(buffers.back().data(), spec, seed, scheme);
     tensors.push_back(buffers.back().data());
   }
   write_model_folder(dir, config, tensors, dtype);

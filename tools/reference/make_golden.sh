@@ -52,7 +52,7 @@ if [[ $REF_MODELS == loratune ]]; then
     echo "make_golden: $LT init-model is not available (build it, or set REF_MODELS=python)" >&2
     exit 2
   fi
-  mk_model() { run "$LT" init-model --threads 1 "$@"; }
+  mk_model() { run "$LT" init-model --threads 1 --init hf "$@"; }
   if have_lt debug init-adapter; then
     mk_adapter() { run "$LT" debug init-adapter "$@"; }
   else
