@@ -195,6 +195,20 @@ TEST(DatasetRead, BrokenJsonlLineNamesTheLineOrIsSkippedAndCounted) {
   EXPECT_NE(stats.first_bad.find("line 3"), std::string::npos) << stats.first_bad;
 }
 
+TEST(DatasetRead, NumberOutOfRangeIsMalformedJson) {
+  // nlohmann reports this one as out_of_range, not as a parse error.
+  const std::string overflow = R"({"instruction": "a", "output": "b", "n": 1e999})";
+  const std::string good = R"({"instruction": "c", "output": "d"})";
+  std::string msg = error_of([&] { read_text(good + "\n" + overflow + "\n"); });
+  EXPECT_NE(msg.find("invalid JSON: number overflow"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("data.json, line 2"), std::string::npos) << msg;
+  ReadStats stats;
+  EXPECT_EQ(read_text(good + "\n" + overflow + "\n", true, &stats).size(), 1u);
+  EXPECT_EQ(stats.skipped_bad, 1);
+  msg = error_of([&] { read_text("[" + good + ", " + overflow + "]", true); });
+  EXPECT_NE(msg.find("invalid JSON: number overflow"), std::string::npos) << msg;
+}
+
 TEST(DatasetRead, PrettyPrintedObjectIsNotJsonl) {
   std::string msg =
       error_of([] { read_text("{\n  \"instruction\": \"a\",\n  \"output\": \"b\"\n}\n"); });

@@ -162,6 +162,16 @@ std::string parse_error_text(const Json::parse_error& e) {
   return msg;
 }
 
+// Any other nlohmann error without its "[json.exception.NAME.N] " prefix.
+std::string json_error_text(const Json::exception& e) {
+  std::string msg = e.what();
+  if (msg.starts_with("[json.exception.")) {
+    size_t end = msg.find("] ");
+    if (end != std::string::npos) return msg.substr(end + 2);
+  }
+  return msg;
+}
+
 // 1-based line and column of byte `offset` (0-based) in `text`.
 std::string line_and_column(std::string_view text, size_t offset) {
   offset = std::min(offset, text.size());
@@ -236,14 +246,19 @@ class Reader {
 
 void read_array(std::string_view text, Reader& reader, const std::string& name) {
   Json doc;
+  const char* hint =
+      "a JSON dataset must be one array of records; a syntax error cannot be skipped with "
+      "--skip-bad-records (JSONL can: one record per line)";
   try {
     doc = Json::parse(text);
   } catch (const Json::parse_error& e) {
     // e.byte is the 1-based position of the last byte read.
     size_t offset = e.byte > 0 ? static_cast<size_t>(e.byte - 1) : 0;
     throw Error("invalid JSON: " + parse_error_text(e), name + ", " + line_and_column(text, offset),
-                "a JSON dataset must be one array of records; a syntax error cannot be skipped "
-                "with --skip-bad-records (JSONL can: one record per line)");
+                hint);
+  } catch (const Json::exception& e) {
+    // Not a syntax error: a number out of range ("1e999").
+    throw Error("invalid JSON: " + json_error_text(e), name, hint);
   }
   if (!doc.is_array()) {
     throw Error(std::string("a JSON dataset must be an array of records, not ") + doc.type_name(),
@@ -274,6 +289,10 @@ void read_jsonl(std::string_view text, Reader& reader) {
       }
       first_record = false;
       reader.bad(what, where);
+      continue;
+    } catch (const Json::exception& e) {
+      first_record = false;
+      reader.bad("invalid JSON: " + json_error_text(e), where);
       continue;
     }
     first_record = false;
