@@ -3,6 +3,7 @@
 #include <cstring>
 #include <memory>
 
+#include "cli/adapter_option.h"
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "core/error.h"
@@ -87,11 +88,7 @@ int run_logits(const Args& args) {
   const std::string out = a.required("--out");
   set_num_threads(static_cast<int>(a.integer("--threads", 0)));
   Transformer model(model_dir);
-  std::unique_ptr<LoraAdapter> adapter;
-  if (a.has("--adapter")) {
-    adapter = std::make_unique<LoraAdapter>(LoraAdapter::load(a.str("--adapter"), model.config()));
-    model.set_adapter(adapter.get());
-  }
+  const auto adapter = load_adapter_option(a, model);
 
   std::vector<int> tokens;
   std::vector<SequenceSpan> spans;

@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <memory>
 
+#include "cli/adapter_option.h"
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "core/error.h"
@@ -23,7 +24,7 @@ const CommandSpec kSpec = {
         {"--adapter", "DIR", "PEFT LoRA adapter folder, applied unmerged"},
         {"--data", "FILE", "JSON array or JSONL", "", true},
         {"--json", "", "print one JSON object instead of text"},
-        {"--template", "NAME", "seed, alpaca or chatml", "seed"},
+        {"--template", "NAME", "seed or chatml", "seed"},
         {"--max-length", "N", "truncate examples to N tokens", "512"},
         {"--train-on-prompt", "", "score the prompt tokens too"},
         {"--per-device-eval-batch-size", "N", "examples per batch", "8"},
@@ -40,11 +41,7 @@ int run_eval(const Args& args) {
   if (files.empty()) throw UsageError("missing --data");
   set_num_threads(static_cast<int>(a.integer("--threads", 0)));
   Transformer model(model_dir);
-  std::unique_ptr<LoraAdapter> adapter;
-  if (a.has("--adapter")) {
-    adapter = std::make_unique<LoraAdapter>(LoraAdapter::load(a.str("--adapter"), model.config()));
-    model.set_adapter(adapter.get());
-  }
+  const auto adapter = load_adapter_option(a, model);
   tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(model_dir);
   data::ReadStats read_stats;
   std::vector<data::Record> records;
@@ -53,8 +50,7 @@ int run_eval(const Args& args) {
     records.insert(records.end(), part.begin(), part.end());
   }
   data::TokenizeOptions opt;
-  const std::string tmpl = a.str("--template", "seed");
-  opt.kind = data::parse_template_kind(tmpl == "alpaca" ? "seed" : tmpl);
+  opt.kind = data::parse_template_kind(a.str("--template", "seed"));
   opt.max_length = static_cast<int>(a.integer("--max-length", 512));
   if (opt.max_length < 2) throw UsageError("--max-length must be at least 2");
   opt.train_on_prompt = a.flag("--train-on-prompt");

@@ -3,6 +3,7 @@
 #include <memory>
 #include <optional>
 
+#include "cli/adapter_option.h"
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "core/error.h"
@@ -77,16 +78,7 @@ int run_generate(const Args& args) {
     throw UsageError("give exactly one of --prompt, --instruction and --prompt-ids");
   set_num_threads(static_cast<int>(a.integer("--threads", 0)));
   Transformer model(model_dir);
-  std::unique_ptr<LoraAdapter> adapter;
-  if (a.has("--adapter")) {
-    adapter = std::make_unique<LoraAdapter>(LoraAdapter::load(a.str("--adapter"), model.config()));
-    if (a.flag("--merge"))
-      model.merge_adapter(*adapter);
-    else
-      model.set_adapter(adapter.get());
-  } else if (a.flag("--merge")) {
-    throw UsageError("--merge needs --adapter");
-  }
+  const auto adapter = load_adapter_option(a, model, a.flag("--merge"));
   const GenerationConfig& gc = model.config().generation;
 
   GenerateOptions opt;

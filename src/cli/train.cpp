@@ -54,7 +54,7 @@ const CommandSpec kSpec = {
          "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj or all-linear", "q_proj,v_proj"},
         {"--use-rslora", "", "scale alpha/sqrt(r)"},
         {"--max-length", "N", "truncate examples to N tokens", "512"},
-        {"--template", "NAME", "seed, alpaca (same as seed) or chatml", "seed"},
+        {"--template", "NAME", "seed or chatml", "seed"},
         {"--data-fraction", "X", "use the first fraction of the data", "1.0"},
         {"--eval-fraction", "X", "the last fraction of that is eval data", "0.2"},
         {"--shuffle", "", "shuffle the records (with --seed) before taking fractions"},
@@ -112,8 +112,7 @@ int run_train(const Args& args) {
   t.lora.target_modules = parse_target_modules(a.str("--target-modules", "q_proj,v_proj"));
   t.lora.use_rslora = a.flag("--use-rslora");
   t.max_length = to_int(a, "--max-length", t.max_length);
-  const std::string tmpl = a.str("--template", "seed");
-  t.template_kind = data::parse_template_kind(tmpl == "alpaca" ? "seed" : tmpl);
+  t.template_kind = data::parse_template_kind(a.str("--template", "seed"));
   t.data_fraction = a.number("--data-fraction", t.data_fraction);
   t.eval_fraction = a.number("--eval-fraction", t.eval_fraction);
   t.shuffle = a.flag("--shuffle");

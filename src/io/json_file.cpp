@@ -16,7 +16,7 @@ Json read_json_file(const std::string& path) {
   ss << in.rdbuf();
   try {
     return Json::parse(ss.str());
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {  // parse_error, or out_of_range for numbers like 1e999
     throw Error(std::string("invalid JSON: ") + e.what(), path);
   }
 }
