@@ -79,6 +79,34 @@ TEST(Trainer, EpochsEvalCheckpointsAndBestModel) {
               1e-5);
 }
 
+// A tiny model learns four answers by heart: generation with the adapter gives the trained
+// answer (and stops at the learned EOS), the base model does not.
+TEST(Trainer, AdapterReproducesTrainedAnswers) {
+  test::TempDir dir;
+  test::write_file(dir / "data.jsonl",
+                   "{\"instruction\": \"What is the capital of France?\", \"input\": \"\", "
+                   "\"output\": \"Paris.\"}\n"
+                   "{\"instruction\": \"Translate to Chinese.\", \"input\": \"dog\", "
+                   "\"output\": \"狗\"}\n"
+                   "{\"instruction\": \"2 + 3 =\", \"input\": \"\", \"output\": \"5\"}\n"
+                   "{\"instruction\": \"Say hi.\", \"output\": \"hi!\"}\n");
+  test::CommandResult r = run_cli(
+      "train --model '" + test::tiny_model_dir() + "' --data '" + dir / "data.jsonl" +
+      "' --output-dir '" + dir / "out" +
+      "' --eval-fraction 0 --per-device-train-batch-size 4 --max-steps 80 --learning-rate 1e-2 "
+      "--target-modules all-linear --lora-r 16 --lora-alpha 32 --lora-dropout 0 "
+      "--save-strategy no --threads 1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string ask = "generate --model '" + test::tiny_model_dir() +
+                          "' --prompt 'What is the capital of France?' --max-new-tokens 20";
+  EXPECT_EQ(run_cli(ask + " --adapter '" + dir / "out/final_model" + "'").output, "Paris.\n");
+  EXPECT_NE(run_cli(ask).output, "Paris.\n");
+  EXPECT_EQ(run_cli("generate --model '" + test::tiny_model_dir() + "' --adapter '" +
+                    dir / "out/final_model" + "' --instruction 'Translate to Chinese.' --input dog")
+                .output,
+            "狗\n");
+}
+
 TEST(Trainer, ResumeGivesTheSameLosses) {
   test::TempDir dir;
   const std::string flags =
@@ -169,6 +197,18 @@ TEST(Trainer, ConfigFileAndCommandLine) {
   test::CommandResult bad = run_cli(train_cmd(dir / "out2", "--config '" + dir / "bad.yaml" + "'"));
   EXPECT_EQ(bad.status, 2);
   EXPECT_NE(bad.output.find("unknown key 'learning_rat'"), std::string::npos) << bad.output;
+}
+
+TEST(Trainer, SeedConfigFileRuns) {
+  test::TempDir dir;
+  test::CommandResult r =
+      run_cli(train_cmd(dir / "out", "--config '" + test::source_dir() +
+                                         "/examples/seed.yaml' --data-fraction 1 --max-steps 2"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  Json adapter = read_json_file(dir / "out/final_model/adapter_config.json");
+  EXPECT_EQ(adapter["target_modules"], Json({"q_proj", "v_proj"}));
+  EXPECT_EQ(adapter["lora_dropout"], 0.05);
+  EXPECT_TRUE(dir_exists(dir / "out/checkpoint-2"));
 }
 
 TEST(Merge, MergedLogitsEqualUnmergedAdapter) {

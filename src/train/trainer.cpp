@@ -269,8 +269,9 @@ int run_training(const TrainArgs& args, const Json& args_json) {
     logger.progress(state.global_step, total_steps, loss, last_lr,
                     log_tokens / std::max(1e-9, elapsed),
                     per_step * static_cast<double>(total_steps - state.global_step));
-    const bool epoch_end = state.global_step % steps_per_epoch == 0;
     const bool final_step = state.global_step == total_steps;
+    // Stopping mid-epoch (--max-steps) ends that epoch too, as in HF's loop.
+    const bool epoch_end = state.global_step % steps_per_epoch == 0 || final_step;
     if (state.global_step % args.logging_steps == 0 || final_step) {
       Json rec = {{"step", state.global_step},        {"epoch", state.epoch},
                   {"loss", log_loss_sum / log_steps}, {"grad_norm", last_norm},
