@@ -24,7 +24,7 @@ $lt train --model "$work/model" --data examples/data/sample_seed.json \
   --output-dir "$work/run" --num-train-epochs 40 --per-device-train-batch-size 4 \
   --learning-rate 5e-3 --target-modules all-linear --lora-r 16 --lora-alpha 32 \
   --lora-dropout 0 --eval-strategy epoch --save-strategy epoch --save-total-limit 2 \
-  --load-best-model-at-end --logging-steps 20
+  --logging-steps 20
 
 echo "== after training: $question"
 $lt generate --model "$work/model" --adapter "$work/run/final_model" --prompt "$question" \
