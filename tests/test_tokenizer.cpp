@@ -573,7 +573,23 @@ TEST(Template, ChatMLFormat) {
             "<|im_start|>assistant\n");
   EXPECT_STREQ(template_end_token(TemplateKind::kChatML), "<|im_end|>");
   EXPECT_EQ(parse_template_kind("chatml"), TemplateKind::kChatML);
-  EXPECT_THROW(parse_template_kind("alpaca"), UsageError);
+  EXPECT_THROW(parse_template_kind("vicuna"), UsageError);
+}
+
+TEST(Template, AlpacaFormat) {
+  using namespace loratune::data;
+  PromptParts with = apply_template(TemplateKind::kAlpaca, {"Translate", "hola", "hello", ""});
+  EXPECT_EQ(with.prompt,
+            "Below is an instruction that describes a task, paired with an input that provides "
+            "further context. Write a response that appropriately completes the request.\n\n"
+            "### Instruction:\nTranslate\n\n### Input:\nhola\n\n### Response:\n");
+  EXPECT_EQ(with.completion, "hello");
+  EXPECT_EQ(generation_prompt(TemplateKind::kAlpaca, "Say hi"),
+            "Below is an instruction that describes a task. Write a response that appropriately "
+            "completes the request.\n\n### Instruction:\nSay hi\n\n### Response:\n");
+  EXPECT_STREQ(template_end_token(TemplateKind::kAlpaca), "<|endoftext|>");
+  EXPECT_EQ(parse_template_kind("alpaca"), TemplateKind::kAlpaca);
+  EXPECT_STREQ(template_name(TemplateKind::kAlpaca), "alpaca");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -105,6 +105,13 @@ TEST(Trainer, AdapterReproducesTrainedAnswers) {
                     dir / "out/final_model" + "' --instruction 'Translate to Chinese.' --input dog")
                 .output,
             "狗\n");
+  // --chat reads one instruction per line.
+  test::write_file(dir / "questions.txt", "What is the capital of France?\n");
+  EXPECT_EQ(run_cli("generate --model '" + test::tiny_model_dir() + "' --adapter '" +
+                    dir / "out/final_model" + "' --chat --max-new-tokens 20 < '" +
+                    dir / "questions.txt" + "'")
+                .output,
+            "Paris.\n");
 }
 
 TEST(Trainer, ResumeGivesTheSameLosses) {

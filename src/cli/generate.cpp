@@ -1,5 +1,8 @@
 // loratune generate: greedy or sampled generation with a KV cache, streamed as it goes.
+#include <unistd.h>
+
 #include <cstdio>
+#include <iostream>
 #include <memory>
 #include <optional>
 
@@ -33,9 +36,10 @@ const CommandSpec kSpec = {
         {"--prompt", "TEXT", "the instruction (or, with --template raw, the whole prompt)"},
         {"--instruction", "TEXT", "same as --prompt"},
         {"--input", "TEXT", "the record's input field (seed/chatml templates)"},
-        {"--template", "NAME", "seed (Instruction: ...\\nOutput: ), chatml or raw", "seed"},
+        {"--template", "NAME", "seed (Instruction: ...\\nOutput: ), alpaca, chatml or raw", "seed"},
         {"--system", "TEXT", "system prompt for chatml", "You are a helpful assistant."},
         {"--prompt-ids", "IDS", "prompt as comma-separated token ids (no template)"},
+        {"--chat", "", "interactive: read one instruction per line from stdin, keep the turns"},
         {"--max-new-tokens", "N", "most tokens to generate", "200"},
         {"--do-sample", "", "sample instead of greedy decoding"},
         {"--greedy", "", "greedy decoding even if generation_config.json samples"},
@@ -53,19 +57,20 @@ bool has_tokenizer(const std::string& dir) {
          (file_exists(dir + "/vocab.json") && file_exists(dir + "/merges.txt"));
 }
 
-// The prompt text: the instruction in the chosen template, or the raw text.
-std::string prompt_text(const ParsedArgs& a) {
-  const std::string instruction = a.has("--prompt") ? a.str("--prompt") : a.str("--instruction");
+// The prompt text: the instruction (after the earlier turns of a chat) in the chosen template,
+// or the raw text.
+std::string prompt_text(const ParsedArgs& a, const std::string& instruction,
+                        const std::vector<std::pair<std::string, std::string>>& history) {
   const std::string name = a.str("--template", "seed");
   if (name == "raw") {
-    if (a.has("--input")) throw UsageError("--input needs the seed or chatml template");
+    if (a.has("--input")) throw UsageError("--input needs the seed, alpaca or chatml template");
     return instruction;
   }
   data::Example ex;
   ex.instruction = instruction;
   ex.input = a.str("--input");
   ex.system = a.str("--system");
-  return data::apply_template(data::parse_template_kind(name), ex).prompt;
+  return data::apply_template_with_history(data::parse_template_kind(name), ex, history).prompt;
 }
 
 }  // namespace
@@ -73,9 +78,10 @@ std::string prompt_text(const ParsedArgs& a) {
 int run_generate(const Args& args) {
   ParsedArgs a = parse_args(kSpec, args);
   const std::string model_dir = a.required("--model");
-  const int sources = a.has("--prompt") + a.has("--instruction") + a.has("--prompt-ids");
+  const int sources =
+      a.has("--prompt") + a.has("--instruction") + a.has("--prompt-ids") + a.flag("--chat");
   if (sources != 1)
-    throw UsageError("give exactly one of --prompt, --instruction and --prompt-ids");
+    throw UsageError("give exactly one of --prompt, --instruction, --prompt-ids and --chat");
   set_num_threads(static_cast<int>(a.integer("--threads", 0)));
   Transformer model(model_dir);
   const auto adapter = load_adapter_option(a, model, a.flag("--merge"));
@@ -95,40 +101,68 @@ int run_generate(const Args& args) {
 
   std::optional<tokenizer::Tokenizer> tok;
   if (has_tokenizer(model_dir)) tok = tokenizer::Tokenizer::load(model_dir);
-  std::vector<int> prompt;
+  // Generates after `prompt`, streaming text (or ids without a tokenizer); returns the text.
+  auto stream = [&](const std::vector<int>& prompt) {
+    std::string text;
+    if (tok) {
+      tokenizer::StreamDecoder decoder(*tok, /*skip_special=*/true);
+      generate(model, prompt, opt, [&](int token) {
+        const std::string piece = decoder.push(token);
+        text += piece;
+        std::fputs(piece.c_str(), stdout);
+        std::fflush(stdout);
+      });
+      const std::string tail = decoder.finish();
+      text += tail;
+      std::fputs(tail.c_str(), stdout);
+    } else {
+      bool first = true;
+      generate(model, prompt, opt, [&](int token) {
+        std::printf(first ? "%d" : ",%d", token);
+        first = false;
+        std::fflush(stdout);
+      });
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+    return text;
+  };
   if (a.has("--prompt-ids")) {
+    std::vector<int> prompt;
     for (long long id : parse_int_list(a.str("--prompt-ids"), "--prompt-ids")) {
       if (id < 0 || id >= model.config().vocab_size)
         throw UsageError("prompt token id " + std::to_string(id) + " out of range [0, " +
                          std::to_string(model.config().vocab_size) + ")");
       prompt.push_back(static_cast<int>(id));
     }
-  } else {
-    if (!tok)
-      throw Error("the model folder has no tokenizer", model_dir,
-                  "add tokenizer.json (init-model --tokenizer DIR) or use --prompt-ids");
-    const std::string text = prompt_text(a);
-    for (int32_t id : tok->encode(text)) prompt.push_back(id);
-    for (int32_t id : tok->stop_ids()) opt.eos_token_ids.push_back(id);
-    if (a.str("--template", "seed") == "chatml")
-      if (auto end = tok->token_id("<|im_end|>")) opt.eos_token_ids.push_back(*end);
+    stream(prompt);
+    return 0;
   }
-  if (tok) {
-    tokenizer::StreamDecoder decoder(*tok, /*skip_special=*/true);
-    generate(model, prompt, opt, [&](int token) {
-      std::fputs(decoder.push(token).c_str(), stdout);
-      std::fflush(stdout);
-    });
-    std::fputs(decoder.finish().c_str(), stdout);
-  } else {
-    bool first = true;
-    generate(model, prompt, opt, [&](int token) {
-      std::printf(first ? "%d" : ",%d", token);
-      first = false;
-      std::fflush(stdout);
-    });
+  if (!tok)
+    throw Error("the model folder has no tokenizer", model_dir,
+                "add tokenizer.json (init-model --tokenizer DIR) or use --prompt-ids");
+  for (int32_t id : tok->stop_ids()) opt.eos_token_ids.push_back(id);
+  if (a.str("--template", "seed") == "chatml")
+    if (auto end = tok->token_id("<|im_end|>")) opt.eos_token_ids.push_back(*end);
+  auto encode = [&](const std::string& text) {
+    std::vector<int32_t> ids = tok->encode(text);
+    return std::vector<int>(ids.begin(), ids.end());
+  };
+  if (!a.flag("--chat")) {
+    stream(
+        encode(prompt_text(a, a.has("--prompt") ? a.str("--prompt") : a.str("--instruction"), {})));
+    return 0;
   }
-  std::printf("\n");
+  // Interactive: one instruction per line; earlier turns stay in the prompt (not with raw).
+  std::vector<std::pair<std::string, std::string>> history;
+  const bool tty = isatty(0);
+  for (std::string line;;) {
+    if (tty) std::fputs("> ", stderr);
+    if (!std::getline(std::cin, line)) break;
+    if (line.empty()) continue;
+    const std::string answer = stream(encode(prompt_text(a, line, history)));
+    history.emplace_back(line, answer);
+  }
   return 0;
 }
 

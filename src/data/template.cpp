@@ -15,6 +15,24 @@ std::string chatml_prompt(std::string_view user, std::string_view system) {
   return s;
 }
 
+// Stanford Alpaca's prompt, with and without the input field.
+std::string alpaca_prompt(std::string_view instruction, std::string_view input) {
+  std::string s = input.empty()
+                      ? "Below is an instruction that describes a task. Write a response that "
+                        "appropriately completes the request.\n\n"
+                      : "Below is an instruction that describes a task, paired with an input that "
+                        "provides further context. Write a response that appropriately completes "
+                        "the request.\n\n";
+  s += "### Instruction:\n";
+  s += instruction;
+  if (!input.empty()) {
+    s += "\n\n### Input:\n";
+    s += input;
+  }
+  s += "\n\n### Response:\n";
+  return s;
+}
+
 // The earlier turns of a conversation in the template's own format.
 std::string history_text(TemplateKind kind,
                          std::span<const std::pair<std::string, std::string>> history) {
@@ -22,6 +40,8 @@ std::string history_text(TemplateKind kind,
   for (const auto& [user, assistant] : history) {
     if (kind == TemplateKind::kSeed) {
       s += "Instruction: " + user + "\nOutput: " + assistant + "\n";
+    } else if (kind == TemplateKind::kAlpaca) {
+      s += "### Instruction:\n" + user + "\n\n### Response:\n" + assistant + "\n\n";
     } else {
       s += "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n" + assistant +
            "<|im_end|>\n";
@@ -35,12 +55,21 @@ std::string history_text(TemplateKind kind,
 TemplateKind parse_template_kind(std::string_view name) {
   if (name == "seed") return TemplateKind::kSeed;
   if (name == "chatml") return TemplateKind::kChatML;
+  if (name == "alpaca") return TemplateKind::kAlpaca;
   throw UsageError("unknown prompt template '" + std::string(name) + "'", "--template",
-                   "use seed or chatml");
+                   "use seed, alpaca or chatml");
 }
 
 const char* template_name(TemplateKind kind) {
-  return kind == TemplateKind::kSeed ? "seed" : "chatml";
+  switch (kind) {
+    case TemplateKind::kSeed:
+      return "seed";
+    case TemplateKind::kAlpaca:
+      return "alpaca";
+    case TemplateKind::kChatML:
+      return "chatml";
+  }
+  return "?";
 }
 
 PromptParts apply_template(TemplateKind kind, const Example& example) {
@@ -49,6 +78,8 @@ PromptParts apply_template(TemplateKind kind, const Example& example) {
     parts.prompt = "Instruction: " + example.instruction + "\n";
     if (!example.input.empty()) parts.prompt += "Input: " + example.input + "\n";
     parts.prompt += "Output: ";
+  } else if (kind == TemplateKind::kAlpaca) {
+    parts.prompt = alpaca_prompt(example.instruction, example.input);
   } else {
     std::string user = example.instruction;
     if (!example.input.empty()) user += "\n" + example.input;
@@ -64,7 +95,7 @@ PromptParts apply_template_with_history(
   PromptParts parts = apply_template(kind, example);
   if (history.empty()) return parts;
   std::string turns = history_text(kind, history);
-  if (kind == TemplateKind::kSeed) {
+  if (kind != TemplateKind::kChatML) {
     parts.prompt.insert(0, turns);
   } else {
     // After the system block, before the final user turn.
@@ -78,11 +109,12 @@ PromptParts apply_template_with_history(
 
 std::string generation_prompt(TemplateKind kind, std::string_view prompt, std::string_view system) {
   if (kind == TemplateKind::kSeed) return "Instruction: " + std::string(prompt) + "\nOutput: ";
+  if (kind == TemplateKind::kAlpaca) return alpaca_prompt(prompt, "");
   return chatml_prompt(prompt, system);
 }
 
 const char* template_end_token(TemplateKind kind) {
-  return kind == TemplateKind::kSeed ? "<|endoftext|>" : "<|im_end|>";
+  return kind == TemplateKind::kChatML ? "<|im_end|>" : "<|endoftext|>";
 }
 
 }  // namespace loratune::data

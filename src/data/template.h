@@ -3,6 +3,9 @@
 //   seed    "Instruction: {instruction}\nInput: {input}\nOutput: " + "{output}"
 //           (no Input line when the input is empty); a generation prompt is
 //           "Instruction: {prompt}\nOutput: ".
+//   alpaca  Stanford Alpaca's "Below is an instruction that describes a task. ...\n\n"
+//           "### Instruction:\n{instruction}\n\n[### Input:\n{input}\n\n]### Response:\n"
+//           + "{output}"; the answer ends with the model's EOS, as for seed.
 //   chatml  Qwen2-Instruct's default: "<|im_start|>system\n{system}<|im_end|>\n"
 //           "<|im_start|>user\n{instruction[\n{input}]}<|im_end|>\n<|im_start|>assistant\n"
 //           + "{output}"; the answer ends with <|im_end|> (the template's end token).
@@ -19,9 +22,9 @@
 
 namespace loratune::data {
 
-enum class TemplateKind { kSeed, kChatML };
+enum class TemplateKind { kSeed, kAlpaca, kChatML };
 
-// "seed" or "chatml"; throws UsageError for anything else.
+// "seed", "alpaca" or "chatml"; throws UsageError for anything else.
 TemplateKind parse_template_kind(std::string_view name);
 const char* template_name(TemplateKind kind);
 
