@@ -91,23 +91,23 @@ TEST(Trainer, AdapterReproducesTrainedAnswers) {
                    "{\"instruction\": \"2 + 3 =\", \"input\": \"\", \"output\": \"5\"}\n"
                    "{\"instruction\": \"Say hi.\", \"output\": \"hi!\"}\n");
   test::CommandResult r = run_cli(
-      "train --model '" + test::tiny_model_dir() + "' --data '" + dir / "data.jsonl" +
+      "train --model '" + test::learnable_tiny_model_dir() + "' --data '" + dir / "data.jsonl" +
       "' --output-dir '" + dir / "out" +
       "' --eval-fraction 0 --per-device-train-batch-size 4 --max-steps 80 --learning-rate 1e-2 "
       "--target-modules all-linear --lora-r 16 --lora-alpha 32 --lora-dropout 0 "
       "--save-strategy no --threads 1");
   ASSERT_EQ(r.status, 0) << r.output;
-  const std::string ask = "generate --model '" + test::tiny_model_dir() +
+  const std::string ask = "generate --model '" + test::learnable_tiny_model_dir() +
                           "' --prompt 'What is the capital of France?' --max-new-tokens 20";
   EXPECT_EQ(run_cli(ask + " --adapter '" + dir / "out/final_model" + "'").output, "Paris.\n");
   EXPECT_NE(run_cli(ask).output, "Paris.\n");
-  EXPECT_EQ(run_cli("generate --model '" + test::tiny_model_dir() + "' --adapter '" +
+  EXPECT_EQ(run_cli("generate --model '" + test::learnable_tiny_model_dir() + "' --adapter '" +
                     dir / "out/final_model" + "' --instruction 'Translate to Chinese.' --input dog")
                 .output,
             "狗\n");
   // --chat reads one instruction per line.
   test::write_file(dir / "questions.txt", "What is the capital of France?\n");
-  EXPECT_EQ(run_cli("generate --model '" + test::tiny_model_dir() + "' --adapter '" +
+  EXPECT_EQ(run_cli("generate --model '" + test::learnable_tiny_model_dir() + "' --adapter '" +
                     dir / "out/final_model" + "' --chat --max-new-tokens 20 < '" +
                     dir / "questions.txt" + "'")
                 .output,

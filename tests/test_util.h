@@ -71,16 +71,25 @@ inline void write_file(const std::string& path, const std::string& content) {
   out << content;
 }
 
-// A tiny model made once per test binary run (deterministic: same seed, same weights).
-inline const std::string& tiny_model_dir() {
+// A tiny model made once per test binary run (deterministic: same seed, same weights), with
+// `init-model` flags `flags`.
+inline std::string make_tiny_model(const std::string& name, const std::string& flags) {
   static TempDir dir;
-  static bool made = [] {
-    CommandResult r = run_cli("init-model --preset tiny --seed 0 --out '" + dir.path() + "/m'");
-    if (r.status != 0) ADD_FAILURE() << r.output;
-    return true;
-  }();
-  (void)made;
-  static std::string path = dir.path() + "/m";
+  const std::string path = dir.path() + "/" + name;
+  CommandResult r = run_cli("init-model --preset tiny --seed 0 " + flags + " --out '" + path + "'");
+  if (r.status != 0) ADD_FAILURE() << r.output;
+  return path;
+}
+
+// HF's initialisation (N(0, 0.02²)), as the golden models: logits of order 1, for numerics.
+inline const std::string& tiny_model_dir() {
+  static const std::string path = make_tiny_model("hf", "--init hf");
+  return path;
+}
+
+// The default scaled initialisation: a tiny model that can learn (trainer tests).
+inline const std::string& learnable_tiny_model_dir() {
+  static const std::string path = make_tiny_model("scaled", "");
   return path;
 }
 
