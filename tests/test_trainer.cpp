@@ -178,6 +178,24 @@ TEST(Trainer, RefusesBadOutputDirs) {
   EXPECT_NE(blocked.output.find("cannot create directory"), std::string::npos) << blocked.output;
 }
 
+// A full disk, simulated with a file-size limit (SIGXFSZ ignored, so writes fail with EFBIG):
+// a clear error and no checkpoint, whole or partial, left behind.
+TEST(Trainer, FullDiskLeavesNoPartialCheckpoint) {
+  test::TempDir dir;
+  const std::string cmd = "trap '' XFSZ; ulimit -f 20; '" + test::binary() + "' " +
+                          train_cmd(dir / "out", "--max-steps 2 --save-steps 1") + " >'" +
+                          dir / "log.txt" + "' 2>&1; echo \\$? >'" + dir / "status.txt" + "'";
+  ASSERT_EQ(std::system(("bash -c \"" + cmd + "\"").c_str()), 0);
+  EXPECT_EQ(test::read_file(dir / "status.txt"), "1\n") << test::read_file(dir / "log.txt");
+  EXPECT_NE(test::read_file(dir / "log.txt").find("disk full"), std::string::npos)
+      << test::read_file(dir / "log.txt");
+  for (const auto& entry : std::filesystem::directory_iterator(dir / "out")) {
+    const std::string name = entry.path().filename().string();
+    EXPECT_EQ(name.find("checkpoint"), std::string::npos) << name;
+    EXPECT_EQ(name.find(".tmp"), std::string::npos) << name;
+  }
+}
+
 TEST(Trainer, RefusesReadOnlyOutputDir) {
   test::TempDir dir;
   std::system(("mkdir -p '" + dir / "ro" + "' && chmod 555 '" + dir / "ro" + "'").c_str());
