@@ -12,10 +12,6 @@ namespace {
 
 using test::run_cli;
 
-std::string golden(const std::string& name) {
-  return test::source_dir() + "/tests/golden/" + name;
-}
-
 std::string ids_arg(const SafetensorsFile& g, const char* prefix) {
   std::string out;
   for (int i = 0; g.find(prefix + std::to_string(i)); ++i) {
@@ -32,10 +28,10 @@ std::string ids_arg(const SafetensorsFile& g, const char* prefix) {
 
 TEST(AdapterCli, DebugGradsMatchesGolden) {
   test::TempDir dir;
-  SafetensorsFile g(golden("grads_tiny_all.safetensors"));
+  SafetensorsFile g(test::golden("grads_tiny_all.safetensors"));
   test::CommandResult r =
-      run_cli("debug grads --model '" + golden("models/tiny") + "' --adapter '" +
-              golden("adapters/tiny_all") + "' --ids " + ids_arg(g, "ids.") + " --labels " +
+      run_cli("debug grads --model '" + test::golden("models/tiny") + "' --adapter '" +
+              test::golden("adapters/tiny_all") + "' --ids " + ids_arg(g, "ids.") + " --labels " +
               ids_arg(g, "labels.") + " --out '" + dir / "g.safetensors" + "'");
   ASSERT_EQ(r.status, 0) << r.output;
   SafetensorsFile out(dir / "g.safetensors");
@@ -61,9 +57,9 @@ TEST(AdapterCli, DebugGradsMatchesGolden) {
 
 TEST(AdapterCli, DebugLogitsWithAdapterMatchesGolden) {
   test::TempDir dir;
-  SafetensorsFile g(golden("logits_tiny_adapter_all_batch.safetensors"));
-  test::CommandResult r = run_cli("debug logits --model '" + golden("models/tiny") +
-                                  "' --adapter '" + golden("adapters/tiny_all") + "' --ids " +
+  SafetensorsFile g(test::golden("logits_tiny_adapter_all_batch.safetensors"));
+  test::CommandResult r = run_cli("debug logits --model '" + test::golden("models/tiny") +
+                                  "' --adapter '" + test::golden("adapters/tiny_all") + "' --ids " +
                                   ids_arg(g, "ids.") + " --out '" + dir / "l.safetensors" + "'");
   ASSERT_EQ(r.status, 0) << r.output;
   SafetensorsFile out(dir / "l.safetensors");
@@ -80,11 +76,11 @@ TEST(AdapterCli, DebugLogitsWithAdapterMatchesGolden) {
 
 TEST(AdapterFiles, InitSaveLoadRoundTrip) {
   test::TempDir dir;
-  ASSERT_EQ(run_cli("debug init-adapter --model '" + golden("models/tiny") + "' --out '" +
+  ASSERT_EQ(run_cli("debug init-adapter --model '" + test::golden("models/tiny") + "' --out '" +
                     dir / "a" + "' --lora-r 4 --target-modules all-linear --b-std 0.01 --seed 3")
                 .status,
             0);
-  ModelConfig mc = load_model_config(golden("models/tiny"));
+  ModelConfig mc = load_model_config(test::golden("models/tiny"));
   LoraAdapter a = LoraAdapter::load(dir / "a", mc);
   EXPECT_EQ(a.parameters().size(), 2u * 7 * mc.num_hidden_layers);
   a.save(dir / "b");
@@ -117,12 +113,12 @@ TEST(AdapterFiles, InitSaveLoadRoundTrip) {
 
 TEST(AdapterFiles, RefusesWhatItCannotHonour) {
   test::TempDir dir;
-  const std::string tiny = golden("models/tiny");
+  const std::string tiny = test::golden("models/tiny");
   auto logits = [&](const std::string& adapter) {
     return run_cli("debug logits --model '" + tiny + "' --adapter '" + adapter +
                    "' --ids 1,2 --out /dev/null");
   };
-  std::system(("cp -r '" + golden("adapters/tiny_qv") + "' '" + dir / "dora" + "'").c_str());
+  std::system(("cp -r '" + test::golden("adapters/tiny_qv") + "' '" + dir / "dora" + "'").c_str());
   std::string cfg = test::read_file(dir / "dora/adapter_config.json");
   const size_t dora = cfg.find("\"use_dora\": false");
   ASSERT_NE(dora, std::string::npos);
@@ -133,7 +129,7 @@ TEST(AdapterFiles, RefusesWhatItCannotHonour) {
   EXPECT_NE(r.output.find("DoRA"), std::string::npos) << r.output;
 
   // An adapter for another model shape.
-  r = logits(golden("adapters/odd_all"));
+  r = logits(test::golden("adapters/odd_all"));
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("another model"), std::string::npos) << r.output;
 

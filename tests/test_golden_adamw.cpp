@@ -13,31 +13,21 @@
 namespace loratune {
 namespace {
 
-std::string golden(const std::string& name) {
-  return test::source_dir() + "/tests/golden/" + name;
-}
-
-std::vector<int> read_i32(const TensorInfo& t) {
-  std::vector<int> v(t.numel());
-  std::memcpy(v.data(), t.data, v.size() * sizeof(int));
-  return v;
-}
-
 const float* f32(const SafetensorsFile& g, const std::string& name) {
   return reinterpret_cast<const float*>(g.find(name)->data);
 }
 
 void check_adamw(const std::string& adapter_name, const std::string& file) {
-  SafetensorsFile g(golden(file));
+  SafetensorsFile g(test::golden(file));
   const auto& meta = g.metadata();
-  Transformer m(golden("models/tiny"));
-  LoraAdapter lora = LoraAdapter::load(golden("adapters/" + adapter_name), m.config());
+  Transformer m(test::golden("models/tiny"));
+  LoraAdapter lora = LoraAdapter::load(test::golden("adapters/" + adapter_name), m.config());
   m.set_adapter(&lora);
   std::vector<int> tokens, labels;
   std::vector<SequenceSpan> seqs;
   for (int i = 0; g.find("ids." + std::to_string(i)); ++i) {
-    std::vector<int> ids = read_i32(*g.find("ids." + std::to_string(i)));
-    std::vector<int> lab = read_i32(*g.find("labels." + std::to_string(i)));
+    std::vector<int> ids = test::read_i32(*g.find("ids." + std::to_string(i)));
+    std::vector<int> lab = test::read_i32(*g.find("labels." + std::to_string(i)));
     seqs.push_back({static_cast<int>(tokens.size()), static_cast<int>(ids.size()), 0});
     tokens.insert(tokens.end(), ids.begin(), ids.end());
     labels.insert(labels.end(), lab.begin(), lab.end());

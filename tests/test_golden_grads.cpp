@@ -12,16 +12,6 @@
 namespace loratune {
 namespace {
 
-std::string golden(const std::string& name) {
-  return test::source_dir() + "/tests/golden/" + name;
-}
-
-std::vector<int> read_i32(const TensorInfo& t) {
-  std::vector<int> v(t.numel());
-  std::memcpy(v.data(), t.data, v.size() * sizeof(int));
-  return v;
-}
-
 struct Batch {
   std::vector<int> tokens, labels;
   std::vector<SequenceSpan> seqs;
@@ -30,8 +20,8 @@ struct Batch {
 Batch read_batch(const SafetensorsFile& g) {
   Batch b;
   for (int i = 0; g.find("ids." + std::to_string(i)); ++i) {
-    std::vector<int> ids = read_i32(*g.find("ids." + std::to_string(i)));
-    std::vector<int> labels = read_i32(*g.find("labels." + std::to_string(i)));
+    std::vector<int> ids = test::read_i32(*g.find("ids." + std::to_string(i)));
+    std::vector<int> labels = test::read_i32(*g.find("labels." + std::to_string(i)));
     b.seqs.push_back({static_cast<int>(b.tokens.size()), static_cast<int>(ids.size()), 0});
     b.tokens.insert(b.tokens.end(), ids.begin(), ids.end());
     b.labels.insert(b.labels.end(), labels.begin(), labels.end());
@@ -51,12 +41,12 @@ double rel_error(const float* a, const float* b, size_t n) {
 
 void check_grads(const std::string& model, const std::string& adapter, const std::string& file,
                  int max_group_tokens = 512) {
-  SafetensorsFile g(golden(file));
-  Transformer m(golden("models/" + model));
-  LoraAdapter lora = LoraAdapter::load(golden("adapters/" + adapter), m.config());
+  SafetensorsFile g(test::golden(file));
+  Transformer m(test::golden("models/" + model));
+  LoraAdapter lora = LoraAdapter::load(test::golden("adapters/" + adapter), m.config());
   m.set_adapter(&lora);
   Batch b = read_batch(g);
-  const int count = read_i32(*g.find("num_labelled"))[0];
+  const int count = test::read_i32(*g.find("num_labelled"))[0];
   LossSum loss = m.forward_backward(b.tokens, b.seqs, b.labels, 1.0f / count, {}, max_group_tokens);
   EXPECT_EQ(loss.count, count);
   const float ref_loss = *reinterpret_cast<const float*>(g.find("loss")->data);
@@ -99,9 +89,9 @@ TEST(GoldenGrads, PackedEqualsOneByOne) {
 // Gradient accumulation: two passes over halves of the batch, each scaled by the labelled
 // count of the whole window, add up to one pass over the whole batch.
 TEST(GoldenGrads, AccumulationOverPassesEqualsOnePass) {
-  SafetensorsFile g(golden("grads_tiny_all.safetensors"));
-  Transformer m(golden("models/tiny"));
-  LoraAdapter lora = LoraAdapter::load(golden("adapters/tiny_all"), m.config());
+  SafetensorsFile g(test::golden("grads_tiny_all.safetensors"));
+  Transformer m(test::golden("models/tiny"));
+  LoraAdapter lora = LoraAdapter::load(test::golden("adapters/tiny_all"), m.config());
   m.set_adapter(&lora);
   Batch b = read_batch(g);
   const int64_t count = count_loss_targets(b.labels, b.seqs);

@@ -10,24 +10,14 @@
 namespace loratune {
 namespace {
 
-std::string golden(const std::string& name) {
-  return test::source_dir() + "/tests/golden/" + name;
-}
-
-std::vector<int> read_ids(const TensorInfo& t) {
-  std::vector<int> ids(t.numel());
-  std::memcpy(ids.data(), t.data, ids.size() * sizeof(int));
-  return ids;
-}
-
 // Runs every sequence of the golden file packed in one batch and compares each one's rows.
 void check_logits(const std::string& model, const std::string& file) {
-  SafetensorsFile g(golden(file));
-  Transformer m(golden("models/" + model));
+  SafetensorsFile g(test::golden(file));
+  Transformer m(test::golden("models/" + model));
   const int V = m.config().vocab_size;
   std::vector<std::vector<int>> seqs;
   for (int i = 0; g.find("ids." + std::to_string(i)); ++i)
-    seqs.push_back(read_ids(*g.find("ids." + std::to_string(i))));
+    seqs.push_back(test::read_i32(*g.find("ids." + std::to_string(i))));
   ASSERT_FALSE(seqs.empty());
   std::vector<int> tokens, rows;
   std::vector<SequenceSpan> spans;
@@ -76,12 +66,12 @@ TEST(GoldenLogits, LongSequences) {
 // The CLI path writes the same numbers: debug logits on the golden single sequence.
 TEST(GoldenLogits, DebugLogitsCommand) {
   test::TempDir dir;
-  SafetensorsFile g(golden("logits_tiny_1seq.safetensors"));
-  std::vector<int> ids = read_ids(*g.find("ids.0"));
+  SafetensorsFile g(test::golden("logits_tiny_1seq.safetensors"));
+  std::vector<int> ids = test::read_i32(*g.find("ids.0"));
   std::string list;
   for (int id : ids) list += (list.empty() ? "" : ",") + std::to_string(id);
   test::CommandResult r =
-      test::run_cli("debug logits --model '" + golden("models/tiny") + "' --ids " + list +
+      test::run_cli("debug logits --model '" + test::golden("models/tiny") + "' --ids " + list +
                     " --out '" + dir / "l.safetensors" + "'");
   ASSERT_EQ(r.status, 0) << r.output;
   SafetensorsFile out(dir / "l.safetensors");

@@ -197,7 +197,8 @@ TEST(Qwen2Tokenizer, SlowFilesGiveTheSameTokenizer) {
 TEST(Qwen2Tokenizer, StreamingDecodeOfChineseIsWholeCharacters) {
   REQUIRE_SHARED(kQwen2);
   const std::string text =
-      "日心说是指太阳是太阳系的中心。😀👍🏽 Ünïcödé 𓀀𠀁 ꙮ 㐀䶵 — "
+      "日心说是指太阳是太阳系的中心。😀👍🏽 Ünïcödé 𓀀𠀁 ꙮ 㐀䶵 "
+      "— "
       "done";
   std::vector<int32_t> ids = qwen2().encode(text);
   StreamDecoder stream(qwen2());

@@ -17,10 +17,6 @@ using test::run_cli;
 std::string sample_data() {
   return test::source_dir() + "/examples/data/sample_seed.json";
 }
-std::string golden(const std::string& name) {
-  return test::source_dir() + "/tests/golden/" + name;
-}
-
 std::string train_cmd(const std::string& out, const std::string& extra) {
   return "train --model '" + test::tiny_model_dir() + "' --data '" + sample_data() +
          "' --output-dir '" + out +
@@ -238,7 +234,8 @@ TEST(Trainer, SeedConfigFileRuns) {
 
 TEST(Merge, MergedLogitsEqualUnmergedAdapter) {
   test::TempDir dir;
-  const std::string model = golden("models/tiny"), adapter = golden("adapters/tiny_all");
+  const std::string model = test::golden("models/tiny"),
+                    adapter = test::golden("adapters/tiny_all");
   ASSERT_EQ(run_cli("merge --model '" + model + "' --adapter '" + adapter + "' --out '" +
                     dir / "merged" + "'")
                 .status,

@@ -5,10 +5,13 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "io/safetensors.h"
 
 namespace loratune::test {
 
@@ -57,6 +60,18 @@ inline CommandResult run_cli(const std::string& args) {
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   int rc = pclose(p);
   return {WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc), out};
+}
+
+// A file under tests/golden/ (see its README.md).
+inline std::string golden(const std::string& name) {
+  return source_dir() + "/tests/golden/" + name;
+}
+
+// An I32 tensor of a golden file (ids, labels) as ints.
+inline std::vector<int> read_i32(const TensorInfo& t) {
+  std::vector<int> v(static_cast<size_t>(t.numel()));
+  std::memcpy(v.data(), t.data, v.size() * sizeof(int));
+  return v;
 }
 
 inline std::string read_file(const std::string& path) {
