@@ -159,6 +159,33 @@ TEST(Trainer, SigtermWritesACheckpointAndSaysHowToResume) {
   EXPECT_EQ(checkpoints, 1);
 }
 
+// Interrupted by SIGTERM at some step k and resumed: the logged losses are those of a run that
+// was never interrupted (constant schedule, so the total step count does not matter).
+TEST(Trainer, SigtermThenResumeEqualsUninterrupted) {
+  test::TempDir dir;
+  const std::string flags =
+      "--lr-scheduler-type constant --logging-steps 1 --save-strategy no "
+      "--eval-fraction 0 --gradient-accumulation-steps 2";
+  const std::string interrupted = "'" + test::binary() + "' " +
+                                  train_cmd(dir / "a", flags + " --max-steps 100000") +
+                                  " >/dev/null 2>&1 & pid=$!; sleep 2; kill -TERM $pid; wait $pid";
+  ASSERT_EQ(std::system(interrupted.c_str()) >> 8, 130);
+  const int64_t k = log_records(dir / "a/trainer_log.jsonl").back()["step"].get<int64_t>();
+  const std::string total = " --max-steps " + std::to_string(k + 3);
+  test::CommandResult resumed =
+      run_cli(train_cmd(dir / "a", flags + total + " --resume-from-checkpoint latest"));
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  ASSERT_EQ(run_cli(train_cmd(dir / "b", flags + total)).status, 0);
+  auto a = log_records(dir / "a/trainer_log.jsonl");
+  auto b = log_records(dir / "b/trainer_log.jsonl");
+  ASSERT_EQ(a.size(), static_cast<size_t>(k + 3));
+  ASSERT_EQ(b.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i]["step"], b[i]["step"]);
+    EXPECT_DOUBLE_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "step " << i + 1;
+  }
+}
+
 TEST(Trainer, RefusesBadOutputDirs) {
   test::TempDir dir;
   ASSERT_EQ(run_cli(train_cmd(dir / "out", "--max-steps 1")).status, 0);
