@@ -14,8 +14,8 @@ constexpr int kGemvRows = 4;
 
 void gemv_rows(float* y, const float* x, const float* w, int N, int in, int out, float beta) {
   for (int n = 0; n < N; ++n)
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, w, in, x + static_cast<long>(n) * in,
-                1, beta, y + static_cast<long>(n) * out, 1);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, w, in, x + static_cast<long>(n) * in, 1,
+                beta, y + static_cast<long>(n) * out, 1);
 }
 
 }  // namespace
