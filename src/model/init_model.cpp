@@ -4,13 +4,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "core/error.h"
-#include "core/half.h"
 #include "core/rng.h"
-#include "io/atomic_file.h"
 #include "model/model_folder.h"
 #include "model/weights.h"
 

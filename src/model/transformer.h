@@ -104,8 +104,9 @@ class Transformer {
   // One block, x_ updated in place; activations saved into `a`.
   void layer_forward(int l, LayerActivations& a, const std::vector<SequenceSpan>& seqs,
                      KVCache* cache, const Dropout& dropout, bool training);
+  // `lower_lora`: a layer below has LoRA, so this layer's input gradient is needed.
   void layer_backward(int l, LayerActivations& a, const std::vector<SequenceSpan>& seqs,
-                      const Dropout& dropout);
+                      const Dropout& dropout, bool lower_lora);
   // y += s·B·A·dropout(x) for module m when the adapter targets it.
   void lora_forward(int l, LoraModule m, LayerActivations& a, float* y, const float* x, int N,
                     const Dropout& dropout, bool training);

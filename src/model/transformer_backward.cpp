@@ -53,7 +53,7 @@ void Transformer::lora_backward(int l, LoraModule m, LayerActivations& a, float*
 }
 
 void Transformer::layer_backward(int l, LayerActivations& a, const std::vector<SequenceSpan>& seqs,
-                                 const Dropout& dropout) {
+                                 const Dropout& dropout, bool lower_lora) {
   const ModelConfig& c = config_;
   const LayerWeights& lw = weights_->layers[l];
   const int N = seqs.back().start + seqs.back().length;
@@ -61,11 +61,6 @@ void Transformer::layer_backward(int l, LayerActivations& a, const std::vector<S
   const int H = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim();
   const int QD = H * D, KVD = Hkv * D;
   const float eps = static_cast<float>(c.rms_norm_eps);
-  // Below the lowest LoRA layer nothing needs gradients, so that layer skips its input grad.
-  bool lower_lora = false;
-  for (int k = 0; k < l && !lower_lora; ++k)
-    for (int m = 0; m < kNumLoraModules && !lower_lora; ++m)
-      lower_lora = adapter_->at(k, static_cast<LoraModule>(m)) != nullptr;
   grow(dxn_, static_cast<size_t>(N) * C);
   grow(dh_, static_cast<size_t>(N) * F);
   grow(dup_, static_cast<size_t>(N) * F);
@@ -171,7 +166,7 @@ LossSum Transformer::group_pass(const std::vector<int>& tokens,
   for (int l = 0; l < L && lowest == L; ++l)
     for (int m = 0; m < kNumLoraModules; ++m)
       if (adapter_->at(l, static_cast<LoraModule>(m))) lowest = l;
-  for (int l = L - 1; l >= lowest; --l) layer_backward(l, acts_[l], seqs, dropout);
+  for (int l = L - 1; l >= lowest; --l) layer_backward(l, acts_[l], seqs, dropout, l > lowest);
   return loss;
 }
 

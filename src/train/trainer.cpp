@@ -227,11 +227,15 @@ int run_training(const TrainArgs& args, const Json& args_json) {
   int64_t start_step = state.global_step;
   std::string last_saved;
   bool stopped = false;
+  int64_t batches_epoch = -1;  // the epoch `batches` was drawn for
+  std::vector<std::vector<int>> batches;
   while (state.global_step < total_steps) {
     const int64_t epoch = state.global_step / steps_per_epoch;
     const int64_t window = state.global_step % steps_per_epoch;
-    const auto batches =
-        data::make_batches(train.size(), B, true, args.seed, static_cast<int>(epoch));
+    if (epoch != batches_epoch) {
+      batches = data::make_batches(train.size(), B, true, args.seed, static_cast<int>(epoch));
+      batches_epoch = epoch;
+    }
     const int64_t first = window * accum;
     const int64_t last = std::min<int64_t>(first + accum, static_cast<int64_t>(batches.size()));
     std::vector<PackedBatch> packed;

@@ -10,27 +10,8 @@
 
 namespace loratune::ref {
 
-// Σ over rows of −log softmax(h[r] · wᵀ)[targets[r]], for h[R, C], w[V, C].
-template <typename T>
-double cross_entropy_forward(const T* h, const T* w, const int* targets, int R, int C, int V) {
-  std::vector<T> logits(V);
-  double loss = 0;
-  for (int r = 0; r < R; ++r) {
-    T max_l = -std::numeric_limits<T>::infinity();
-    for (int j = 0; j < V; ++j) {
-      T acc = 0;
-      for (int c = 0; c < C; ++c) acc += h[r * C + c] * w[j * C + c];
-      logits[j] = acc;
-      max_l = std::max(max_l, acc);
-    }
-    double sum = 0;
-    for (int j = 0; j < V; ++j) sum += std::exp(static_cast<double>(logits[j] - max_l));
-    loss += std::log(sum) - static_cast<double>(logits[targets[r]] - max_l);
-  }
-  return loss;
-}
-
-// The loss above, and dh[R, C] = grad_scale · (softmax − onehot(target)) · w (written).
+// Σ over rows of −log softmax(h[r] · wᵀ)[targets[r]], for h[R, C], w[V, C], and
+// dh[R, C] = grad_scale · (softmax − onehot(target)) · w (written; skipped when dh is null).
 template <typename T>
 double cross_entropy_forward_backward(T* dh, const T* h, const T* w, const int* targets, int R,
                                       int C, int V, T grad_scale) {
@@ -47,6 +28,7 @@ double cross_entropy_forward_backward(T* dh, const T* h, const T* w, const int* 
     double sum = 0;
     for (int j = 0; j < V; ++j) sum += std::exp(static_cast<double>(logits[j] - max_l));
     loss += std::log(sum) - static_cast<double>(logits[targets[r]] - max_l);
+    if (!dh) continue;
     // dlogits = grad_scale · (p − onehot), then dh = dlogits · w
     for (int j = 0; j < V; ++j)
       logits[j] =
@@ -59,6 +41,12 @@ double cross_entropy_forward_backward(T* dh, const T* h, const T* w, const int* 
     }
   }
   return loss;
+}
+
+// The loss alone.
+template <typename T>
+double cross_entropy_forward(const T* h, const T* w, const int* targets, int R, int C, int V) {
+  return cross_entropy_forward_backward(static_cast<T*>(nullptr), h, w, targets, R, C, V, T(0));
 }
 
 }  // namespace loratune::ref
