@@ -1,20 +1,41 @@
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "ops/cpu/fast_exp.h"
 #include "ops/ops.h"
 
 namespace loratune::ops {
 
 namespace {
 
+// Query rows per block: a block of rows only multiplies the keys up to its last row, which
+// skips nearly half of the causal [T, T] work, and blocks make many small parallel tasks.
+constexpr int kRowBlock = 64;
+
 // scores[q_len, n_keys] = scale · Q_h · K_gᵀ
 void head_scores(float* scores, const float* qh, long q_stride, const float* kg, int kv_stride,
                  int q_len, int n_keys, int D, float scale) {
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, q_len, n_keys, D, scale, qh, q_stride, kg,
               kv_stride, 0.0f, scores, n_keys);
+}
+
+// row[0, visible) = softmax of itself, row[visible, n) = 0; returns the log-sum-exp.
+float causal_softmax(float* row, int visible, int n) {
+  float max_s = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : max_s)
+  for (int j = 0; j < visible; ++j) max_s = std::max(max_s, row[j]);
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int j = 0; j < visible; ++j) sum += (row[j] = fast_exp(row[j] - max_s));
+  const float inv = 1.0f / sum;
+#pragma omp simd
+  for (int j = 0; j < visible; ++j) row[j] *= inv;
+  std::fill(row + visible, row + n, 0.0f);
+  return max_s + std::log(sum);
 }
 
 }  // namespace
@@ -24,36 +45,37 @@ void attention_forward(float* out, float* lse, const float* q, const AttentionSp
   const int group = H / Hkv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const long q_stride = static_cast<long>(H) * D;
-  // Each (sequence, head) pair is one task: scores = Q·Kᵀ, causal softmax, P·V, with BLAS
-  // running single-threaded inside the parallel loop.
+  // One task per (sequence, head, block of query rows): scores = Q·Kᵀ over the keys the block
+  // can see, causal softmax, P·V, with BLAS running single-threaded inside the parallel loop.
+  std::vector<int> task_span, task_row;
+  for (int s = 0; s < n_spans; ++s)
+    for (int i0 = 0; i0 < spans[s].q_len; i0 += kRowBlock) {
+      task_span.push_back(s);
+      task_row.push_back(i0);
+    }
+  const int n_tasks = static_cast<int>(task_span.size());
 #pragma omp parallel
   {
     std::vector<float> scores;
 #pragma omp for collapse(2) schedule(dynamic)
-    for (int s = 0; s < n_spans; ++s)
+    for (int t = 0; t < n_tasks; ++t)
       for (int h = 0; h < H; ++h) {
-        const AttentionSpan& sp = spans[s];
-        if (sp.q_len == 0) continue;
-        const int n_keys = sp.past + sp.q_len;
+        const AttentionSpan& sp = spans[task_span[t]];
+        const int i0 = task_row[t], rows = std::min(kRowBlock, sp.q_len - i0);
+        const int n_keys = sp.past + i0 + rows;
         const int g = h / group;
-        scores.resize(static_cast<size_t>(sp.q_len) * n_keys);
-        head_scores(scores.data(), q + sp.q_start * q_stride + h * D, q_stride, sp.k + g * D,
-                    kv_stride, sp.q_len, n_keys, D, scale);
-        for (int i = 0; i < sp.q_len; ++i) {
-          float* row = scores.data() + static_cast<long>(i) * n_keys;
-          const int visible = sp.past + i + 1;
-          float max_s = -std::numeric_limits<float>::infinity();
-          for (int j = 0; j < visible; ++j) max_s = std::max(max_s, row[j]);
-          float sum = 0.0f;
-          for (int j = 0; j < visible; ++j) sum += (row[j] = std::exp(row[j] - max_s));
-          const float inv = 1.0f / sum;
-          for (int j = 0; j < visible; ++j) row[j] *= inv;
-          for (int j = visible; j < n_keys; ++j) row[j] = 0.0f;
-          if (lse) lse[(static_cast<long>(sp.q_start) + i) * H + h] = max_s + std::log(sum);
+        const long q_row = static_cast<long>(sp.q_start) + i0;
+        scores.resize(static_cast<size_t>(rows) * n_keys);
+        head_scores(scores.data(), q + q_row * q_stride + h * D, q_stride, sp.k + g * D, kv_stride,
+                    rows, n_keys, D, scale);
+        for (int i = 0; i < rows; ++i) {
+          const float l = causal_softmax(scores.data() + static_cast<long>(i) * n_keys,
+                                         sp.past + i0 + i + 1, n_keys);
+          if (lse) lse[(q_row + i) * H + h] = l;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, sp.q_len, D, n_keys, 1.0f,
-                    scores.data(), n_keys, sp.v + g * D, kv_stride, 0.0f,
-                    out + sp.q_start * q_stride + h * D, q_stride);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, n_keys, 1.0f, scores.data(),
+                    n_keys, sp.v + g * D, kv_stride, 0.0f, out + q_row * q_stride + h * D,
+                    q_stride);
       }
   }
 }
@@ -66,10 +88,10 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   const long q_stride = static_cast<long>(H) * D;
   const int kv_stride = Hkv * D;
   // One task per (sequence, kv head): the query heads of a group all add into the same dk/dv
-  // columns, so they run in one task.
+  // columns, so they run in one task. Inside, blocks of query rows see only their keys.
 #pragma omp parallel
   {
-    std::vector<float> p, dp, rowdot;
+    std::vector<float> p, dp;
 #pragma omp for collapse(2) schedule(dynamic)
     for (int s = 0; s < n_spans; ++s)
       for (int g = 0; g < Hkv; ++g) {
@@ -79,41 +101,45 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
         const float* vg = v + static_cast<long>(start) * kv_stride + g * D;
         float* dkg = dk + static_cast<long>(start) * kv_stride + g * D;
         float* dvg = dv + static_cast<long>(start) * kv_stride + g * D;
-        for (int t = 0; t < T; ++t)
-          for (int d = 0; d < D; ++d) dkg[t * kv_stride + d] = dvg[t * kv_stride + d] = 0.0f;
-        p.resize(static_cast<size_t>(T) * T);
-        dp.resize(static_cast<size_t>(T) * T);
-        rowdot.resize(T);
-        for (int h = g * group; h < (g + 1) * group; ++h) {
-          const long off = start * q_stride + h * D;
-          // P = exp(scale·Q·Kᵀ − lse), causal.
-          head_scores(p.data(), q + off, q_stride, kg, kv_stride, T, T, D, scale);
-          for (int i = 0; i < T; ++i) {
-            const float l = lse[(static_cast<long>(start) + i) * H + h];
-            float* row = p.data() + static_cast<long>(i) * T;
-            for (int j = 0; j <= i; ++j) row[j] = std::exp(row[j] - l);
-            for (int j = i + 1; j < T; ++j) row[j] = 0.0f;
-            float dot = 0.0f;  // Σ_d dO·O: the softmax backward's row term
-            for (int d = 0; d < D; ++d)
-              dot += dout[off + i * q_stride + d] * out[off + i * q_stride + d];
-            rowdot[i] = dot;
-          }
-          // dV += Pᵀ·dO; dP = dO·Vᵀ
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, 1.0f, p.data(), T,
-                      dout + off, q_stride, 1.0f, dvg, kv_stride);
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, 1.0f, dout + off, q_stride,
-                      vg, kv_stride, 0.0f, dp.data(), T);
-          // dS = P ∘ (dP − rowdot), then scaled into dQ and dK.
-          for (int i = 0; i < T; ++i) {
-            float* prow = p.data() + static_cast<long>(i) * T;
-            const float* dprow = dp.data() + static_cast<long>(i) * T;
-            for (int j = 0; j <= i; ++j) prow[j] *= dprow[j] - rowdot[i];
-          }
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, scale, p.data(), T, kg,
-                      kv_stride, 0.0f, dq + off, q_stride);
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, scale, p.data(), T, q + off,
-                      q_stride, 1.0f, dkg, kv_stride);
+        for (int t = 0; t < T; ++t) {
+          std::fill_n(dkg + static_cast<long>(t) * kv_stride, D, 0.0f);
+          std::fill_n(dvg + static_cast<long>(t) * kv_stride, D, 0.0f);
         }
+        p.resize(static_cast<size_t>(std::min(T, kRowBlock)) * T);
+        dp.resize(p.size());
+        for (int h = g * group; h < (g + 1) * group; ++h)
+          for (int i0 = 0; i0 < T; i0 += kRowBlock) {
+            const int rows = std::min(kRowBlock, T - i0), n_keys = i0 + rows;
+            const long off = (static_cast<long>(start) + i0) * q_stride + h * D;
+            // P = exp(scale·Q·Kᵀ − lse) over the visible keys.
+            head_scores(p.data(), q + off, q_stride, kg, kv_stride, rows, n_keys, D, scale);
+            // dP = dO·Vᵀ
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n_keys, D, 1.0f, dout + off,
+                        q_stride, vg, kv_stride, 0.0f, dp.data(), n_keys);
+            for (int i = 0; i < rows; ++i) {
+              const float l = lse[(static_cast<long>(start) + i0 + i) * H + h];
+              float* prow = p.data() + static_cast<long>(i) * n_keys;
+              float* dprow = dp.data() + static_cast<long>(i) * n_keys;
+              const float* dorow = dout + off + i * q_stride;
+              const float* orow = out + off + i * q_stride;
+              float dot = 0.0f;  // Σ_d dO·O: the softmax backward's row term
+              for (int d = 0; d < D; ++d) dot += dorow[d] * orow[d];
+              const int visible = i0 + i + 1;
+#pragma omp simd
+              for (int j = 0; j < visible; ++j) prow[j] = fast_exp(prow[j] - l);
+              std::fill(prow + visible, prow + n_keys, 0.0f);
+              // dS = P ∘ (dP − rowdot) in place of dP, apart from P, which dV still needs.
+#pragma omp simd
+              for (int j = 0; j < n_keys; ++j) dprow[j] = prow[j] * (dprow[j] - dot);
+            }
+            // dV += Pᵀ·dO; dQ = scale·dS·K; dK += scale·dSᵀ·Q
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_keys, D, rows, 1.0f, p.data(),
+                        n_keys, dout + off, q_stride, 1.0f, dvg, kv_stride);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, n_keys, scale,
+                        dp.data(), n_keys, kg, kv_stride, 0.0f, dq + off, q_stride);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_keys, D, rows, scale, dp.data(),
+                        n_keys, q + off, q_stride, 1.0f, dkg, kv_stride);
+          }
       }
   }
 }

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "ops/cpu/fast_exp.h"
 #include "ops/ops.h"
 
 namespace loratune::ops {
@@ -20,15 +21,19 @@ double cross_entropy_forward_backward(float* dh, const float* h, const float* w,
     for (int i = 0; i < rows; ++i) {
       float* row = logits + static_cast<long>(i) * V;
       float max_l = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : max_l)
       for (int j = 0; j < V; ++j) max_l = std::max(max_l, row[j]);
-      double sum = 0.0;
-      for (int j = 0; j < V; ++j) sum += std::exp(static_cast<double>(row[j] - max_l));
+      double sum = 0.0;  // in double: V terms
+#pragma omp simd reduction(+ : sum)
+      for (int j = 0; j < V; ++j) sum += fast_exp(row[j] - max_l);
       const int t = targets[r0 + i];
       loss += std::log(sum) - static_cast<double>(row[t] - max_l);
       if (!dh) continue;
       // Softmax gradient in place: (p − onehot) · grad_scale.
       const float inv = static_cast<float>(1.0 / sum);
-      for (int j = 0; j < V; ++j) row[j] = std::exp(row[j] - max_l) * inv * grad_scale;
+      const float factor = inv * grad_scale;
+#pragma omp simd
+      for (int j = 0; j < V; ++j) row[j] = fast_exp(row[j] - max_l) * factor;
       row[t] -= grad_scale;
     }
     if (dh)
