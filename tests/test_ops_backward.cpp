@@ -316,8 +316,9 @@ TEST(OpsBackward, AttentionFastMatchesRef) {
                                    AttentionShape{0, 0, 6, 2, 8}}) {
     const int H = sh.H, Hkv = sh.Hkv, D = sh.D, QD = H * D, KVD = Hkv * D;
     const std::string name = "attention H=" + std::to_string(H) + " Hkv=" + std::to_string(Hkv);
-    // Packed sequences of lengths 5, 0, 1 and 3; keys and values sit at the query rows.
-    const std::vector<int> lens = {5, 0, 1, 3};
+    // Packed sequences of lengths 5, 0, 1, 3 and 150 (over two row blocks of 64); keys and
+    // values sit at the query rows.
+    const std::vector<int> lens = {5, 0, 1, 3, 150};
     std::vector<ops::AttentionSpan> spans;
     int N = 0;
     for (int len : lens) {

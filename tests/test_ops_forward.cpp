@@ -1,8 +1,11 @@
 // The fast fp32 kernels against their scalar references, on odd sizes.
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "core/rng.h"
+#include "ops/cpu/fast_exp.h"
 #include "ops/ops.h"
 #include "ops/ref/attention.h"
 #include "ops/ref/linear.h"
@@ -66,8 +69,9 @@ TEST(OpsForward, Rope) {
 
 TEST(OpsForward, AttentionPackedAndWithPast) {
   const int H = 6, Hkv = 2, D = 8, QD = H * D, KVD = Hkv * D;
-  // Two sequences packed: lengths 5 and 3; the second continues a past of 4 positions.
-  const int len0 = 5, len1 = 3, past1 = 4;
+  // Two sequences packed: lengths 130 and 70 (over row blocks of 64); the second continues a
+  // past of 4 positions.
+  const int len0 = 130, len1 = 70, past1 = 4;
   auto q = random_vec((len0 + len1) * QD, 7);
   auto k0 = random_vec(len0 * KVD, 8), v0 = random_vec(len0 * KVD, 9);
   auto k1 = random_vec((past1 + len1) * KVD, 10), v1 = random_vec((past1 + len1) * KVD, 11);
@@ -79,6 +83,21 @@ TEST(OpsForward, AttentionPackedAndWithPast) {
   ref::attention_forward(out_ref.data() + len0 * QD, q.data() + len0 * QD, k1.data(), v1.data(),
                          len1, past1, H, Hkv, D);
   expect_close(out, out_ref, 1e-5f);
+}
+
+TEST(OpsForward, FastExpWithinTwoUlp) {
+  // Every float from −87 to 88 in steps that visit each binade many times.
+  double worst = 0.0;
+  for (float x = -87.0f; x <= 88.0f; x += 0.00097f) {
+    const double exact = std::exp(static_cast<double>(x));
+    worst = std::max(worst, std::fabs(ops::fast_exp(x) - exact) / exact);
+  }
+  EXPECT_LT(worst, 2.0 * 5.97e-8);  // 2 ulp (2⁻²⁴ relative)
+  EXPECT_EQ(ops::fast_exp(0.0f), 1.0f);
+  EXPECT_EQ(ops::fast_exp(-std::numeric_limits<float>::infinity()), 0.0f);
+  EXPECT_EQ(ops::fast_exp(-100.0f), 0.0f);
+  EXPECT_EQ(ops::fast_exp(100.0f), std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(std::isnan(ops::fast_exp(std::numeric_limits<float>::quiet_NaN())));
 }
 
 TEST(OpsForward, SwiGlu) {
