@@ -193,6 +193,8 @@ TEST(Trainer, RefusesBadOutputDirs) {
   EXPECT_EQ(again.status, 2);
   EXPECT_NE(again.output.find("--overwrite-output-dir"), std::string::npos) << again.output;
   EXPECT_EQ(run_cli(train_cmd(dir / "out", "--max-steps 1 --overwrite-output-dir")).status, 0);
+  // The new run's log replaces the old one: one step, one record.
+  EXPECT_EQ(log_records(dir / "out/trainer_log.jsonl").size(), 1u);
 
   // An output path that cannot be a directory: a clear error, nothing written.
   test::write_file(dir / "file", "x");

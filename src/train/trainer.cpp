@@ -79,10 +79,12 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
-// Appends records to OUTPUT_DIR/trainer_log.jsonl and prints them.
+// Writes records to OUTPUT_DIR/trainer_log.jsonl and prints them. A resumed run appends; a
+// fresh one (also over an old run with --overwrite-output-dir) starts the log anew.
 class Logger {
  public:
-  explicit Logger(const std::string& path) : out_(path, std::ios::app), tty_(isatty(2)) {
+  Logger(const std::string& path, bool append)
+      : out_(path, append ? std::ios::app : std::ios::trunc), tty_(isatty(2)) {
     if (!out_)
       throw Error("cannot write the training log", path, "is the output directory writable?");
   }
@@ -140,7 +142,8 @@ int run_training(const TrainArgs& args, const Json& args_json) {
     throw UsageError("output directory is not empty", out,
                      "use --resume-from-checkpoint latest to continue, or --overwrite-output-dir");
   make_dirs(out);
-  Logger logger(out + "/trainer_log.jsonl");  // fails early on a read-only directory
+  // Opened first: fails early on a read-only directory.
+  Logger logger(out + "/trainer_log.jsonl", !args.resume_from_checkpoint.empty());
 
   // Data: the seed recipe's order of operations (read, fraction, split, tokenize).
   Transformer model(args.model);
