@@ -88,7 +88,8 @@ class Transformer {
                            const std::vector<int>& labels, float grad_scale,
                            const Dropout& dropout = {}, int max_group_tokens = 512);
 
-  // The same loss without the backward (evaluation): LoRA applied, dropout off.
+  // The same loss without the backward (evaluation): LoRA applied, dropout off; passes hold
+  // up to max_group_tokens · num_hidden_layers tokens (the same activation memory).
   LossSum loss(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
                const std::vector<int>& labels, int max_group_tokens = 512);
 

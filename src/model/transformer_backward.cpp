@@ -2,6 +2,7 @@
 // bottom-up from the forward (DESIGN.md §5). Only LoRA parameters get gradients.
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "core/error.h"
 #include "model/transformer.h"
@@ -218,7 +219,11 @@ LossSum Transformer::forward_backward(const std::vector<int>& tokens,
 
 LossSum Transformer::loss(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
                           const std::vector<int>& labels, int max_group_tokens) {
-  return run_groups(tokens, seqs, labels, 0.0f, Dropout{}, max_group_tokens, false);
+  // A forward-only pass keeps one layer's activations instead of every layer's: the same
+  // memory holds num_hidden_layers times as many tokens, and bigger passes run faster.
+  const long cap = static_cast<long>(max_group_tokens) * config_.num_hidden_layers;
+  return run_groups(tokens, seqs, labels, 0.0f, Dropout{},
+                    static_cast<int>(std::min<long>(cap, std::numeric_limits<int>::max())), false);
 }
 
 }  // namespace loratune
