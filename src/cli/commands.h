@@ -16,5 +16,6 @@ int run_train(const Args& args);
 int run_eval(const Args& args);
 int run_merge(const Args& args);
 int run_tokenize(const Args& args);
+int run_bench(const Args& args);
 
 }  // namespace loratune::cli

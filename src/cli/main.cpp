@@ -31,6 +31,8 @@ const Command kCommands[] = {
      loratune::cli::run_debug},
     {"tokenize", "encode text to token ids (or decode ids) with a model's tokenizer",
      loratune::cli::run_tokenize},
+    {"bench", "performance figures: sgemm, bandwidth, training, the seed job, generation",
+     loratune::cli::run_bench},
 };
 
 void print_usage(FILE* out) {

@@ -152,6 +152,7 @@ std::string help_text(const CommandSpec& spec) {
   std::string text =
       "usage: loratune " + spec.name + " " + spec.usage + "\n\n" + spec.summary + "\n\noptions:\n";
   for (const Option& o : spec.options) {
+    if (o.hidden) continue;
     std::string left = "  " + o.name + (o.value.empty() ? "" : " " + o.value);
     if (left.size() < 30)
       left.resize(30, ' ');

@@ -14,6 +14,7 @@ struct Option {
   std::string help;           // one line
   std::string default_value;  // shown in help; empty when there is none
   bool repeatable = false;    // may be given several times
+  bool hidden = false;        // internal (parent and child processes): not in --help
 };
 
 struct CommandSpec {

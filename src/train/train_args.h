@@ -55,6 +55,9 @@ struct TrainArgs {
   std::string resume_from_checkpoint;  // a checkpoint folder or "latest"
   bool overwrite_output_dir = false;
   int max_group_tokens = 512;  // tokens per forward/backward pass (memory bound)
+  std::string tokenizer;       // folder with the tokenizer files; empty: the model folder
+  int64_t max_records = 0;     // > 0: only the first N records read (before data_fraction)
+  bool progress_bar = true;    // the one-line progress bar on a terminal
 
   // Throws UsageError for inconsistent settings (HF's checks included).
   void validate() const;

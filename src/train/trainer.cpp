@@ -83,8 +83,8 @@ std::string format_duration(double seconds) {
 // fresh one (also over an old run with --overwrite-output-dir) starts the log anew.
 class Logger {
  public:
-  Logger(const std::string& path, bool append)
-      : out_(path, append ? std::ios::app : std::ios::trunc), tty_(isatty(2)) {
+  Logger(const std::string& path, bool append, bool progress_bar)
+      : out_(path, append ? std::ios::app : std::ios::trunc), tty_(progress_bar && isatty(2)) {
     if (!out_)
       throw Error("cannot write the training log", path, "is the output directory writable?");
   }
@@ -133,7 +133,7 @@ EvalResult evaluate(Transformer& model, const std::vector<data::TokenizedExample
   return r;
 }
 
-int run_training(const TrainArgs& args, const Json& args_json) {
+int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* summary) {
   args.validate();
   set_num_threads(args.threads);
   const std::string out = args.output_dir;
@@ -143,17 +143,21 @@ int run_training(const TrainArgs& args, const Json& args_json) {
                      "use --resume-from-checkpoint latest to continue, or --overwrite-output-dir");
   make_dirs(out);
   // Opened first: fails early on a read-only directory.
-  Logger logger(out + "/trainer_log.jsonl", !args.resume_from_checkpoint.empty());
+  Logger logger(out + "/trainer_log.jsonl", !args.resume_from_checkpoint.empty(),
+                args.progress_bar);
 
   // Data: the seed recipe's order of operations (read, fraction, split, tokenize).
   Transformer model(args.model);
-  tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(args.model);
+  tokenizer::Tokenizer tok =
+      tokenizer::Tokenizer::load(args.tokenizer.empty() ? args.model : args.tokenizer);
   data::ReadStats read_stats;
   std::vector<data::Record> records;
   for (const std::string& path : args.data) {
     auto part = data::read_records(path, args.skip_bad_records, &read_stats);
     records.insert(records.end(), part.begin(), part.end());
   }
+  if (args.max_records > 0 && static_cast<int64_t>(records.size()) > args.max_records)
+    records.resize(static_cast<size_t>(args.max_records));
   data::SplitOptions split_opt;
   split_opt.data_fraction = args.data_fraction;
   split_opt.eval_fraction = args.eval_data.empty() ? args.eval_fraction : 0.0;
@@ -232,7 +236,14 @@ int run_training(const TrainArgs& args, const Json& args_json) {
   bool stopped = false;
   int64_t batches_epoch = -1;  // the epoch `batches` was drawn for
   std::vector<std::vector<int>> batches;
+  TrainSummary done;
+  done.train_examples = static_cast<int64_t>(train.size());
+  done.eval_examples = static_cast<int64_t>(eval.size());
+  auto seconds_since = [](std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
   while (state.global_step < total_steps) {
+    const auto step_start = std::chrono::steady_clock::now();
     const int64_t epoch = state.global_step / steps_per_epoch;
     const int64_t window = state.global_step % steps_per_epoch;
     if (epoch != batches_epoch) {
@@ -262,6 +273,9 @@ int run_training(const TrainArgs& args, const Json& args_json) {
     last_lr = scheduled_lr(args.lr_scheduler_type, args.learning_rate, state.global_step,
                            total_steps, warmup);
     optimizer.step(last_lr);
+    done.train_seconds += seconds_since(step_start);
+    ++done.steps;
+    for (const auto& p : packed) done.train_tokens += static_cast<int64_t>(p.tokens.size());
     ++state.global_step;
     state.epoch = static_cast<double>(state.global_step) / static_cast<double>(steps_per_epoch);
     const double loss =
@@ -294,7 +308,12 @@ int run_training(const TrainArgs& args, const Json& args_json) {
          (args.eval_strategy == IntervalStrategy::kEpoch && epoch_end));
     std::optional<double> metric;
     if (do_eval) {
+      const auto eval_start = std::chrono::steady_clock::now();
       EvalResult r = evaluate(model, eval, args.per_device_eval_batch_size, args.max_group_tokens);
+      done.eval_seconds += seconds_since(eval_start);
+      done.eval_batches += (done.eval_examples + args.per_device_eval_batch_size - 1) /
+                           args.per_device_eval_batch_size;
+      done.last_eval_loss = r.loss;
       Json rec = {{"step", state.global_step},
                   {"epoch", state.epoch},
                   {"eval_loss", r.loss},
@@ -319,6 +338,7 @@ int run_training(const TrainArgs& args, const Json& args_json) {
     }
     if (stopped) break;
   }
+  if (summary) *summary = done;
   write_loss_plot(out + "/loss.svg", state.log_history);
   if (stopped) {
     std::fprintf(stderr,

@@ -22,8 +22,19 @@ struct EvalResult {
 EvalResult evaluate(Transformer& model, const std::vector<data::TokenizedExample>& examples,
                     int batch_size, int max_group_tokens);
 
+// What a training job did, for benchmarks.
+struct TrainSummary {
+  int64_t train_examples = 0, eval_examples = 0;
+  int64_t train_tokens = 0;  // tokens of every batch trained on (this run's steps)
+  int64_t steps = 0;         // optimizer steps run (this run)
+  int64_t eval_batches = 0;  // forward-only batches of all evaluations
+  double train_seconds = 0;  // the training loop, evaluations and checkpoints excluded
+  double eval_seconds = 0;
+  double last_eval_loss = 0;
+};
+
 // Runs the whole training job; returns the process exit status (0, or 130 when a signal
-// stopped it after writing a checkpoint).
-int run_training(const TrainArgs& args, const Json& args_json);
+// stopped it after writing a checkpoint). `summary` (may be null) receives the counts.
+int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* summary = nullptr);
 
 }  // namespace loratune

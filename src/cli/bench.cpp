@@ -1,0 +1,477 @@
+// loratune bench: performance figures for a model folder, one JSON line per figure on stdout
+// and a table on stderr. Every figure (each train shape, the seed job, generation, ...) runs
+// in its own child process (this program again, with the hidden --child option), so each
+// one's peak RSS is its own: the parent stays small and reads the child's ru_maxrss.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "cli/bench_figures.h"
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "core/error.h"
+#include "core/threads.h"
+#include "io/json_file.h"
+#include "model/config.h"
+
+namespace loratune::cli {
+
+namespace {
+
+using bench::OJson;
+
+const char* const kFigures[] = {"sgemm", "bandwidth", "train", "seed", "generate"};
+
+const CommandSpec kSpec = {
+    "bench",
+    "[--model DIR] [--data FILE] [--only LIST] [options]",
+    "Measures performance figures of a model folder and prints one JSON line per figure on\n"
+    "stdout, then a table on stderr. Each train shape, the seed job and generation run in a\n"
+    "child process of their own, so each peak_rss_gb is that figure's alone.\n"
+    "  sgemm      GFLOP/s of cblas_sgemm and of loratune's linear kernels on the model's linear\n"
+    "             shapes with M = 512 rows; sgemm_peak is the best of all of them\n"
+    "  bandwidth  streaming read of max(1 GiB, 4 x L3), best of 5 passes, GB/s\n"
+    "  train      LoRA r 8 on q_proj,v_proj, random tokens, all labelled: seconds per step\n"
+    "             (median after a warm-up step), tokens/s, MFU against sgemm_peak. FLOPs per\n"
+    "             token = 4*P + 6*L*H*D*T: P = frozen linear weights incl. lm_head (forward 2P,\n"
+    "             input gradient 2P; LoRA not counted), causal attention 2*L*H*D*T forward and\n"
+    "             twice that backward (T = sequence length)\n"
+    "  seed       the seed recipe (examples/seed.yaml) end to end on the first --seed-records\n"
+    "             records of --data, split 80/20; compared with the Python peer's estimate\n"
+    "             (train steps x 58 s + eval batches x 29 s); tokens_per_second = train tokens\n"
+    "             over the training loop's seconds. Skipped without --data\n"
+    "  generate   greedy, batch 1: prefill of a random prompt, then --new-tokens decode steps;\n"
+    "             the bound is bandwidth / bytes of all weight matrices (lm_head once)",
+    {
+        {"--model", "DIR",
+         "model folder (default: init-model --preset qwen2-0.5b in a temp folder)"},
+        {"--threads", "N", "threads", "all cores"},
+        {"--only", "LIST", "figures to run: sgemm,bandwidth,train,seed,generate", "all"},
+        {"--steps", "N", "training steps per train shape (the first is a warm-up when N > 1)", "3"},
+        {"--train-shapes", "LIST", "train shapes BATCHxSEQ", "4x128,4x512"},
+        {"--data", "FILE", "alpaca JSON / JSONL for the seed job (without it: no seed figure)"},
+        {"--seed-records", "N", "records of --data the seed job uses (split 80/20)", "1000"},
+        {"--tokenizer", "DIR", "tokenizer files for the seed job (default: the model folder's)"},
+        {"--prompt-tokens", "N", "prompt length for generation", "128"},
+        {"--new-tokens", "N", "tokens to decode", "128"},
+        {"--child", "FIGURE", "internal: run one figure in this process", "", false, true},
+    }};
+
+struct Settings {
+  std::string model;  // empty: create the default model
+  int threads = 0;
+  std::set<std::string> only;
+  int steps = 3;
+  std::vector<std::pair<int, int>> shapes;  // (batch, seq)
+  std::string data, tokenizer;
+  int64_t seed_records = 1000;
+  int prompt_tokens = 128;
+  int new_tokens = 128;
+  bool wants(const std::string& figure) const { return only.count(figure) > 0; }
+};
+
+int positive(const ParsedArgs& a, const std::string& name, long long fallback) {
+  const long long v = a.integer(name, fallback);
+  if (v < 1 || v > (1ll << 30))
+    throw UsageError(name + " must be a positive integer (got " + std::to_string(v) + ")");
+  return static_cast<int>(v);
+}
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> items;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string::npos) comma = text.size();
+    std::string item = text.substr(start, comma - start);
+    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
+    while (!item.empty() && item.back() == ' ') item.pop_back();
+    items.push_back(item);
+    start = comma + 1;
+  }
+  return items;
+}
+
+// "4x128" -> (4, 128).
+std::pair<int, int> parse_shape(const std::string& text) {
+  const size_t x = text.find('x');
+  auto number = [&](const std::string& part) {
+    char* end = nullptr;
+    errno = 0;
+    const long v = std::strtol(part.c_str(), &end, 10);
+    if (part.empty() || *end != '\0' || errno != 0 || v < 1 || v > (1l << 20))
+      throw UsageError("bad train shape '" + text + "'", "--train-shapes",
+                       "write BATCHxSEQ with positive numbers, such as 4x128,4x512");
+    return static_cast<int>(v);
+  };
+  if (x == std::string::npos)
+    throw UsageError("bad train shape '" + text + "'", "--train-shapes",
+                     "write BATCHxSEQ, such as 4x128,4x512");
+  return {number(text.substr(0, x)), number(text.substr(x + 1))};
+}
+
+Settings parse_settings(const ParsedArgs& a) {
+  Settings s;
+  s.model = a.str("--model");
+  s.threads = a.has("--threads") ? positive(a, "--threads", 0) : 0;
+  for (const std::string& name :
+       split_list(a.str("--only", "sgemm,bandwidth,train,seed,generate"))) {
+    if (std::find(std::begin(kFigures), std::end(kFigures), name) == std::end(kFigures))
+      throw UsageError("unknown figure '" + name + "'", "--only",
+                       "choose from sgemm,bandwidth,train,seed,generate");
+    s.only.insert(name);
+  }
+  s.steps = positive(a, "--steps", 3);
+  for (const std::string& item : split_list(a.str("--train-shapes", "4x128,4x512")))
+    s.shapes.push_back(parse_shape(item));
+  s.data = a.str("--data");
+  s.tokenizer = a.str("--tokenizer");
+  s.seed_records = positive(a, "--seed-records", 1000);
+  s.prompt_tokens = positive(a, "--prompt-tokens", 128);
+  s.new_tokens = positive(a, "--new-tokens", 128);
+  return s;
+}
+
+bool has_tokenizer(const std::string& dir) {
+  return file_exists(dir + "/tokenizer.json") ||
+         (file_exists(dir + "/vocab.json") && file_exists(dir + "/merges.txt"));
+}
+
+// ---- the child side: one figure, its JSON lines on stdout ----
+
+int run_child(const std::string& figure, const Settings& s) {
+  std::vector<OJson> lines;
+  if (figure == "sgemm") {
+    lines = bench::sgemm_figure(load_model_config(s.model), 512);
+  } else if (figure == "bandwidth") {
+    lines.push_back(bench::bandwidth_figure());
+  } else if (figure.rfind("train:", 0) == 0) {
+    const auto [batch, seq] = parse_shape(figure.substr(6));
+    lines.push_back(bench::train_figure(s.model, batch, seq, s.steps));
+  } else if (figure == "seed") {
+    lines.push_back(bench::seed_figure({s.model, s.data, s.tokenizer, s.seed_records, s.threads}));
+  } else if (figure == "generate") {
+    lines.push_back(bench::generate_figure(s.model, s.prompt_tokens, s.new_tokens));
+  } else {
+    throw UsageError("unknown figure '" + figure + "'", "--child");
+  }
+  for (const OJson& line : lines) std::printf("%s\n", line.dump().c_str());
+  std::fflush(stdout);
+  return 0;
+}
+
+// ---- the parent side ----
+
+volatile sig_atomic_t g_signal = 0;
+volatile pid_t g_child = 0;
+
+void on_signal(int sig) {
+  g_signal = sig;
+  if (g_child > 0) kill(g_child, sig);
+}
+
+// SIGINT / SIGTERM reach the running child and end the benchmark after it, so that the
+// temporary folders are removed. Restored on return.
+class SignalGuard {
+ public:
+  SignalGuard() {
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int_);
+    sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~SignalGuard() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+
+ private:
+  struct sigaction old_int_ {};
+  struct sigaction old_term_ {};
+};
+
+struct ChildResult {
+  std::vector<OJson> lines;
+  double peak_rss_gb = 0.0;
+};
+
+// Runs `loratune ARGS` (this executable) and waits for it. capture: its stdout is returned
+// as JSON lines; otherwise its stdout goes to our stderr. Throws on failure; `what` names it.
+ChildResult spawn(const std::vector<std::string>& args, bool capture, const std::string& what) {
+  std::vector<char*> argv;
+  std::string arg0 = "loratune";
+  argv.push_back(arg0.data());
+  std::vector<std::string> copy = args;
+  for (std::string& arg : copy) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  int fds[2] = {-1, -1};
+  if (capture && pipe2(fds, O_CLOEXEC) != 0)
+    throw Error(std::string("cannot create a pipe: ") + std::strerror(errno), what);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = fork();
+  if (pid < 0) {
+    if (capture) close(fds[0]), close(fds[1]);
+    throw Error(std::string("cannot start a child process: ") + std::strerror(errno), what);
+  }
+  if (pid == 0) {  // only async-signal-safe calls until exec
+    if (dup2(capture ? fds[1] : 2, 1) < 0) _exit(127);
+    execv("/proc/self/exe", argv.data());
+    _exit(127);
+  }
+  g_child = pid;
+  std::string out;
+  if (capture) {
+    close(fds[1]);
+    char buf[4096];
+    for (;;) {
+      const ssize_t n = read(fds[0], buf, sizeof buf);
+      if (n > 0)
+        out.append(buf, static_cast<size_t>(n));
+      else if (n == 0 || errno != EINTR)
+        break;
+    }
+    close(fds[0]);
+  }
+  int status = 0;
+  rusage ru{};
+  while (wait4(pid, &status, 0, &ru) < 0 && errno == EINTR) {
+  }
+  g_child = 0;
+  if (g_signal) throw Error("interrupted by signal " + std::to_string(g_signal), what);
+  if (WIFSIGNALED(status))
+    throw Error("the " + what + " was killed by signal " + std::to_string(WTERMSIG(status)), "",
+                WTERMSIG(status) == SIGKILL ? "out of memory?" : "");
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    const std::string msg = "the " + what + " failed (exit status " + std::to_string(code) + ")";
+    if (code == 2) throw UsageError(msg);
+    throw Error(msg);
+  }
+  ChildResult r;
+  r.peak_rss_gb = static_cast<double>(ru.ru_maxrss) * 1024.0 / 1e9;  // ru_maxrss is in KiB
+  size_t start = 0;
+  while (start < out.size()) {
+    size_t end = out.find('\n', start);
+    if (end == std::string::npos) end = out.size();
+    const std::string line = out.substr(start, end - start);
+    start = end + 1;
+    if (line.empty()) continue;
+    try {
+      r.lines.push_back(OJson::parse(line));
+    } catch (const nlohmann::json::exception&) {
+      throw Error("the " + what + " printed a line that is not JSON: " + line.substr(0, 80));
+    }
+  }
+  if (capture && r.lines.empty()) throw Error("the " + what + " printed no result");
+  return r;
+}
+
+// The arguments of a child that runs `figure`, from the settings (the model resolved).
+std::vector<std::string> child_args(const Settings& s, const std::string& figure) {
+  std::vector<std::string> args = {"bench",
+                                   "--child",
+                                   figure,
+                                   "--model",
+                                   s.model,
+                                   "--threads",
+                                   std::to_string(s.threads),
+                                   "--steps",
+                                   std::to_string(s.steps),
+                                   "--seed-records",
+                                   std::to_string(s.seed_records),
+                                   "--prompt-tokens",
+                                   std::to_string(s.prompt_tokens),
+                                   "--new-tokens",
+                                   std::to_string(s.new_tokens)};
+  if (!s.data.empty()) args.insert(args.end(), {"--data", s.data});
+  if (!s.tokenizer.empty()) args.insert(args.end(), {"--tokenizer", s.tokenizer});
+  return args;
+}
+
+double num(const OJson& j, const char* key) {
+  const auto it = j.find(key);
+  if (it == j.end() || !it->is_number()) throw Error(std::string("a result lacks '") + key + "'");
+  return it->get<double>();
+}
+
+std::string fmt(double v) {
+  char buf[64];
+  if (std::fabs(v) >= 100)
+    std::snprintf(buf, sizeof buf, "%.0f", v);
+  else if (std::fabs(v) >= 10)
+    std::snprintf(buf, sizeof buf, "%.1f", v);
+  else
+    std::snprintf(buf, sizeof buf, "%.3g", v);
+  return buf;
+}
+
+struct Row {
+  std::string figure, value, unit, notes;
+};
+
+void print_table(const std::vector<Row>& rows) {
+  std::vector<Row> all = {{"figure", "value", "unit", "notes"}};
+  all.insert(all.end(), rows.begin(), rows.end());
+  size_t w0 = 0, w1 = 0, w2 = 0;
+  for (const Row& r : all) {
+    w0 = std::max(w0, r.figure.size());
+    w1 = std::max(w1, r.value.size());
+    w2 = std::max(w2, r.unit.size());
+  }
+  std::fputs("\n", stderr);
+  for (const Row& r : all)
+    std::fprintf(stderr, "%-*s  %*s  %-*s  %s\n", static_cast<int>(w0), r.figure.c_str(),
+                 static_cast<int>(w1), r.value.c_str(), static_cast<int>(w2), r.unit.c_str(),
+                 r.notes.c_str());
+}
+
+void emit(const OJson& line) {
+  std::printf("%s\n", line.dump().c_str());
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int run_bench(const Args& args) {
+  const ParsedArgs a = parse_args(kSpec, args);
+  Settings s = parse_settings(a);
+  if (a.has("--child")) {
+    set_num_threads(s.threads);
+    return run_child(a.str("--child"), s);
+  }
+  set_num_threads(s.threads);
+  s.threads = num_threads();
+
+  // Everything that can be checked is checked before the long work starts.
+  const bool seed = s.wants("seed") && !s.data.empty();
+  if (seed && !std::ifstream(s.data))
+    throw Error("cannot read the data file", s.data, "check the --data path");
+  if (!s.tokenizer.empty() && !has_tokenizer(s.tokenizer))
+    throw Error("no tokenizer files found", s.tokenizer,
+                "expected tokenizer.json or vocab.json + merges.txt");
+  SignalGuard signals;
+  std::optional<bench::TempFolder> default_model;
+  if (s.model.empty()) {
+    default_model.emplace("loratune_bench_model");
+    s.model = default_model->path() + "/qwen2-0.5b";
+    std::fprintf(stderr,
+                 "bench: no --model: writing the Qwen2-0.5B shape with random f32 weights (as "
+                 "'init-model --preset qwen2-0.5b') to %s, removed at exit\n",
+                 s.model.c_str());
+    std::vector<std::string> init = {"init-model",
+                                     "--preset",
+                                     "qwen2-0.5b",
+                                     "--out",
+                                     s.model,
+                                     "--threads",
+                                     std::to_string(s.threads)};
+    if (!s.tokenizer.empty()) init.insert(init.end(), {"--tokenizer", s.tokenizer});
+    spawn(init, false, "init-model child");
+  }
+  const ModelConfig config = load_model_config(s.model);
+  for (const auto& [batch, seq] : s.shapes)
+    if (s.wants("train") && config.max_position_embeddings > 0 &&
+        seq > config.max_position_embeddings)
+      throw UsageError("train sequence length " + std::to_string(seq) +
+                           " exceeds max_position_embeddings (" +
+                           std::to_string(config.max_position_embeddings) + ")",
+                       "--train-shapes");
+  if (s.wants("generate") && config.max_position_embeddings > 0 &&
+      s.prompt_tokens + s.new_tokens + 1 > config.max_position_embeddings)
+    throw UsageError("--prompt-tokens plus --new-tokens exceed max_position_embeddings (" +
+                     std::to_string(config.max_position_embeddings) + ")");
+  if (seed && s.tokenizer.empty() && !has_tokenizer(s.model))
+    throw UsageError("the model folder has no tokenizer files, which the seed job needs", s.model,
+                     "give --tokenizer DIR");
+
+  std::vector<Row> rows;
+  std::optional<double> peak_gflops, bandwidth;
+  if (s.wants("sgemm") || s.wants("train")) {
+    if (!s.wants("sgemm")) std::fputs("bench: measuring sgemm for the MFU\n", stderr);
+    const ChildResult r = spawn(child_args(s, "sgemm"), true, "sgemm figure");
+    for (const OJson& line : r.lines) emit(line);
+    const OJson& peak = r.lines.back();
+    peak_gflops = num(peak, "gflops");
+    rows.push_back({"sgemm_peak", fmt(*peak_gflops), "GFLOP/s",
+                    peak.value("shape", "") + " " + peak.value("implementation", "") +
+                        ", M=512, max over shapes and implementations"});
+  }
+  if (s.wants("bandwidth") || s.wants("generate")) {
+    if (!s.wants("bandwidth"))
+      std::fputs("bench: measuring the memory bandwidth for the generation bound\n", stderr);
+    const ChildResult r = spawn(child_args(s, "bandwidth"), true, "bandwidth figure");
+    emit(r.lines.back());
+    bandwidth = num(r.lines.back(), "gb_per_second");
+    rows.push_back(
+        {"bandwidth", fmt(*bandwidth), "GB/s",
+         "streaming read of " + fmt(num(r.lines.back(), "buffer_bytes") / 1e9) + " GB, best of 5"});
+  }
+  if (s.wants("train")) {
+    for (const auto& [batch, seq] : s.shapes) {
+      const std::string shape = std::to_string(batch) + "x" + std::to_string(seq);
+      ChildResult r = spawn(child_args(s, "train:" + shape), true, "train " + shape + " figure");
+      OJson line = r.lines.back();
+      const double mfu =
+          num(line, "flops_per_token") * num(line, "tokens_per_second") / (*peak_gflops * 1e9);
+      line["sgemm_peak_gflops"] = *peak_gflops;
+      line["mfu"] = mfu;
+      line["peak_rss_gb"] = r.peak_rss_gb;
+      emit(line);
+      rows.push_back({"train " + shape, fmt(num(line, "tokens_per_second")), "tokens/s",
+                      fmt(num(line, "seconds_per_step")) + " s/step, MFU " + fmt(100 * mfu) +
+                          " %, peak RSS " + fmt(r.peak_rss_gb) + " GB"});
+    }
+  }
+  if (s.wants("seed") && !seed) {
+    std::fputs("bench: no --data: the seed figure is skipped (give --data FILE, alpaca JSON)\n",
+               stderr);
+    rows.push_back({"seed", "-", "", "skipped: no --data"});
+  }
+  if (seed) {
+    ChildResult r = spawn(child_args(s, "seed"), true, "seed figure");
+    OJson line = r.lines.back();
+    line["peak_rss_gb"] = r.peak_rss_gb;
+    emit(line);
+    rows.push_back({"seed", fmt(num(line, "wall_seconds")), "s (wall)",
+                    fmt(num(line, "speedup")) + "x faster than the peer estimate (" +
+                        fmt(num(line, "peer_seconds_estimate")) + " s), " +
+                        fmt(num(line, "train_examples")) + "/" + fmt(num(line, "eval_examples")) +
+                        " examples, " + fmt(num(line, "tokens_per_second")) +
+                        " train tokens/s, peak RSS " + fmt(r.peak_rss_gb) + " GB"});
+  }
+  if (s.wants("generate")) {
+    ChildResult r = spawn(child_args(s, "generate"), true, "generate figure");
+    OJson line = r.lines.back();
+    const double bound = *bandwidth * 1e9 / num(line, "weight_bytes_per_token");
+    const double fraction = num(line, "decode_tokens_per_second") / bound;
+    line["bandwidth_gb_per_second"] = *bandwidth;
+    line["bound_tokens_per_second"] = bound;
+    line["fraction_of_bound"] = fraction;
+    line["peak_rss_gb"] = r.peak_rss_gb;
+    emit(line);
+    rows.push_back({"generate prefill", fmt(num(line, "prefill_tokens_per_second")), "tokens/s",
+                    std::to_string(s.prompt_tokens) + " prompt tokens, batch 1"});
+    rows.push_back({"generate decode", fmt(num(line, "decode_tokens_per_second")), "tokens/s",
+                    fmt(100 * fraction) + " % of the bandwidth bound (" + fmt(bound) +
+                        " tokens/s), peak RSS " + fmt(r.peak_rss_gb) + " GB"});
+  }
+  print_table(rows);
+  return 0;
+}
+
+}  // namespace loratune::cli

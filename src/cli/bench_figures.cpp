@@ -1,0 +1,347 @@
+#include "cli/bench_figures.h"
+
+#include <cblas.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <limits>
+#include <memory>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/threads.h"
+#include "generate/generator.h"
+#include "lora/adapter.h"
+#include "model/transformer.h"
+#include "ops/ops.h"
+#include "train/optimizer.h"
+#include "train/trainer.h"
+
+namespace loratune::cli::bench {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Best time of `f` after one warm-up call: at least 3 and at most 20 repeats, stopping once
+// half a second has been spent.
+template <class F>
+double best_seconds(F&& f) {
+  f();
+  double best = std::numeric_limits<double>::infinity(), total = 0.0;
+  for (int rep = 0; rep < 20; ++rep) {
+    const auto t0 = Clock::now();
+    f();
+    const double s = seconds_since(t0);
+    best = std::min(best, s);
+    total += s;
+    if (rep >= 2 && total >= 0.5) break;
+  }
+  return std::max(best, 1e-9);
+}
+
+std::vector<float> random_floats(size_t n, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> v(n);
+  for (float& x : v) x = static_cast<float>(rng.uniform() - 0.5);
+  return v;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+}  // namespace
+
+TempFolder::TempFolder(const std::string& prefix) {
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl = std::string(base && *base ? base : "/tmp") + "/" + prefix + "_XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  if (!mkdtemp(buf.data()))
+    throw Error("cannot create a temporary folder", tmpl, "is TMPDIR writable?");
+  path_ = buf.data();
+}
+
+TempFolder::~TempFolder() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+std::vector<LinearShape> linear_shapes(const ModelConfig& c) {
+  const int C = c.hidden_size, HD = c.num_attention_heads * c.head_dim(), KV = c.kv_dim();
+  const int F = c.intermediate_size, V = c.vocab_size;
+  const LinearShape all[] = {{"q_proj", C, HD},   {"k_proj,v_proj", C, KV},
+                             {"o_proj", HD, C},   {"gate_proj,up_proj", C, F},
+                             {"down_proj", F, C}, {"lm_head", C, V}};
+  std::vector<LinearShape> shapes;
+  for (const LinearShape& s : all) {
+    auto same = std::find_if(shapes.begin(), shapes.end(),
+                             [&](const LinearShape& t) { return t.in == s.in && t.out == s.out; });
+    if (same == shapes.end())
+      shapes.push_back(s);
+    else
+      same->modules += "," + s.modules;
+  }
+  return shapes;
+}
+
+int64_t linear_parameter_count(const ModelConfig& c) {
+  const int64_t C = c.hidden_size, HD = int64_t{c.num_attention_heads} * c.head_dim();
+  const int64_t KV = c.kv_dim(), F = c.intermediate_size, V = c.vocab_size;
+  const int64_t per_layer = C * HD + 2 * C * KV + HD * C + 3 * C * F;
+  return c.num_hidden_layers * per_layer + V * C;
+}
+
+const char* const kFlopCount =
+    "4*P + 6*L*H*D*T per token: P = frozen linear weights incl. lm_head (forward 2P, input "
+    "gradient 2P; LoRA not counted), causal attention forward 2*L*H*D*T, backward twice that";
+
+double train_flops_per_token(const ModelConfig& c, int T) {
+  const double HD = static_cast<double>(c.num_attention_heads) * c.head_dim();
+  return 4.0 * static_cast<double>(linear_parameter_count(c)) +
+         6.0 * c.num_hidden_layers * HD * static_cast<double>(T);
+}
+
+std::vector<OJson> sgemm_figure(const ModelConfig& c, int M) {
+  std::vector<OJson> lines;
+  double peak = 0.0;
+  std::string peak_shape, peak_impl;
+  for (const LinearShape& s : linear_shapes(c)) {
+    const int in = s.in, out = s.out;
+    const std::vector<float> x = random_floats(static_cast<size_t>(M) * in, 1);
+    const std::vector<float> w = random_floats(static_cast<size_t>(out) * in, 2);
+    std::vector<float> y(static_cast<size_t>(M) * out), dx(static_cast<size_t>(M) * in);
+    // y doubles as dY for the backward forms: the values do not matter for the time.
+    struct Impl {
+      const char* name;
+      std::function<void()> run;
+    };
+    const Impl impls[] = {
+        {"blas_forward",
+         [&] {
+           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, out, in, 1.0f, x.data(), in,
+                       w.data(), in, 0.0f, y.data(), out);
+         }},
+        {"blas_backward",
+         [&] {
+           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, in, out, 1.0f, y.data(), out,
+                       w.data(), in, 0.0f, dx.data(), in);
+         }},
+        {"own_forward",
+         [&] { ops::linear_forward(y.data(), x.data(), w.data(), nullptr, M, in, out); }},
+        {"own_backward",
+         [&] { ops::linear_backward(dx.data(), y.data(), w.data(), M, in, out, false); }},
+    };
+    const double flops = 2.0 * M * in * static_cast<double>(out);
+    OJson line = {{"figure", "sgemm"}, {"shape", s.modules}, {"m", M}, {"k", in}, {"n", out}};
+    for (const Impl& impl : impls) {
+      const double gflops = flops / best_seconds(impl.run) / 1e9;
+      line[std::string(impl.name) + "_gflops"] = gflops;
+      if (gflops > peak) {
+        peak = gflops;
+        peak_shape = s.modules;
+        peak_impl = impl.name;
+      }
+    }
+    line["threads"] = num_threads();
+    lines.push_back(line);
+  }
+  lines.push_back({{"figure", "sgemm_peak"},
+                   {"gflops", peak},
+                   {"shape", peak_shape},
+                   {"implementation", peak_impl},
+                   {"m", M},
+                   {"threads", num_threads()}});
+  return lines;
+}
+
+OJson bandwidth_figure() {
+  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  const size_t bytes = std::max<size_t>(size_t{1} << 30, l3 > 0 ? 4 * static_cast<size_t>(l3) : 0);
+  const long n = static_cast<long>(bytes / sizeof(float));
+  std::unique_ptr<float[]> buf(new float[n]);
+  float* p = buf.get();
+#pragma omp parallel for schedule(static)
+  for (long i = 0; i < n; ++i) p[i] = 1.0f;  // first touch on the threads that read it
+  const int passes = 5;
+  double best = std::numeric_limits<double>::infinity();
+  volatile float sink = 0.0f;
+  for (int pass = 0; pass < passes; ++pass) {
+    const auto t0 = Clock::now();
+    float sum = 0.0f;
+#pragma omp parallel for simd schedule(static) reduction(+ : sum)
+    for (long i = 0; i < n; ++i) sum += p[i];
+    best = std::min(best, seconds_since(t0));
+    sink = sink + sum;
+  }
+  return {{"figure", "bandwidth"},
+          {"gb_per_second", static_cast<double>(bytes) / std::max(best, 1e-9) / 1e9},
+          {"buffer_bytes", bytes},
+          {"passes", passes},
+          {"threads", num_threads()}};
+}
+
+OJson train_figure(const std::string& model_dir, int B, int T, int steps) {
+  Transformer model(model_dir);
+  const ModelConfig& c = model.config();
+  LoraConfig lc;  // r 8, alpha 16, dropout 0.05 on q_proj and v_proj
+  LoraAdapter adapter(c, lc, 0);
+  model.set_adapter(&adapter);
+  std::vector<LoraParam> params = adapter.parameters();
+  AdamWOptions opt;
+  opt.lr = 1e-4;
+  AdamW adamw(params, opt);
+
+  // Random tokens, every position labelled.
+  Rng rng(1);
+  std::vector<int> tokens(static_cast<size_t>(B) * T);
+  for (int& t : tokens) t = static_cast<int>(rng.next_u64() % c.vocab_size);
+  std::vector<SequenceSpan> seqs;
+  for (int b = 0; b < B; ++b) seqs.push_back({b * T, T, 0});
+  const int64_t count = count_loss_targets(tokens, seqs);
+
+  std::vector<double> times;
+  double loss = 0.0;
+  for (int s = 0; s < steps; ++s) {
+    const auto t0 = Clock::now();
+    adapter.zero_grad();
+    LossSum l = model.forward_backward(tokens, seqs, tokens, 1.0f / static_cast<float>(count),
+                                       Dropout{static_cast<float>(lc.lora_dropout), 7}, 512);
+    clip_grad_norm(params, 1.0);
+    adamw.step(opt.lr);
+    times.push_back(seconds_since(t0));
+    loss = l.sum / static_cast<double>(l.count);
+  }
+  if (steps > 1) times.erase(times.begin());  // the warm-up step
+  const double sec = std::max(median(times), 1e-9);
+  const double tokens_per_second = B * static_cast<double>(T) / sec;
+  return {{"figure", "train"},
+          {"shape", std::to_string(B) + "x" + std::to_string(T)},
+          {"batch", B},
+          {"seq", T},
+          {"steps_timed", static_cast<int>(times.size())},
+          {"seconds_per_step", sec},
+          {"tokens_per_second", tokens_per_second},
+          {"flops_per_token", train_flops_per_token(c, T)},
+          {"flop_count", kFlopCount},
+          {"loss", loss},
+          {"lora_r", lc.r},
+          {"target_modules", "q_proj,v_proj"},
+          {"threads", num_threads()}};
+}
+
+OJson seed_figure(const SeedJob& job) {
+  TempFolder out("loratune_bench_seed");
+  TrainArgs t;  // examples/seed.yaml over the first `records` records (data_fraction 1)
+  t.model = job.model;
+  t.data = {job.data};
+  t.tokenizer = job.tokenizer;
+  t.max_records = job.records;
+  t.output_dir = out.path() + "/out";
+  t.data_fraction = 1.0;
+  t.eval_fraction = 0.2;
+  t.template_kind = data::TemplateKind::kSeed;
+  t.max_length = 512;
+  t.lora = LoraConfig{};  // r 8, alpha 16, dropout 0.05, q_proj and v_proj
+  t.num_train_epochs = 1;
+  t.per_device_train_batch_size = 4;
+  t.per_device_eval_batch_size = 4;
+  t.learning_rate = 5e-5;
+  t.eval_strategy = IntervalStrategy::kEpoch;
+  t.save_strategy = IntervalStrategy::kEpoch;
+  t.load_best_model_at_end = true;
+  t.logging_steps = 25;  // sparse progress on stderr
+  t.threads = job.threads;
+  t.progress_bar = false;
+  const Json args_json = {{"data_fraction", 1.0},
+                          {"eval_fraction", 0.2},
+                          {"template", "seed"},
+                          {"max_length", 512},
+                          {"lora_r", 8},
+                          {"lora_alpha", 16},
+                          {"lora_dropout", 0.05},
+                          {"target_modules", "q_proj,v_proj"},
+                          {"num_train_epochs", 1},
+                          {"per_device_train_batch_size", 4},
+                          {"learning_rate", 5e-5},
+                          {"eval_strategy", "epoch"},
+                          {"save_strategy", "epoch"},
+                          {"load_best_model_at_end", true},
+                          {"logging_steps", 25},
+                          {"max_records", job.records}};
+  std::fprintf(stderr, "bench: seed job on the first %lld records of %s\n",
+               static_cast<long long>(job.records), job.data.c_str());
+  TrainSummary sum;
+  const auto t0 = Clock::now();
+  if (run_training(t, args_json, &sum) != 0) throw Error("the seed job was interrupted", job.data);
+  const double wall = std::max(seconds_since(t0), 1e-9);
+  // The Python peer's measured 4×512 step on this recipe: 58 s; an eval batch is forward only.
+  const double peer = static_cast<double>(sum.steps) * 58.0 + sum.eval_batches * 29.0;
+  return {{"figure", "seed"},
+          {"records", job.records},
+          {"wall_seconds", wall},
+          {"train_seconds", sum.train_seconds},
+          {"eval_seconds", sum.eval_seconds},
+          {"train_examples", sum.train_examples},
+          {"eval_examples", sum.eval_examples},
+          {"train_tokens", sum.train_tokens},
+          {"steps", sum.steps},
+          {"eval_batches", sum.eval_batches},
+          {"tokens_per_second",
+           static_cast<double>(sum.train_tokens) / std::max(sum.train_seconds, 1e-9)},
+          {"eval_loss", sum.last_eval_loss},
+          {"peer_seconds_estimate", peer},
+          {"peer_estimate",
+           "train steps x 58 s (the Python peer's measured 4x512 step) + eval batches x 29 s "
+           "(forward only, half a step)"},
+          {"speedup", peer / wall},
+          {"threads", num_threads()}};
+}
+
+OJson generate_figure(const std::string& model_dir, int prompt_tokens, int new_tokens) {
+  Transformer model(model_dir);
+  const ModelConfig& c = model.config();
+  Rng rng(3);
+  std::vector<int> prompt(prompt_tokens);
+  for (int& t : prompt) t = static_cast<int>(rng.next_u64() % c.vocab_size);
+  GenerateOptions opt;  // greedy, no eos: always the full count
+  opt.max_new_tokens = 1;
+  // Warm-up: every weight page touched once before timing.
+  generate(model, std::vector<int>(prompt.begin(), prompt.begin() + std::min(prompt_tokens, 8)),
+           opt);
+  // The prefill chooses the first new token; then `new_tokens` decode steps choose the others.
+  opt.max_new_tokens = new_tokens + 1;
+  int produced = 0;
+  const auto t0 = Clock::now();
+  Clock::time_point t_first;
+  generate(model, prompt, opt, [&](int) {
+    if (produced++ == 0) t_first = Clock::now();
+  });
+  const auto t_end = Clock::now();
+  const double prefill = std::max(std::chrono::duration<double>(t_first - t0).count(), 1e-9);
+  const double decode = std::max(std::chrono::duration<double>(t_end - t_first).count(), 1e-9);
+  return {{"figure", "generate"},
+          {"prompt_tokens", prompt_tokens},
+          {"new_tokens", new_tokens},
+          {"prefill_seconds", prefill},
+          {"prefill_tokens_per_second", prompt_tokens / prefill},
+          {"decode_seconds", decode},
+          {"decode_tokens_per_second", new_tokens / decode},
+          {"weight_bytes_per_token", linear_parameter_count(c) * int64_t{sizeof(float)}},
+          {"threads", num_threads()}};
+}
+
+}  // namespace loratune::cli::bench
