@@ -1,0 +1,161 @@
+// loratune bench on the tiny model: every figure prints its JSON line with finite, positive
+// values (no timing thresholds), and bad options fail cleanly.
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "test_util.h"
+
+namespace loratune {
+namespace {
+
+using test::run_cli;
+
+struct BenchRun {
+  int status;
+  std::vector<nlohmann::json> lines;  // stdout, one JSON object per line
+  std::string err;                    // stderr
+};
+
+// Runs `loratune bench ARGS` with stdout and stderr apart.
+BenchRun run_bench(const std::string& args) {
+  test::TempDir dir;
+  const std::string err_path = dir / "stderr.txt";
+  const std::string cmd = "'" + test::binary() + "' bench " + args + " 2>'" + err_path + "'";
+  BenchRun r{-1, {}, ""};
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int rc = pclose(p);
+  r.status = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
+  r.err = test::read_file(err_path);
+  size_t start = 0;
+  while (start < out.size()) {
+    size_t end = out.find('\n', start);
+    if (end == std::string::npos) end = out.size();
+    const std::string line = out.substr(start, end - start);
+    start = end + 1;
+    if (line.empty()) continue;
+    try {
+      r.lines.push_back(nlohmann::json::parse(line));
+    } catch (const nlohmann::json::exception& e) {
+      ADD_FAILURE() << "stdout line is not JSON: " << line;
+    }
+  }
+  return r;
+}
+
+// Every number in `line` is finite and positive.
+void expect_finite_positive(const nlohmann::json& line) {
+  for (const auto& [key, value] : line.items()) {
+    if (!value.is_number()) continue;
+    const double v = value.get<double>();
+    EXPECT_TRUE(std::isfinite(v) && v > 0) << key << " = " << v << " in " << line.dump();
+  }
+}
+
+TEST(Bench, SmokeEveryFigureOnTheTinyModel) {
+  const std::string args = "--model '" + test::tiny_model_dir() +
+                           "' --threads 1 --steps 2 --train-shapes 2x16 --prompt-tokens 8 "
+                           "--new-tokens 4 --data '" +
+                           test::source_dir() +
+                           "/examples/data/sample_seed.json' --seed-records 10 "
+                           "--only sgemm,bandwidth,train,seed,generate";
+  const BenchRun r = run_bench(args);
+  ASSERT_EQ(r.status, 0) << r.err;
+
+  const std::map<std::string, std::vector<std::string>> keys = {
+      {"sgemm",
+       {"shape", "m", "k", "n", "blas_forward_gflops", "blas_backward_gflops", "own_forward_gflops",
+        "own_backward_gflops"}},
+      {"sgemm_peak", {"gflops", "shape", "implementation"}},
+      {"bandwidth", {"gb_per_second", "buffer_bytes"}},
+      {"train",
+       {"shape", "batch", "seq", "seconds_per_step", "tokens_per_second", "flops_per_token",
+        "flop_count", "mfu", "sgemm_peak_gflops", "peak_rss_gb"}},
+      {"seed",
+       {"wall_seconds", "train_examples", "eval_examples", "train_tokens", "steps",
+        "tokens_per_second", "peak_rss_gb", "peer_seconds_estimate", "peer_estimate", "speedup",
+        "eval_batches"}},
+      {"generate",
+       {"prompt_tokens", "new_tokens", "prefill_seconds", "prefill_tokens_per_second",
+        "decode_seconds", "decode_tokens_per_second", "weight_bytes_per_token",
+        "bound_tokens_per_second", "fraction_of_bound", "peak_rss_gb"}},
+  };
+  std::map<std::string, int> seen;
+  for (const auto& line : r.lines) {
+    ASSERT_TRUE(line.is_object() && line.contains("figure")) << line.dump();
+    const std::string figure = line["figure"].get<std::string>();
+    ASSERT_TRUE(keys.count(figure)) << "unexpected figure " << line.dump();
+    ++seen[figure];
+    for (const std::string& key : keys.at(figure))
+      EXPECT_TRUE(line.contains(key)) << figure << " lacks " << key << ": " << line.dump();
+    expect_finite_positive(line);
+  }
+  // The tiny model's q_proj and o_proj share a shape: five distinct linear shapes.
+  EXPECT_EQ(seen["sgemm"], 5);
+  for (const char* figure : {"sgemm_peak", "bandwidth", "train", "seed", "generate"})
+    EXPECT_EQ(seen[figure], 1) << figure;
+  for (const auto& line : r.lines) {
+    if (line["figure"] == "train") {
+      EXPECT_EQ(line["shape"], "2x16");
+    }
+    if (line["figure"] == "seed") {  // 10 records split 80/20, batch 4: 2 steps, 1 eval batch
+      EXPECT_EQ(line["train_examples"], 8);
+      EXPECT_EQ(line["eval_examples"], 2);
+      EXPECT_EQ(line["steps"], 2);
+      EXPECT_EQ(line["eval_batches"], 1);
+      EXPECT_DOUBLE_EQ(line["peer_seconds_estimate"].get<double>(), 2 * 58.0 + 29.0);
+    }
+    if (line["figure"] == "generate") {
+      EXPECT_EQ(line["prompt_tokens"], 8);
+      EXPECT_EQ(line["new_tokens"], 4);
+    }
+  }
+  // The table on stderr.
+  EXPECT_NE(r.err.find("figure"), std::string::npos) << r.err;
+  for (const char* row : {"sgemm_peak", "bandwidth", "train 2x16", "seed", "generate decode"})
+    EXPECT_NE(r.err.find(row), std::string::npos) << row << "\n" << r.err;
+}
+
+TEST(Bench, SeedWithoutDataIsSkippedWithANote) {
+  const BenchRun r = run_bench("--model '" + test::tiny_model_dir() + "' --only seed");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(r.lines.empty());
+  EXPECT_NE(r.err.find("no --data: the seed figure is skipped"), std::string::npos) << r.err;
+}
+
+TEST(Bench, BadOptionsFailCleanly) {
+  test::TempDir dir;
+  const std::string model = "--model '" + test::tiny_model_dir() + "' ";
+  struct Case {
+    std::string args, fragment;
+    int status;
+  };
+  const Case cases[] = {
+      {model + "--only sgemm,nope", "unknown figure 'nope'", 2},
+      {"--model '" + (dir / "missing") + "' --only sgemm", "model folder not found", 1},
+      {model + "--only seed --data '" + (dir / "none.json") + "'", "cannot read the data file", 1},
+      {model + "--only train --train-shapes 4x", "bad train shape '4x'", 2},
+      {model + "--only train --steps 0", "--steps must be a positive integer", 2},
+      {model + "--threads -1", "--threads must be a positive integer", 2},
+      {model + "--only generate --prompt-tokens 4000 --new-tokens 200",
+       "exceed max_position_embeddings", 2},
+  };
+  for (const Case& c : cases) {
+    const test::CommandResult r = run_cli("bench " + c.args);
+    EXPECT_EQ(r.status, c.status) << c.args << "\n" << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << c.args << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.fragment), std::string::npos) << c.args << "\n" << r.output;
+  }
+}
+
+}  // namespace
+}  // namespace loratune
