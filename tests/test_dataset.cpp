@@ -401,7 +401,9 @@ TEST(DatasetTokenize, PromptAndAnswerAreTokenizedSeparately) {
     // (unless the answer brings its own leading space).
     std::vector<int> joint = tok.encode(parts.prompt + parts.completion);
     joint.push_back(eos);
-    if (i < 2) EXPECT_NE(joint, out[i].ids);
+    if (i < 2) {
+      EXPECT_NE(joint, out[i].ids);
+    }
     tokens += static_cast<int64_t>(out[i].ids.size());
     labelled += static_cast<int64_t>(out[i].ids.size() - prompt.size());
     longest = std::max(longest, static_cast<int64_t>(out[i].ids.size()));
@@ -658,7 +660,9 @@ TEST(DatasetBatches, EveryExampleOncePerEpochLastPartialKept) {
     std::vector<int> expected(10);
     for (int i = 0; i < 10; ++i) expected[i] = i;
     EXPECT_EQ(sorted, expected);
-    if (!shuffle) EXPECT_EQ(all, expected);  // sequential order
+    if (!shuffle) {
+      EXPECT_EQ(all, expected);  // sequential order
+    }
   }
   EXPECT_TRUE(make_batches(0, 4, true, 42, 0).empty());
   EXPECT_EQ(make_batches(3, 8, true, 1, 0).size(), 1u);

@@ -90,21 +90,6 @@ int positive(const ParsedArgs& a, const std::string& name, long long fallback) {
   return static_cast<int>(v);
 }
 
-std::vector<std::string> split_list(const std::string& text) {
-  std::vector<std::string> items;
-  size_t start = 0;
-  while (start <= text.size()) {
-    size_t comma = text.find(',', start);
-    if (comma == std::string::npos) comma = text.size();
-    std::string item = text.substr(start, comma - start);
-    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
-    while (!item.empty() && item.back() == ' ') item.pop_back();
-    items.push_back(item);
-    start = comma + 1;
-  }
-  return items;
-}
-
 // "4x128" -> (4, 128).
 std::pair<int, int> parse_shape(const std::string& text) {
   const size_t x = text.find('x');

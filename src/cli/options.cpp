@@ -166,8 +166,8 @@ std::string help_text(const CommandSpec& spec) {
   return text;
 }
 
-std::vector<long long> parse_int_list(const std::string& text, const std::string& what) {
-  std::vector<long long> out;
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> items;
   size_t start = 0;
   while (start <= text.size()) {
     size_t comma = text.find(',', start);
@@ -175,9 +175,15 @@ std::vector<long long> parse_int_list(const std::string& text, const std::string
     std::string item = text.substr(start, comma - start);
     while (!item.empty() && item.front() == ' ') item.erase(item.begin());
     while (!item.empty() && item.back() == ' ') item.pop_back();
-    out.push_back(to_integer(item, what));
+    items.push_back(item);
     start = comma + 1;
   }
+  return items;
+}
+
+std::vector<long long> parse_int_list(const std::string& text, const std::string& what) {
+  std::vector<long long> out;
+  for (const std::string& item : split_list(text)) out.push_back(to_integer(item, what));
   return out;
 }
 

@@ -54,6 +54,9 @@ std::string help_text(const CommandSpec& spec);
 // switch flags. Unknown keys are usage errors naming the file.
 ParsedArgs parse_args_with_config(const CommandSpec& spec, const std::vector<std::string>& args);
 
+// "a, b,c" -> {"a", "b", "c"}: comma-separated items, spaces around each trimmed.
+std::vector<std::string> split_list(const std::string& text);
+
 // "1,2,3" -> {1, 2, 3}; `what` names the option in errors.
 std::vector<long long> parse_int_list(const std::string& text, const std::string& what);
 
