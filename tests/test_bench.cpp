@@ -5,6 +5,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -36,12 +37,8 @@ BenchRun run_bench(const std::string& args) {
   const int rc = pclose(p);
   r.status = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
   r.err = test::read_file(err_path);
-  size_t start = 0;
-  while (start < out.size()) {
-    size_t end = out.find('\n', start);
-    if (end == std::string::npos) end = out.size();
-    const std::string line = out.substr(start, end - start);
-    start = end + 1;
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
     if (line.empty()) continue;
     try {
       r.lines.push_back(nlohmann::json::parse(line));

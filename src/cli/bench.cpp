@@ -16,6 +16,7 @@
 #include <fstream>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -249,12 +250,8 @@ ChildResult spawn(const std::vector<std::string>& args, bool capture, const std:
   }
   ChildResult r;
   r.peak_rss_gb = static_cast<double>(ru.ru_maxrss) * 1024.0 / 1e9;  // ru_maxrss is in KiB
-  size_t start = 0;
-  while (start < out.size()) {
-    size_t end = out.find('\n', start);
-    if (end == std::string::npos) end = out.size();
-    const std::string line = out.substr(start, end - start);
-    start = end + 1;
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
     if (line.empty()) continue;
     try {
       r.lines.push_back(OJson::parse(line));

@@ -229,7 +229,8 @@ OJson train_figure(const std::string& model_dir, int B, int T, int steps) {
     const auto t0 = Clock::now();
     adapter.zero_grad();
     LossSum l = model.forward_backward(tokens, seqs, tokens, 1.0f / static_cast<float>(count),
-                                       Dropout{static_cast<float>(lc.lora_dropout), 7}, 512);
+                                       Dropout{static_cast<float>(lc.lora_dropout), 7},
+                                       TrainArgs{}.max_group_tokens);
     clip_grad_norm(params, 1.0);
     adamw.step(opt.lr);
     times.push_back(seconds_since(t0));

@@ -45,38 +45,39 @@ void attention_forward(float* out, float* lse, const float* q, const AttentionSp
   const int group = H / Hkv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const long q_stride = static_cast<long>(H) * D;
-  // One task per (sequence, head, block of query rows): scores = Q·Kᵀ over the keys the block
+  // One task per (sequence, block of query rows, head): scores = Q·Kᵀ over the keys the block
   // can see, causal softmax, P·V, with BLAS running single-threaded inside the parallel loop.
-  std::vector<int> task_span, task_row;
-  for (int s = 0; s < n_spans; ++s)
-    for (int i0 = 0; i0 < spans[s].q_len; i0 += kRowBlock) {
-      task_span.push_back(s);
-      task_row.push_back(i0);
-    }
-  const int n_tasks = static_cast<int>(task_span.size());
+  // The task grid is rectangular (every sequence gets the longest one's blocks; the blocks a
+  // sequence lacks are skipped) so that the decode loop allocates nothing here.
+  int max_len = 0;
+  for (int s = 0; s < n_spans; ++s) max_len = std::max(max_len, spans[s].q_len);
+  const int n_blocks = (max_len + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel
   {
-    std::vector<float> scores;
-#pragma omp for collapse(2) schedule(dynamic)
-    for (int t = 0; t < n_tasks; ++t)
-      for (int h = 0; h < H; ++h) {
-        const AttentionSpan& sp = spans[task_span[t]];
-        const int i0 = task_row[t], rows = std::min(kRowBlock, sp.q_len - i0);
-        const int n_keys = sp.past + i0 + rows;
-        const int g = h / group;
-        const long q_row = static_cast<long>(sp.q_start) + i0;
-        scores.resize(static_cast<size_t>(rows) * n_keys);
-        head_scores(scores.data(), q + q_row * q_stride + h * D, q_stride, sp.k + g * D, kv_stride,
-                    rows, n_keys, D, scale);
-        for (int i = 0; i < rows; ++i) {
-          const float l = causal_softmax(scores.data() + static_cast<long>(i) * n_keys,
-                                         sp.past + i0 + i + 1, n_keys);
-          if (lse) lse[(q_row + i) * H + h] = l;
+    thread_local std::vector<float> scores;
+#pragma omp for collapse(3) schedule(dynamic)
+    for (int s = 0; s < n_spans; ++s)
+      for (int b = 0; b < n_blocks; ++b)
+        for (int h = 0; h < H; ++h) {
+          const AttentionSpan& sp = spans[s];
+          const int i0 = b * kRowBlock;
+          if (i0 >= sp.q_len) continue;
+          const int rows = std::min(kRowBlock, sp.q_len - i0);
+          const int n_keys = sp.past + i0 + rows;
+          const int g = h / group;
+          const long q_row = static_cast<long>(sp.q_start) + i0;
+          scores.resize(static_cast<size_t>(rows) * n_keys);
+          head_scores(scores.data(), q + q_row * q_stride + h * D, q_stride, sp.k + g * D,
+                      kv_stride, rows, n_keys, D, scale);
+          for (int i = 0; i < rows; ++i) {
+            const float l = causal_softmax(scores.data() + static_cast<long>(i) * n_keys,
+                                           sp.past + i0 + i + 1, n_keys);
+            if (lse) lse[(q_row + i) * H + h] = l;
+          }
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, n_keys, 1.0f,
+                      scores.data(), n_keys, sp.v + g * D, kv_stride, 0.0f,
+                      out + q_row * q_stride + h * D, q_stride);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, n_keys, 1.0f, scores.data(),
-                    n_keys, sp.v + g * D, kv_stride, 0.0f, out + q_row * q_stride + h * D,
-                    q_stride);
-      }
   }
 }
 
@@ -91,7 +92,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   // columns, so they run in one task. Inside, blocks of query rows see only their keys.
 #pragma omp parallel
   {
-    std::vector<float> p, dp;
+    thread_local std::vector<float> p, dp;
 #pragma omp for collapse(2) schedule(dynamic)
     for (int s = 0; s < n_spans; ++s)
       for (int g = 0; g < Hkv; ++g) {

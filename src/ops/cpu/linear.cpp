@@ -13,9 +13,13 @@ namespace {
 // every input row while it is in cache: the speed is the memory bandwidth's.
 constexpr int kGemvRows = 4;
 
-// y[n, o] = beta·y[n, o] + x[n]·w[o] for output rows o0..o0+3: four dot products at once
-// keep four independent FMA chains in flight.
-void dot4(float* y, const float* x, const float* w, int in, int out, int o0, float beta) {
+float with_beta(float y, float beta, float sum) {
+  return beta == 0.0f ? sum : beta * y + sum;
+}
+
+// y[o] = beta·y[o] + x·w[o] for output rows o0..o0+3: four dot products at once keep four
+// independent FMA chains in flight.
+void dot4(float* y, const float* x, const float* w, int in, int o0, float beta) {
   const float *w0 = w + static_cast<long>(o0) * in, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
   float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
@@ -26,7 +30,7 @@ void dot4(float* y, const float* x, const float* w, int in, int out, int o0, flo
     s3 += x[i] * w3[i];
   }
   const float sums[4] = {s0, s1, s2, s3};
-  for (int j = 0; j < 4; ++j) y[o0 + j] = beta == 0.0f ? sums[j] : beta * y[o0 + j] + sums[j];
+  for (int j = 0; j < 4; ++j) y[o0 + j] = with_beta(y[o0 + j], beta, sums[j]);
 }
 
 void gemv_rows(float* y, const float* x, const float* w, int N, int in, int out, float beta) {
@@ -34,15 +38,14 @@ void gemv_rows(float* y, const float* x, const float* w, int N, int in, int out,
 #pragma omp parallel for schedule(static) if (static_cast <long>(in) * out > 65536)
   for (int b = 0; b < blocks; ++b)
     for (int n = 0; n < N; ++n)
-      dot4(y + static_cast<long>(n) * out, x + static_cast<long>(n) * in, w, in, out, 4 * b, beta);
+      dot4(y + static_cast<long>(n) * out, x + static_cast<long>(n) * in, w, in, 4 * b, beta);
   for (int o = 4 * blocks; o < out; ++o)  // the last out % 4 rows
     for (int n = 0; n < N; ++n) {
-      const float* xn = x + static_cast<long>(n) * in;
-      const float* wo = w + static_cast<long>(o) * in;
       float sum = 0.0f;
-      for (int i = 0; i < in; ++i) sum += xn[i] * wo[i];
+      for (int i = 0; i < in; ++i)
+        sum += x[static_cast<long>(n) * in + i] * w[static_cast<long>(o) * in + i];
       float& yo = y[static_cast<long>(n) * out + o];
-      yo = beta == 0.0f ? sum : beta * yo + sum;
+      yo = with_beta(yo, beta, sum);
     }
 }
 
