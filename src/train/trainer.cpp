@@ -227,7 +227,7 @@ int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* sum
   }
 
   StopSignals signals;
-  double log_loss_sum = 0.0, log_tokens = 0.0;
+  double log_loss_sum = 0.0;
   int64_t log_steps = 0;
   double last_lr = 0.0, last_norm = 0.0;
   const auto start = std::chrono::steady_clock::now();
@@ -276,19 +276,18 @@ int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* sum
     done.train_seconds += seconds_since(step_start);
     ++done.steps;
     for (const auto& p : packed) done.train_tokens += static_cast<int64_t>(p.tokens.size());
+    const double tokens_per_second =
+        static_cast<double>(done.train_tokens) / std::max(1e-9, seconds_since(start));
     ++state.global_step;
     state.epoch = static_cast<double>(state.global_step) / static_cast<double>(steps_per_epoch);
     const double loss =
         step_loss.count ? step_loss.sum / static_cast<double>(step_loss.count) : 0.0;
     log_loss_sum += loss;
     ++log_steps;
-    for (const auto& p : packed) log_tokens += static_cast<double>(p.tokens.size());
 
-    const double elapsed =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const double per_step = elapsed / static_cast<double>(state.global_step - start_step);
-    logger.progress(state.global_step, total_steps, loss, last_lr,
-                    log_tokens / std::max(1e-9, elapsed),
+    const double per_step =
+        seconds_since(start) / static_cast<double>(state.global_step - start_step);
+    logger.progress(state.global_step, total_steps, loss, last_lr, tokens_per_second,
                     per_step * static_cast<double>(total_steps - state.global_step));
     const bool final_step = state.global_step == total_steps;
     // Stopping mid-epoch (--max-steps) ends that epoch too, as in HF's loop.
@@ -296,7 +295,7 @@ int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* sum
     if (state.global_step % args.logging_steps == 0 || final_step) {
       Json rec = {{"step", state.global_step},        {"epoch", state.epoch},
                   {"loss", log_loss_sum / log_steps}, {"grad_norm", last_norm},
-                  {"learning_rate", last_lr},         {"tokens_per_second", log_tokens / elapsed}};
+                  {"learning_rate", last_lr},         {"tokens_per_second", tokens_per_second}};
       state.log_history.push_back(rec);
       logger.record(rec);
       log_loss_sum = 0.0;
