@@ -276,8 +276,9 @@ int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* sum
     done.train_seconds += seconds_since(step_start);
     ++done.steps;
     for (const auto& p : packed) done.train_tokens += static_cast<int64_t>(p.tokens.size());
+    const double elapsed = seconds_since(start);
     const double tokens_per_second =
-        static_cast<double>(done.train_tokens) / std::max(1e-9, seconds_since(start));
+        static_cast<double>(done.train_tokens) / std::max(1e-9, elapsed);
     ++state.global_step;
     state.epoch = static_cast<double>(state.global_step) / static_cast<double>(steps_per_epoch);
     const double loss =
@@ -285,8 +286,7 @@ int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* sum
     log_loss_sum += loss;
     ++log_steps;
 
-    const double per_step =
-        seconds_since(start) / static_cast<double>(state.global_step - start_step);
+    const double per_step = elapsed / static_cast<double>(state.global_step - start_step);
     logger.progress(state.global_step, total_steps, loss, last_lr, tokens_per_second,
                     per_step * static_cast<double>(total_steps - state.global_step));
     const bool final_step = state.global_step == total_steps;

@@ -41,9 +41,10 @@ void gemv_rows(float* y, const float* x, const float* w, int N, int in, int out,
       dot4(y + static_cast<long>(n) * out, x + static_cast<long>(n) * in, w, in, 4 * b, beta);
   for (int o = 4 * blocks; o < out; ++o)  // the last out % 4 rows
     for (int n = 0; n < N; ++n) {
+      const float* xn = x + static_cast<long>(n) * in;
+      const float* wo = w + static_cast<long>(o) * in;
       float sum = 0.0f;
-      for (int i = 0; i < in; ++i)
-        sum += x[static_cast<long>(n) * in + i] * w[static_cast<long>(o) * in + i];
+      for (int i = 0; i < in; ++i) sum += xn[i] * wo[i];
       float& yo = y[static_cast<long>(n) * out + o];
       yo = with_beta(yo, beta, sum);
     }
