@@ -100,17 +100,27 @@ TEST(OpsBackward, LinearRefMatchesFiniteDifferences) {
 }
 
 TEST(OpsBackward, LinearFastMatchesRef) {
-  for (int N : {1, 3, 7}) {  // below and above any row-count switch in the fast kernel
-    const int in = 13, out = 11;
+  // 1 and 3 rows, 7 (a partial 16-token panel), 150 (ten panels: two panel groups); in = 13
+  // and 20 leave a tile of fewer than 6 features; out = 11 pads the last weight block and 300
+  // needs two output slices.
+  struct Shape {
+    int N, in, out;
+  };
+  for (const Shape s : {Shape{1, 13, 11}, Shape{3, 13, 11}, Shape{7, 13, 11}, Shape{7, 20, 300},
+                        Shape{150, 20, 40}}) {
+    const int N = s.N, in = s.in, out = s.out;
+    const std::string name =
+        std::to_string(N) + "x" + std::to_string(in) + "x" + std::to_string(out);
     auto dy = random_vec<float>(N * out, 6), w = random_vec<float>(out * in, 7);
+    const ops::PackedWeight packed(w.data(), out, in);
     std::vector<float> dx(N * in, kGarbage), dx_ref(N * in, -kGarbage);
-    ops::linear_backward(dx.data(), dy.data(), w.data(), N, in, out, false);
+    ops::linear_backward(dx.data(), dy.data(), packed, N, false);
     ref::linear_backward(dx_ref.data(), dy.data(), w.data(), N, in, out, false);
-    expect_close(dx, dx_ref, "linear dx N=" + std::to_string(N));
+    expect_close(dx, dx_ref, "linear dx " + name);
     dx = dx_ref = random_vec<float>(N * in, 8);
-    ops::linear_backward(dx.data(), dy.data(), w.data(), N, in, out, true);
+    ops::linear_backward(dx.data(), dy.data(), packed, N, true);
     ref::linear_backward(dx_ref.data(), dy.data(), w.data(), N, in, out, true);
-    expect_close(dx, dx_ref, "linear dx (accumulate) N=" + std::to_string(N));
+    expect_close(dx, dx_ref, "linear dx (accumulate) " + name);
   }
 }
 
@@ -432,9 +442,9 @@ TEST(OpsBackward, CrossEntropyFastMatchesRef) {
       const float grad_scale = 1.0f / 11;
       std::vector<float> dh(R * C, kGarbage), dh_ref(R * C, -kGarbage);
       std::vector<float> scratch(static_cast<size_t>(chunk) * V);
-      const double loss =
-          ops::cross_entropy_forward_backward(dh.data(), h.data(), w.data(), targets.data(), R, C,
-                                              V, grad_scale, scratch.data(), chunk);
+      const ops::PackedWeight packed(w.data(), V, C);
+      const double loss = ops::cross_entropy_forward_backward(
+          dh.data(), h.data(), packed, targets.data(), R, grad_scale, scratch.data(), chunk);
       const double loss_ref = ref::cross_entropy_forward_backward(
           dh_ref.data(), h.data(), w.data(), targets.data(), R, C, V, grad_scale);
       EXPECT_NEAR(loss, loss_ref, 1e-5 * std::max(1.0, std::fabs(loss_ref))) << name;

@@ -30,23 +30,33 @@ void expect_close(const std::vector<float>& a, const std::vector<float>& b, floa
 }
 
 TEST(OpsForward, Linear) {
-  // N < 4 takes the matrix-vector path; out = 11 leaves rows after the blocks of four.
-  for (const int N : {1, 3, 7}) {
-    const int in = 13, out = 11;
+  // N < 4: the matrix-vector path; 7 and 200: full 6-row tiles, a row tail and (200) a second
+  // block of rows; in = 1100: two reduction slices; out = 11 and 40: a partial weight block.
+  struct Shape {
+    int N, in, out;
+  };
+  for (const Shape s : {Shape{1, 13, 11}, Shape{3, 13, 40}, Shape{7, 13, 11}, Shape{7, 1100, 40},
+                        Shape{200, 37, 32}}) {
+    const int N = s.N, in = s.in, out = s.out;
+    const std::string name =
+        std::to_string(N) + "x" + std::to_string(in) + "x" + std::to_string(out);
     auto x = random_vec(N * in, 1), w = random_vec(out * in, 2), b = random_vec(out, 3);
+    const ops::PackedWeight packed(w.data(), out, in);
+    ASSERT_EQ(packed.at(out - 1, in - 1), w.back());
     // A write-only output must not read what was there before.
     std::vector<float> y(N * out, std::numeric_limits<float>::quiet_NaN()), y_ref(N * out);
-    ops::linear_forward(y.data(), x.data(), w.data(), b.data(), N, in, out);
+    ops::linear_forward(y.data(), x.data(), packed, b.data(), N);
     ref::linear_forward(y_ref.data(), x.data(), w.data(), b.data(), N, in, out);
-    expect_close(y, y_ref, 1e-4f);
+    expect_close(y, y_ref, 1e-4f * std::sqrt(in));
     std::fill(y.begin(), y.end(), std::numeric_limits<float>::quiet_NaN());
-    ops::linear_forward(y.data(), x.data(), w.data(), nullptr, N, in, out);
+    ops::linear_forward(y.data(), x.data(), packed, nullptr, N);
     ref::linear_forward(y_ref.data(), x.data(), w.data(), static_cast<const float*>(nullptr), N, in,
                         out);
-    expect_close(y, y_ref, 1e-4f);
+    expect_close(y, y_ref, 1e-4f * std::sqrt(in));
     std::vector<float> acc = y;
-    ops::linear_accumulate(acc.data(), x.data(), w.data(), N, in, out);
-    for (size_t i = 0; i < acc.size(); ++i) ASSERT_NEAR(acc[i], 2 * y_ref[i], 2e-4f) << N;
+    ops::linear_accumulate(acc.data(), x.data(), packed, N);
+    for (size_t i = 0; i < acc.size(); ++i)
+      ASSERT_NEAR(acc[i], 2 * y_ref[i], 2e-4f * std::sqrt(in)) << name;
   }
 }
 

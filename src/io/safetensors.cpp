@@ -1,5 +1,8 @@
 #include "io/safetensors.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -139,6 +142,14 @@ SafetensorsHeader parse_safetensors(const uint8_t* data, size_t size, const std:
 SafetensorsFile::SafetensorsFile(const std::string& path)
     : file_(std::make_unique<MappedFile>(path)),
       header_(parse_safetensors(file_->data(), file_->size(), path)) {}
+
+void release_pages(const TensorInfo& t) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(t.data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(t.data) + t.nbytes) / page * page;
+  // A read-only private file mapping: the pages are read back from the file when touched.
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
 
 const TensorInfo* SafetensorsFile::find(const std::string& name) const {
   auto it = header_.tensors.find(name);

@@ -74,6 +74,11 @@ class TensorStore {
   std::map<std::string, const TensorInfo*> index_;
 };
 
+// Drops the resident pages of a mapped tensor (those wholly inside it) from memory: once a
+// tensor has been copied elsewhere its file pages need not stay resident. Reading it again
+// brings them back from the file.
+void release_pages(const TensorInfo& t);
+
 struct TensorToWrite {
   std::string name;
   DType dtype;

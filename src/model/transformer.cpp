@@ -126,9 +126,9 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
 
   std::memcpy(a.x_in.data(), x_.data(), NC * sizeof(float));
   ops::rmsnorm_forward(xn_.data(), a.rstd1.data(), x_.data(), lw.input_norm, N, C, eps);
-  ops::linear_forward(a.q.data(), xn_.data(), lw.wq, lw.bq, N, C, QD);
-  ops::linear_forward(a.k.data(), xn_.data(), lw.wk, lw.bk, N, C, KVD);
-  ops::linear_forward(a.v.data(), xn_.data(), lw.wv, lw.bv, N, C, KVD);
+  ops::linear_forward(a.q.data(), xn_.data(), lw.wq, lw.bq, N);
+  ops::linear_forward(a.k.data(), xn_.data(), lw.wk, lw.bk, N);
+  ops::linear_forward(a.v.data(), xn_.data(), lw.wv, lw.bv, N);
   lora_forward(l, LoraModule::kQ, a, a.q.data(), xn_.data(), N, dropout, training);
   lora_forward(l, LoraModule::kK, a, a.k.data(), xn_.data(), N, dropout, training);
   lora_forward(l, LoraModule::kV, a, a.v.data(), xn_.data(), N, dropout, training);
@@ -154,17 +154,17 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
   }
   ops::attention_forward(a.att.data(), a.lse.data(), a.q.data(), spans_.data(),
                          static_cast<int>(spans_.size()), H, Hkv, D, KVD);
-  ops::linear_accumulate(x_.data(), a.att.data(), lw.wo, N, QD, C);
+  ops::linear_accumulate(x_.data(), a.att.data(), lw.wo, N);
   lora_forward(l, LoraModule::kO, a, x_.data(), a.att.data(), N, dropout, training);
   std::memcpy(a.x_mid.data(), x_.data(), NC * sizeof(float));
 
   ops::rmsnorm_forward(xn_.data(), a.rstd2.data(), x_.data(), lw.post_norm, N, C, eps);
-  ops::linear_forward(a.gate.data(), xn_.data(), lw.w_gate, nullptr, N, C, F);
-  ops::linear_forward(a.up.data(), xn_.data(), lw.w_up, nullptr, N, C, F);
+  ops::linear_forward(a.gate.data(), xn_.data(), lw.w_gate, nullptr, N);
+  ops::linear_forward(a.up.data(), xn_.data(), lw.w_up, nullptr, N);
   lora_forward(l, LoraModule::kGate, a, a.gate.data(), xn_.data(), N, dropout, training);
   lora_forward(l, LoraModule::kUp, a, a.up.data(), xn_.data(), N, dropout, training);
   ops::swiglu_forward(xn_.data(), a.gate.data(), a.up.data(), static_cast<long>(N) * F);
-  ops::linear_accumulate(x_.data(), xn_.data(), lw.w_down, N, F, C);
+  ops::linear_accumulate(x_.data(), xn_.data(), lw.w_down, N);
   lora_forward(l, LoraModule::kDown, a, x_.data(), xn_.data(), N, dropout, training);
 }
 
@@ -190,7 +190,7 @@ void Transformer::forward(const std::vector<int>& tokens, const std::vector<Sequ
                 C * sizeof(float));
   ops::rmsnorm_forward(rows_.data(), nullptr, rows_.data(), weights_->final_norm, R, C,
                        static_cast<float>(config_.rms_norm_eps));
-  ops::linear_forward(logits, rows_.data(), weights_->lm_head, nullptr, R, C, config_.vocab_size);
+  ops::linear_forward(logits, rows_.data(), weights_->lm_head, nullptr, R);
 }
 
 }  // namespace loratune

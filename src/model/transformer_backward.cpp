@@ -17,7 +17,7 @@ void grow(std::vector<T>& v, size_t n) {
 }
 
 // lm_head rows per chunk: [256, V] logits at a time (155 MB for Qwen2). Smaller chunks make
-// the lm_head GEMM slow: its 0.5 GB weight is packed again for every chunk.
+// the lm_head products slower: the 0.5 GB weight streams from memory once per chunk.
 constexpr int kLossChunk = 256;
 
 }  // namespace
@@ -78,20 +78,20 @@ void Transformer::layer_backward(int l, LayerActivations& a, const std::vector<S
   float* h = xn_.data();     // silu(gate)·up, recomputed [N, F]
   float* xn = rows_.data();  // norm(x_mid), recomputed [N, C]
   ops::swiglu_forward(h, a.gate.data(), a.up.data(), static_cast<long>(N) * F);
-  ops::linear_backward(dh_.data(), dx_.data(), lw.w_down, N, F, C, false);
+  ops::linear_backward(dh_.data(), dx_.data(), lw.w_down, N, false);
   lora_backward(l, LoraModule::kDown, a, dh_.data(), dx_.data(), h, N, dropout);
   ops::swiglu_backward(dh_.data(), dup_.data(), dh_.data(), a.gate.data(), a.up.data(),
                        static_cast<long>(N) * F);
   ops::rmsnorm_forward(xn, nullptr, a.x_mid.data(), lw.post_norm, N, C, eps);
-  ops::linear_backward(dxn_.data(), dh_.data(), lw.w_gate, N, C, F, false);
-  ops::linear_backward(dxn_.data(), dup_.data(), lw.w_up, N, C, F, true);
+  ops::linear_backward(dxn_.data(), dh_.data(), lw.w_gate, N, false);
+  ops::linear_backward(dxn_.data(), dup_.data(), lw.w_up, N, true);
   lora_backward(l, LoraModule::kGate, a, dxn_.data(), dh_.data(), xn, N, dropout);
   lora_backward(l, LoraModule::kUp, a, dxn_.data(), dup_.data(), xn, N, dropout);
   ops::rmsnorm_backward(dx_.data(), dxn_.data(), a.rstd2.data(), a.x_mid.data(), lw.post_norm, N,
                         C);
 
   // Attention: x_mid = x_in + o(attn(rope(q(xn)), rope(k(xn)), v(xn))), xn = norm(x_in)
-  ops::linear_backward(datt_.data(), dx_.data(), lw.wo, N, QD, C, false);
+  ops::linear_backward(datt_.data(), dx_.data(), lw.wo, N, false);
   lora_backward(l, LoraModule::kO, a, datt_.data(), dx_.data(), a.att.data(), N, dropout);
   spans_.resize(seqs.size());
   for (size_t i = 0; i < seqs.size(); ++i)
@@ -104,9 +104,9 @@ void Transformer::layer_backward(int l, LayerActivations& a, const std::vector<S
   ops::rmsnorm_forward(xn, nullptr, a.x_in.data(), lw.input_norm, N, C, eps);
   float* dxn = lower_lora ? dxn_.data() : nullptr;
   if (lower_lora) {
-    ops::linear_backward(dxn, dq_.data(), lw.wq, N, C, QD, false);
-    ops::linear_backward(dxn, dk_.data(), lw.wk, N, C, KVD, true);
-    ops::linear_backward(dxn, dv_.data(), lw.wv, N, C, KVD, true);
+    ops::linear_backward(dxn, dq_.data(), lw.wq, N, false);
+    ops::linear_backward(dxn, dk_.data(), lw.wk, N, true);
+    ops::linear_backward(dxn, dv_.data(), lw.wv, N, true);
   }
   lora_backward(l, LoraModule::kQ, a, dxn, dq_.data(), xn, N, dropout);
   lora_backward(l, LoraModule::kK, a, dxn, dk_.data(), xn, N, dropout);
@@ -153,7 +153,7 @@ LossSum Transformer::group_pass(const std::vector<int>& tokens,
   LossSum loss;
   loss.count = R;
   loss.sum = ops::cross_entropy_forward_backward(backward ? dh_.data() : nullptr, dxn_.data(),
-                                                 weights_->lm_head, loss_targets_.data(), R, C, V,
+                                                 weights_->lm_head, loss_targets_.data(), R,
                                                  grad_scale, loss_scratch_.data(), kLossChunk);
   if (!backward) return loss;
   std::fill(dxn_.begin(), dxn_.begin() + static_cast<size_t>(R) * C, 0.0f);

@@ -17,6 +17,12 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
+// The packed matrix of a layer that LoRA module m targets.
+ops::PackedWeight& packed_matrix(LayerWeights& lw, LoraModule m) {
+  ops::PackedWeight* slots[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.w_gate, &lw.w_up, &lw.w_down};
+  return *slots[static_cast<int>(m)];
+}
+
 }  // namespace
 
 std::vector<TensorSpec> qwen2_tensor_specs(const ModelConfig& c) {
@@ -83,16 +89,28 @@ ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config)
   }
   embed = find("model.embed_tokens.weight");
   final_norm = find("model.norm.weight");
-  lm_head = config.tie_word_embeddings ? embed : find("lm_head.weight");
+  // Packs a matrix and lets its file pages go (the embedding's rows are read again by lookups).
+  auto pack = [&](const std::string& name) {
+    const TensorInfo& t = store_->get(name);
+    ops::PackedWeight packed(find(name), static_cast<int>(t.shape[0]),
+                             static_cast<int>(t.shape[1]));
+    release_pages(t);
+    return packed;
+  };
+  lm_head = pack(config.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+  layers.resize(config.num_hidden_layers);
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    layers.push_back(
-        LayerWeights{find(p + "input_layernorm.weight"), find(p + "self_attn.q_proj.weight"),
-                     find(p + "self_attn.q_proj.bias"), find(p + "self_attn.k_proj.weight"),
-                     find(p + "self_attn.k_proj.bias"), find(p + "self_attn.v_proj.weight"),
-                     find(p + "self_attn.v_proj.bias"), find(p + "self_attn.o_proj.weight"),
-                     find(p + "post_attention_layernorm.weight"), find(p + "mlp.gate_proj.weight"),
-                     find(p + "mlp.up_proj.weight"), find(p + "mlp.down_proj.weight")});
+    LayerWeights& lw = layers[l];
+    lw.input_norm = find(p + "input_layernorm.weight");
+    lw.post_norm = find(p + "post_attention_layernorm.weight");
+    lw.bq = find(p + "self_attn.q_proj.bias");
+    lw.bk = find(p + "self_attn.k_proj.bias");
+    lw.bv = find(p + "self_attn.v_proj.bias");
+    for (int i = 0; i < kNumLoraModules; ++i) {
+      const auto m = static_cast<LoraModule>(i);
+      packed_matrix(lw, m) = pack(p + lora_module_path(m) + ".weight");
+    }
   }
 }
 
@@ -113,9 +131,7 @@ void ModelWeights::merge_lora(const LoraAdapter& adapter, const ModelConfig& con
       owned_.push_back(std::move(merged));
       for (auto& [n, p] : by_name_)
         if (n == name) p = ptr;
-      LayerWeights& lw = layers[l];
-      const float** slot[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.w_gate, &lw.w_up, &lw.w_down};
-      *slot[i] = ptr;
+      packed_matrix(layers[l], m) = ops::PackedWeight(ptr, w->out, w->in);
     }
 }
 

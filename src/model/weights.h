@@ -1,5 +1,7 @@
 // The frozen Qwen2 weights in fp32, under Hugging Face tensor names. F32 files are used in
-// place (zero-copy from the memory map); BF16/F16 tensors are converted once at load.
+// place (zero-copy from the memory map); BF16/F16 tensors are converted once at load. The
+// matrices are also packed for the kernels (ops::PackedWeight); their file pages are then
+// released, so the process holds each matrix once.
 #pragma once
 
 #include <cstdint>
@@ -10,22 +12,24 @@
 #include "io/safetensors.h"
 #include "lora/adapter.h"
 #include "model/config.h"
+#include "ops/packed_weight.h"
 
 namespace loratune {
 
+// One layer as the kernels read it: norms and biases in place, matrices packed.
 struct LayerWeights {
-  const float* input_norm;  // [C]
-  const float* wq;          // [H*D, C]
-  const float* bq;          // [H*D]
-  const float* wk;          // [Hkv*D, C]
-  const float* bk;          // [Hkv*D]
-  const float* wv;          // [Hkv*D, C]
-  const float* bv;          // [Hkv*D]
-  const float* wo;          // [C, H*D]
-  const float* post_norm;   // [C]
-  const float* w_gate;      // [F, C]
-  const float* w_up;        // [F, C]
-  const float* w_down;      // [C, F]
+  const float* input_norm = nullptr;  // [C]
+  ops::PackedWeight wq;               // [H*D, C]
+  const float* bq = nullptr;          // [H*D]
+  ops::PackedWeight wk;               // [Hkv*D, C]
+  const float* bk = nullptr;          // [Hkv*D]
+  ops::PackedWeight wv;               // [Hkv*D, C]
+  const float* bv = nullptr;          // [Hkv*D]
+  ops::PackedWeight wo;               // [C, H*D]
+  const float* post_norm = nullptr;   // [C]
+  ops::PackedWeight w_gate;           // [F, C]
+  ops::PackedWeight w_up;             // [F, C]
+  ops::PackedWeight w_down;           // [C, F]
 };
 
 // One tensor of the Qwen2 layout: its HF name and shape.
@@ -47,7 +51,7 @@ class ModelWeights {
 
   const float* embed = nullptr;       // [V, C]
   const float* final_norm = nullptr;  // [C]
-  const float* lm_head = nullptr;     // [V, C]; equals embed when tied
+  ops::PackedWeight lm_head;          // [V, C]; the embedding when tied
   std::vector<LayerWeights> layers;
 
   // Replaces every weight the adapter targets by W + s·B·A (owned copies; the file is not

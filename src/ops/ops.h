@@ -1,19 +1,20 @@
 // Op contracts: the fast fp32 kernels (ops/cpu) and their scalar references (ops/ref) share
 // names and argument order: outputs, saved state, inputs, weights, sizes. Shapes use
 // N tokens, C hidden, H/Hkv heads, D head dim, F intermediate, V vocab.
-// Nothing here knows about configs, files or the CLI.
+// Nothing here knows about configs, files or the CLI. Frozen weight matrices come packed
+// (PackedWeight: w[out, in] with its sizes) where the references take w, in and out.
 #pragma once
+
+#include "ops/packed_weight.h"
 
 namespace loratune::ops {
 
-// y[N, out] = x[N, in] · w[out, in]ᵀ + b[out] (b may be null). One sgemm.
-void linear_forward(float* y, const float* x, const float* w, const float* b, int N, int in,
-                    int out);
+// y[N, out] = x[N, in] · w[out, in]ᵀ + b[out] (b may be null).
+void linear_forward(float* y, const float* x, const PackedWeight& w, const float* b, int N);
 // y[N, out] += x[N, in] · w[out, in]ᵀ: the residual stream accumulates projections.
-void linear_accumulate(float* y, const float* x, const float* w, int N, int in, int out);
+void linear_accumulate(float* y, const float* x, const PackedWeight& w, int N);
 // dx[N, in] = dy[N, out] · w[out, in] (+= when accumulate). Frozen weights: no dw.
-void linear_backward(float* dx, const float* dy, const float* w, int N, int in, int out,
-                     bool accumulate);
+void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate);
 
 // LoRA branch of a linear layer: u[N, r] = x · Aᵀ (saved), y[N, out] += s · u · Bᵀ.
 // x is the branch input (already dropped out when training with dropout).
@@ -72,9 +73,9 @@ void swiglu_backward(float* dgate, float* dup, const float* dh, const float* gat
 // Fused lm_head + softmax + cross-entropy and its backward, `chunk` rows at a time so that
 // [R, V] logits never exist: for rows h[R, C] with targets[R], returns Σ −log p(target) and
 // writes dh[R, C] = grad_scale · (softmax − onehot) · w (skipped when dh is null: loss only).
-// scratch holds chunk·V floats.
-double cross_entropy_forward_backward(float* dh, const float* h, const float* w, const int* targets,
-                                      int R, int C, int V, float grad_scale, float* scratch,
+// scratch holds chunk·V floats. C = w.in(), V = w.out().
+double cross_entropy_forward_backward(float* dh, const float* h, const PackedWeight& w,
+                                      const int* targets, int R, float grad_scale, float* scratch,
                                       int chunk);
 
 }  // namespace loratune::ops

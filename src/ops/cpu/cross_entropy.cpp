@@ -1,5 +1,3 @@
-#include <cblas.h>
-
 #include <cmath>
 #include <limits>
 
@@ -8,15 +6,15 @@
 
 namespace loratune::ops {
 
-double cross_entropy_forward_backward(float* dh, const float* h, const float* w, const int* targets,
-                                      int R, int C, int V, float grad_scale, float* scratch,
+double cross_entropy_forward_backward(float* dh, const float* h, const PackedWeight& w,
+                                      const int* targets, int R, float grad_scale, float* scratch,
                                       int chunk) {
+  const int C = w.in(), V = w.out();
   double loss = 0.0;
   for (int r0 = 0; r0 < R; r0 += chunk) {
     const int rows = std::min(chunk, R - r0);
     float* logits = scratch;  // [rows, V]
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, C, 1.0f,
-                h + static_cast<long>(r0) * C, C, w, C, 0.0f, logits, V);
+    linear_forward(logits, h + static_cast<long>(r0) * C, w, nullptr, rows);
 #pragma omp parallel for schedule(static) reduction(+ : loss)
     for (int i = 0; i < rows; ++i) {
       float* row = logits + static_cast<long>(i) * V;
@@ -36,9 +34,7 @@ double cross_entropy_forward_backward(float* dh, const float* h, const float* w,
       for (int j = 0; j < V; ++j) row[j] = fast_exp(row[j] - max_l) * factor;
       row[t] -= grad_scale;
     }
-    if (dh)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, C, V, 1.0f, logits, V, w, C,
-                  0.0f, dh + static_cast<long>(r0) * C, C);
+    if (dh) linear_backward(dh + static_cast<long>(r0) * C, logits, w, rows, false);
   }
   return loss;
 }

@@ -1,6 +1,10 @@
 #include <cblas.h>
+#include <immintrin.h>
+#include <omp.h>
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "ops/ops.h"
 
@@ -8,72 +12,267 @@ namespace loratune::ops {
 
 namespace {
 
-// sgemm packs the weight matrix on every call, which dominates when only a few rows
-// multiply it (decoding). Then each weight row is streamed once from memory and dotted with
-// every input row while it is in cache: the speed is the memory bandwidth's.
+constexpr int kW = PackedWeight::kWidth;  // outputs per weight block: two 8-float vectors
+// Micro-tile: kRows rows × kW columns in 12 vector accumulators (of 16 registers).
+constexpr int kRows = 6;
+// Forward: the reduction runs in slices of at most kMaxSlice input features, over
+// kTokenBlock rows at a time, so a block's slice stays in L1 while the rows stream from L2.
+constexpr int kMaxSlice = 1024;
+constexpr int kTokenBlock = 192;
+// Input gradient: dy is packed (transposed, kW tokens per panel) kOutSlice outputs at a time;
+// kPanelGroup token panels (128 tokens) are walked per input tile while its weights sit in L1.
+constexpr int kOutSlice = 256;
+constexpr int kPanelGroup = 8;
+// Below this many rows a product is a few matrix-vector products: memory-bound.
 constexpr int kGemvRows = 4;
 
-float with_beta(float y, float beta, float sum) {
-  return beta == 0.0f ? sum : beta * y + sum;
-}
-
-// y[o] = beta·y[o] + x·w[o] for output rows o0..o0+3: four dot products at once keep four
-// independent FMA chains in flight.
-void dot4(float* y, const float* x, const float* w, int in, int o0, float beta) {
-  const float *w0 = w + static_cast<long>(o0) * in, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
-  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-  for (int i = 0; i < in; ++i) {
-    s0 += x[i] * w0[i];
-    s1 += x[i] * w1[i];
-    s2 += x[i] * w2[i];
-    s3 += x[i] * w3[i];
+// y[6, 16] (+)= x[6 rows ldx apart][K] · p[K][16] (a weight block from input feature k0).
+void forward_tile6(float* y, long ldy, const float* x, long ldx, const float* p, int K, bool acc) {
+  __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+#define LOAD_ROW(m)                       \
+  c##m##0 = _mm256_loadu_ps(y + (m)*ldy); \
+  c##m##1 = _mm256_loadu_ps(y + (m)*ldy + 8);
+  if (acc) {
+    LOAD_ROW(0) LOAD_ROW(1) LOAD_ROW(2) LOAD_ROW(3) LOAD_ROW(4) LOAD_ROW(5)
+  } else {
+    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
   }
-  const float sums[4] = {s0, s1, s2, s3};
-  for (int j = 0; j < 4; ++j) y[o0 + j] = with_beta(y[o0 + j], beta, sums[j]);
+  const float *x0 = x, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx, *x4 = x3 + ldx,
+              *x5 = x4 + ldx;
+#pragma GCC unroll 4
+  for (int k = 0; k < K; ++k) {
+    const __m256 b0 = _mm256_load_ps(p + k * kW), b1 = _mm256_load_ps(p + k * kW + 8);
+#define FMA_ROW(m)                                  \
+  {                                                 \
+    const __m256 a = _mm256_broadcast_ss(x##m + k); \
+    c##m##0 = _mm256_fmadd_ps(a, b0, c##m##0);      \
+    c##m##1 = _mm256_fmadd_ps(a, b1, c##m##1);      \
+  }
+    FMA_ROW(0) FMA_ROW(1) FMA_ROW(2) FMA_ROW(3) FMA_ROW(4) FMA_ROW(5)
+  }
+#define STORE_ROW(m)                      \
+  _mm256_storeu_ps(y + (m)*ldy, c##m##0); \
+  _mm256_storeu_ps(y + (m)*ldy + 8, c##m##1);
+  STORE_ROW(0) STORE_ROW(1) STORE_ROW(2) STORE_ROW(3) STORE_ROW(4) STORE_ROW(5)
 }
 
-void gemv_rows(float* y, const float* x, const float* w, int N, int in, int out, float beta) {
-  const int blocks = out / 4;
+// The same for the last M < 6 rows (one pass per row: tails are rare).
+void forward_tail(float* y, long ldy, const float* x, long ldx, const float* p, int K, bool acc,
+                  int M) {
+  for (int m = 0; m < M; ++m) {
+    float* ym = y + m * ldy;
+    const float* xm = x + m * ldx;
+    __m256 c0 = acc ? _mm256_loadu_ps(ym) : _mm256_setzero_ps();
+    __m256 c1 = acc ? _mm256_loadu_ps(ym + 8) : _mm256_setzero_ps();
+    for (int k = 0; k < K; ++k) {
+      const __m256 a = _mm256_broadcast_ss(xm + k);
+      c0 = _mm256_fmadd_ps(a, _mm256_load_ps(p + k * kW), c0);
+      c1 = _mm256_fmadd_ps(a, _mm256_load_ps(p + k * kW + 8), c1);
+    }
+    _mm256_storeu_ps(ym, c0);
+    _mm256_storeu_ps(ym + 8, c1);
+  }
+}
+
+// Rows m0..m1 of y[:, b·16 .. b·16 + cols) (+)= x[:, k0 .. k0 + K) · block b. A partial last
+// block (cols < 16) goes through a full-width scratch tile.
+void forward_block(float* y, long ldy, const float* x, long ldx, const float* p, int K, bool acc,
+                   int m0, int m1, int cols) {
+  for (int m = m0; m < m1; m += kRows) {
+    const int M = std::min(kRows, m1 - m);
+    float* ym = y + m * ldy;
+    const float* xm = x + m * ldx;
+    if (cols == kW) {
+      if (M == kRows)
+        forward_tile6(ym, ldy, xm, ldx, p, K, acc);
+      else
+        forward_tail(ym, ldy, xm, ldx, p, K, acc, M);
+      continue;
+    }
+    alignas(32) float tile[kRows * kW] = {};
+    for (int r = 0; r < M; ++r) std::memcpy(tile + r * kW, ym + r * ldy, cols * sizeof(float));
+    forward_tail(tile, kW, xm, ldx, p, K, acc, M);
+    for (int r = 0; r < M; ++r) std::memcpy(ym + r * ldy, tile + r * kW, cols * sizeof(float));
+  }
+}
+
+// y[N, out] (+)= x[N, in] · wᵀ for N < kGemvRows: each weight block is streamed from memory
+// once, every row's two accumulators fed from it.
+void gemv(float* y, const float* x, const PackedWeight& w, int N, bool acc) {
+  const int in = w.in(), out = w.out(), nb = w.blocks();
 #pragma omp parallel for schedule(static) if (static_cast <long>(in) * out > 65536)
-  for (int b = 0; b < blocks; ++b)
-    for (int n = 0; n < N; ++n)
-      dot4(y + static_cast<long>(n) * out, x + static_cast<long>(n) * in, w, in, 4 * b, beta);
-  for (int o = 4 * blocks; o < out; ++o)  // the last out % 4 rows
+  for (int b = 0; b < nb; ++b) {
+    const float* p = w.block(b);
+    const int cols = std::min(kW, out - b * kW);
     for (int n = 0; n < N; ++n) {
       const float* xn = x + static_cast<long>(n) * in;
-      const float* wo = w + static_cast<long>(o) * in;
-      float sum = 0.0f;
-      for (int i = 0; i < in; ++i) sum += xn[i] * wo[i];
-      float& yo = y[static_cast<long>(n) * out + o];
-      yo = with_beta(yo, beta, sum);
+      __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps();
+      __m256 d0 = _mm256_setzero_ps(), d1 = _mm256_setzero_ps();  // a second chain per half
+      int i = 0;
+      for (; i + 1 < in; i += 2) {
+        const __m256 a = _mm256_broadcast_ss(xn + i), e = _mm256_broadcast_ss(xn + i + 1);
+        c0 = _mm256_fmadd_ps(a, _mm256_load_ps(p + i * kW), c0);
+        c1 = _mm256_fmadd_ps(a, _mm256_load_ps(p + i * kW + 8), c1);
+        d0 = _mm256_fmadd_ps(e, _mm256_load_ps(p + (i + 1) * kW), d0);
+        d1 = _mm256_fmadd_ps(e, _mm256_load_ps(p + (i + 1) * kW + 8), d1);
+      }
+      if (i < in) {
+        const __m256 a = _mm256_broadcast_ss(xn + i);
+        c0 = _mm256_fmadd_ps(a, _mm256_load_ps(p + i * kW), c0);
+        c1 = _mm256_fmadd_ps(a, _mm256_load_ps(p + i * kW + 8), c1);
+      }
+      alignas(32) float sums[kW];
+      _mm256_store_ps(sums, _mm256_add_ps(c0, d0));
+      _mm256_store_ps(sums + 8, _mm256_add_ps(c1, d1));
+      float* yn = y + static_cast<long>(n) * out + b * kW;
+      for (int j = 0; j < cols; ++j) yn[j] = acc ? yn[j] + sums[j] : sums[j];
     }
+  }
+}
+
+void forward(float* y, const float* x, const PackedWeight& w, int N, bool accumulate) {
+  if (N < kGemvRows) return gemv(y, x, w, N, accumulate);
+  const int in = w.in(), out = w.out(), nb = w.blocks();
+  const int slices = (in + kMaxSlice - 1) / kMaxSlice, slice = (in + slices - 1) / slices;
+#pragma omp parallel
+  {
+    // Each thread owns a contiguous range of weight blocks: no barriers, no shared output.
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int b0 = static_cast<int>(static_cast<long>(nb) * t / nt);
+    const int b1 = static_cast<int>(static_cast<long>(nb) * (t + 1) / nt);
+    for (int k0 = 0; k0 < in; k0 += slice) {
+      const int K = std::min(slice, in - k0);
+      for (int m0 = 0; m0 < N; m0 += kTokenBlock)
+        for (int b = b0; b < b1; ++b)
+          forward_block(y + b * kW, out, x + k0, in, w.block(b) + static_cast<long>(k0) * kW, K,
+                        accumulate || k0 > 0, m0, std::min(N, m0 + kTokenBlock),
+                        std::min(kW, out - b * kW));
+    }
+  }
+}
+
+// dxt[6 rows ldt apart][16 tokens] (+)= Σ_o w[o, i..i+5] · dyp[o][16] over K outputs (a
+// multiple of 16): p is the weight block holding the slice's first output, advanced to row i;
+// block_stride floats lead to the next block.
+void backward_tile6(float* dxt, long ldt, const float* p, long block_stride, const float* dyp,
+                    int K, bool acc) {
+  __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+  float* y = dxt;
+  const long ldy = ldt;
+  if (acc) {
+    LOAD_ROW(0) LOAD_ROW(1) LOAD_ROW(2) LOAD_ROW(3) LOAD_ROW(4) LOAD_ROW(5)
+  } else {
+    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
+  }
+  for (int ob = 0; ob < K / kW; ++ob) {
+    const float* x0 = p + ob * block_stride;
+    const float *x1 = x0 + kW, *x2 = x1 + kW, *x3 = x2 + kW, *x4 = x3 + kW, *x5 = x4 + kW;
+    const float* d = dyp + ob * kW * kW;
+#pragma GCC unroll 4
+    for (int k = 0; k < kW; ++k) {
+      const __m256 b0 = _mm256_load_ps(d + k * kW), b1 = _mm256_load_ps(d + k * kW + 8);
+      FMA_ROW(0) FMA_ROW(1) FMA_ROW(2) FMA_ROW(3) FMA_ROW(4) FMA_ROW(5)
+    }
+  }
+  STORE_ROW(0) STORE_ROW(1) STORE_ROW(2) STORE_ROW(3) STORE_ROW(4) STORE_ROW(5)
+}
+
+void backward_tail(float* dxt, long ldt, const float* p, long block_stride, const float* dyp, int K,
+                   bool acc, int M) {
+  for (int m = 0; m < M; ++m) {
+    float* row = dxt + m * ldt;
+    __m256 c0 = acc ? _mm256_load_ps(row) : _mm256_setzero_ps();
+    __m256 c1 = acc ? _mm256_load_ps(row + 8) : _mm256_setzero_ps();
+    for (int ob = 0; ob < K / kW; ++ob)
+      for (int k = 0; k < kW; ++k) {
+        const __m256 a = _mm256_broadcast_ss(p + ob * block_stride + m * kW + k);
+        const float* d = dyp + (ob * kW + k) * kW;
+        c0 = _mm256_fmadd_ps(a, _mm256_load_ps(d), c0);
+        c1 = _mm256_fmadd_ps(a, _mm256_load_ps(d + 8), c1);
+      }
+    _mm256_store_ps(row, c0);
+    _mm256_store_ps(row + 8, c1);
+  }
+}
+
+#undef LOAD_ROW
+#undef FMA_ROW
+#undef STORE_ROW
+
+// dx[N, in] (+)= dy[N, out] · w. The kernel keeps 16 tokens per vector, so it accumulates the
+// transpose dxt[in, N'] (N' = N rounded up to 16) and the rows are transposed back at the end.
+void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {
+  const int in = w.in(), out = w.out(), padded_out = w.blocks() * kW;
+  const int NP = (N + kW - 1) / kW * kW, panels = NP / kW, tiles = (in + kRows - 1) / kRows;
+  const long block_stride = static_cast<long>(in) * kW;
+  thread_local std::vector<float> dyp_buf, dxt_buf;  // the caller's, shared by its team
+  if (dyp_buf.size() < static_cast<size_t>(NP) * kOutSlice + 8) dyp_buf.resize(NP * kOutSlice + 8);
+  if (dxt_buf.size() < static_cast<size_t>(tiles) * kRows * NP + 8)
+    dxt_buf.resize(static_cast<size_t>(tiles) * kRows * NP + 8);
+  // 32-byte aligned views (vectors of 8 floats).
+  float* dyp = dyp_buf.data() + (8 - reinterpret_cast<uintptr_t>(dyp_buf.data()) / 4 % 8) % 8;
+  float* dxt = dxt_buf.data() + (8 - reinterpret_cast<uintptr_t>(dxt_buf.data()) / 4 % 8) % 8;
+#pragma omp parallel
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int t0 = static_cast<int>(static_cast<long>(tiles) * t / nt);
+    const int t1 = static_cast<int>(static_cast<long>(tiles) * (t + 1) / nt);
+    for (int o0 = 0; o0 < padded_out; o0 += kOutSlice) {
+      const int K = std::min(kOutSlice, padded_out - o0);
+#pragma omp for schedule(static)
+      for (int pn = 0; pn < panels; ++pn)  // dyp[pn][o][16] = dy[pn·16 + l, o0 + o], zero-padded
+        for (int l = 0; l < kW; ++l) {
+          const int n = pn * kW + l;
+          float* dst = dyp + static_cast<long>(pn) * K * kW + l;
+          const float* src = dy + static_cast<long>(n) * out + o0;
+          const int valid = n < N ? std::max(0, std::min(K, out - o0)) : 0;
+          for (int o = 0; o < valid; ++o) dst[o * kW] = src[o];
+          for (int o = valid; o < K; ++o) dst[o * kW] = 0.0f;
+        }
+      const float* p = w.block(o0 / kW);
+      for (int g = 0; g < panels; g += kPanelGroup)
+        for (int tile = t0; tile < t1; ++tile) {
+          const int i = tile * kRows, M = std::min(kRows, in - i);
+          for (int pn = g; pn < std::min(panels, g + kPanelGroup); ++pn) {
+            float* c = dxt + static_cast<long>(i) * NP + pn * kW;
+            const float* d = dyp + static_cast<long>(pn) * K * kW;
+            if (M == kRows)
+              backward_tile6(c, NP, p + i * kW, block_stride, d, K, o0 > 0);
+            else
+              backward_tail(c, NP, p + i * kW, block_stride, d, K, o0 > 0, M);
+          }
+        }
+#pragma omp barrier
+    }
+    // dx[n, i] (+)= dxt[i, n], in 16 × 16 blocks for the caches.
+#pragma omp for schedule(static)
+    for (int n0 = 0; n0 < N; n0 += kW)
+      for (int i0 = 0; i0 < in; i0 += kW)
+        for (int n = n0; n < std::min(N, n0 + kW); ++n) {
+          float* row = dx + static_cast<long>(n) * in;
+          for (int i = i0; i < std::min(in, i0 + kW); ++i) {
+            const float v = dxt[static_cast<long>(i) * NP + n];
+            row[i] = accumulate ? row[i] + v : v;
+          }
+        }
+  }
 }
 
 }  // namespace
 
-void linear_forward(float* y, const float* x, const float* w, const float* b, int N, int in,
-                    int out) {
-  float beta = 0.0f;
-  if (b) {
-    for (int n = 0; n < N; ++n) std::memcpy(y + static_cast<long>(n) * out, b, out * sizeof(float));
-    beta = 1.0f;
-  }
-  if (N < kGemvRows) return gemv_rows(y, x, w, N, in, out, beta);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, w, in, beta, y,
-              out);
+void linear_forward(float* y, const float* x, const PackedWeight& w, const float* b, int N) {
+  if (b)
+    for (int n = 0; n < N; ++n)
+      std::memcpy(y + static_cast<long>(n) * w.out(), b, w.out() * sizeof(float));
+  forward(y, x, w, N, b != nullptr);
 }
 
-void linear_accumulate(float* y, const float* x, const float* w, int N, int in, int out) {
-  if (N < kGemvRows) return gemv_rows(y, x, w, N, in, out, 1.0f);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, w, in, 1.0f, y,
-              out);
+void linear_accumulate(float* y, const float* x, const PackedWeight& w, int N) {
+  forward(y, x, w, N, true);
 }
 
-void linear_backward(float* dx, const float* dy, const float* w, int N, int in, int out,
-                     bool accumulate) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, out, 1.0f, dy, out, w, in,
-              accumulate ? 1.0f : 0.0f, dx, in);
+void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {
+  backward(dx, dy, w, N, accumulate);
 }
 
 void lora_forward(float* y, float* u, const float* x, const float* A, const float* B, float scale,

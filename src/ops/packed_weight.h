@@ -1,0 +1,38 @@
+// A frozen weight w[out, in] laid out once, at load, for the matrix kernels of
+// ops/cpu/linear.cpp: blocks of kWidth output rows, each block stored [in][kWidth] (the output
+// index fastest), the last block zero-padded. The forward (x·wᵀ) loads kWidth outputs of one
+// input feature as two vectors; the input gradient (dy·w) broadcasts single elements. Neither
+// repacks the weight, which a general sgemm does on every call.
+#pragma once
+
+#include <cstddef>
+#include <cstdlib>
+#include <memory>
+
+namespace loratune::ops {
+
+class PackedWeight {
+ public:
+  static constexpr int kWidth = 16;
+
+  PackedWeight() = default;
+  PackedWeight(const float* w, int out, int in);
+
+  int in() const { return in_; }
+  int out() const { return out_; }
+  int blocks() const { return (out_ + kWidth - 1) / kWidth; }
+  // Block b: [in][kWidth], w[b·kWidth + j, i] at [i·kWidth + j].
+  const float* block(int b) const { return data_.get() + static_cast<size_t>(b) * in_ * kWidth; }
+  float at(int o, int i) const {
+    return block(o / kWidth)[static_cast<size_t>(i) * kWidth + o % kWidth];
+  }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float[], Free> data_;
+  int in_ = 0, out_ = 0;
+};
+
+}  // namespace loratune::ops
