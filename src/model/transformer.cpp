@@ -64,9 +64,7 @@ void Transformer::embed(const std::vector<int>& tokens, const std::vector<Sequen
     const int past = cache ? cache->length(s.slot) : 0;
     for (int i = 0; i < s.length; ++i) pos_[s.start + i] = past + i;
   }
-  for (int n = 0; n < N; ++n)
-    std::memcpy(&x_[static_cast<size_t>(n) * C],
-                weights_->embed + static_cast<size_t>(tokens[n]) * C, C * sizeof(float));
+  for (int n = 0; n < N; ++n) weights_->embedding_row(tokens[n], &x_[static_cast<size_t>(n) * C]);
 }
 
 float dropout_factor(const Dropout& d, int layer, LoraModule m, int token, int feature, int in) {

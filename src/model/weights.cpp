@@ -87,7 +87,7 @@ ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config)
     by_name_.emplace_back(spec.name, ptr);
     parameter_count_ += static_cast<int64_t>(n);
   }
-  embed = find("model.embed_tokens.weight");
+  embed_ = find("model.embed_tokens.weight");
   final_norm = find("model.norm.weight");
   // Packs a matrix and lets its file pages go (the embedding's rows are read again by lookups).
   auto pack = [&](const std::string& name) {
@@ -97,6 +97,7 @@ ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config)
     release_pages(t);
     return packed;
   };
+  tied_ = config.tie_word_embeddings;
   lm_head = pack(config.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
   layers.resize(config.num_hidden_layers);
   for (int l = 0; l < config.num_hidden_layers; ++l) {
@@ -133,6 +134,15 @@ void ModelWeights::merge_lora(const LoraAdapter& adapter, const ModelConfig& con
         if (n == name) p = ptr;
       packed_matrix(layers[l], m) = ops::PackedWeight(ptr, w->out, w->in);
     }
+}
+
+void ModelWeights::embedding_row(int token, float* out) const {
+  if (!tied_) {
+    std::memcpy(out, embed_ + static_cast<size_t>(token) * lm_head.in(),
+                lm_head.in() * sizeof(float));
+    return;
+  }
+  for (int i = 0; i < lm_head.in(); ++i) out[i] = lm_head.at(token, i);
 }
 
 std::vector<const float*> ModelWeights::tensors() const {

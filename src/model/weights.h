@@ -49,7 +49,6 @@ class ModelWeights {
   ModelWeights(const ModelWeights&) = delete;
   ModelWeights& operator=(const ModelWeights&) = delete;
 
-  const float* embed = nullptr;       // [V, C]
   const float* final_norm = nullptr;  // [C]
   ops::PackedWeight lm_head;          // [V, C]; the embedding when tied
   std::vector<LayerWeights> layers;
@@ -57,6 +56,9 @@ class ModelWeights {
   // Replaces every weight the adapter targets by W + s·B·A (owned copies; the file is not
   // touched). The merged model computes what the base model with the adapter unmerged does.
   void merge_lora(const LoraAdapter& adapter, const ModelConfig& config);
+  // Row `token` of the embedding into out[C]. Tied models read it from the packed lm_head,
+  // so the embedding's file pages (0.5 GB for Qwen2) need not be resident as well.
+  void embedding_row(int token, float* out) const;
   // Every tensor of qwen2_tensor_specs(config), in that order.
   std::vector<const float*> tensors() const;
 
@@ -69,6 +71,8 @@ class ModelWeights {
   std::vector<std::unique_ptr<float[]>> owned_;  // converted BF16/F16 (or unaligned) tensors
   std::vector<std::pair<std::string, const float*>> by_name_;
   int64_t parameter_count_ = 0;
+  const float* embed_ = nullptr;  // [V, C], in the file's layout
+  bool tied_ = false;
 };
 
 }  // namespace loratune

@@ -1,22 +1,16 @@
 #include "ops/packed_weight.h"
 
-#include <sys/mman.h>
-
 #include <new>
 
 namespace loratune::ops {
 
 PackedWeight::PackedWeight(const float* w, int out, int in) : in_(in), out_(out) {
   const size_t floats = static_cast<size_t>(blocks()) * in * kWidth;
-  // Big weights go on 2 MB boundaries so the kernel can back them with huge pages (fewer TLB
-  // misses when the input gradient walks down a block column); small ones on cache lines.
-  constexpr size_t kHuge = size_t(2) << 20;
-  const size_t align = floats * sizeof(float) >= kHuge ? kHuge : 64;
-  const size_t bytes = (floats * sizeof(float) + align - 1) / align * align;
-  float* p = static_cast<float*>(std::aligned_alloc(align, bytes));
+  // Cache-line aligned: the kernels load whole vectors from every block row.
+  const size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
+  float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
   if (!p) throw std::bad_alloc();
   data_.reset(p);
-  if (align == kHuge) madvise(p, bytes, MADV_HUGEPAGE);  // advisory: ignored where off
 #pragma omp parallel for schedule(static)
   for (int b = 0; b < blocks(); ++b) {
     float* dst = p + static_cast<size_t>(b) * in * kWidth;
