@@ -116,6 +116,8 @@ double train_flops_per_token(const ModelConfig& c, int T) {
 }
 
 std::vector<OJson> sgemm_figure(const ModelConfig& c, int M) {
+  // OpenBLAS with as many threads as ours for its figures (loratune keeps it to one).
+  openblas_set_num_threads(num_threads());
   std::vector<OJson> lines;
   double peak = 0.0;
   std::string peak_shape, peak_impl;
@@ -158,6 +160,7 @@ std::vector<OJson> sgemm_figure(const ModelConfig& c, int M) {
     line["threads"] = num_threads();
     lines.push_back(line);
   }
+  openblas_set_num_threads(1);
   lines.push_back({{"figure", "sgemm_peak"},
                    {"gflops", peak},
                    {"shape", peak_shape},

@@ -6,9 +6,10 @@
 namespace loratune {
 
 void set_num_threads(int n) {
-  if (n <= 0) return;
-  omp_set_num_threads(n);
-  openblas_set_num_threads(n);
+  // BLAS only multiplies attention blocks and LoRA factors: small products, most of them
+  // inside our own parallel loops, where a threaded OpenBLAS ran ten times slower.
+  openblas_set_num_threads(1);
+  if (n > 0) omp_set_num_threads(n);
 }
 
 int num_threads() {

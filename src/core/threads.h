@@ -1,4 +1,5 @@
-// One thread count for OpenMP loops and OpenBLAS (built on the same OpenMP runtime).
+// The thread count of the OpenMP loops; OpenBLAS (on the same OpenMP runtime) is kept to one
+// thread, called from inside those loops.
 #pragma once
 
 namespace loratune {

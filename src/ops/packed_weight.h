@@ -21,8 +21,12 @@ class PackedWeight {
   int in() const { return in_; }
   int out() const { return out_; }
   int blocks() const { return (out_ + kWidth - 1) / kWidth; }
+  // Floats from one block to the next: the block plus one cache line, so that the same row of
+  // consecutive blocks falls in different cache sets (the input gradient reads down a column
+  // of blocks; at a stride of whole pages those rows would evict each other from L1).
+  long block_stride() const { return static_cast<long>(in_) * kWidth + kWidth; }
   // Block b: [in][kWidth], w[b·kWidth + j, i] at [i·kWidth + j].
-  const float* block(int b) const { return data_.get() + static_cast<size_t>(b) * in_ * kWidth; }
+  const float* block(int b) const { return data_.get() + b * block_stride(); }
   float at(int o, int i) const {
     return block(o / kWidth)[static_cast<size_t>(i) * kWidth + o % kWidth];
   }

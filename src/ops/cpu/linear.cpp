@@ -199,12 +199,38 @@ void backward_tail(float* dxt, long ldt, const float* p, long block_stride, cons
 #undef FMA_ROW
 #undef STORE_ROW
 
+// dst[r, c] (+)= src[c, r] for an 8 × 8 block (rows ld_dst and ld_src floats apart).
+void transpose8x8(float* dst, long ld_dst, const float* src, long ld_src, bool acc) {
+  __m256 r[8], t[8];
+  for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + k * ld_src);
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 8; k += 4) {
+    r[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  // r[0..3] hold columns 0,1,2,3 of rows 0-3 (low lane) and 4,5,6,7 (high lane); likewise
+  // r[4..7] for rows 4-7.
+  for (int k = 0; k < 4; ++k) {
+    t[k] = _mm256_permute2f128_ps(r[k], r[k + 4], 0x20);
+    t[k + 4] = _mm256_permute2f128_ps(r[k], r[k + 4], 0x31);
+  }
+  for (int k = 0; k < 8; ++k) {
+    float* d = dst + k * ld_dst;
+    _mm256_storeu_ps(d, acc ? _mm256_add_ps(_mm256_loadu_ps(d), t[k]) : t[k]);
+  }
+}
+
 // dx[N, in] (+)= dy[N, out] · w. The kernel keeps 16 tokens per vector, so it accumulates the
 // transpose dxt[in, N'] (N' = N rounded up to 16) and the rows are transposed back at the end.
 void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {
   const int in = w.in(), out = w.out(), padded_out = w.blocks() * kW;
   const int NP = (N + kW - 1) / kW * kW, panels = NP / kW, tiles = (in + kRows - 1) / kRows;
-  const long block_stride = static_cast<long>(in) * kW;
+  const long block_stride = w.block_stride();
   thread_local std::vector<float> dyp_buf, dxt_buf;  // the caller's, shared by its team
   if (dyp_buf.size() < static_cast<size_t>(NP) * kOutSlice + 8) dyp_buf.resize(NP * kOutSlice + 8);
   if (dxt_buf.size() < static_cast<size_t>(tiles) * kRows * NP + 8)
@@ -244,17 +270,22 @@ void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool acc
         }
 #pragma omp barrier
     }
-    // dx[n, i] (+)= dxt[i, n], in 16 × 16 blocks for the caches.
+    // dx[n, i] (+)= dxt[i, n]: 8 × 8 blocks transposed in registers, the edges one by one.
 #pragma omp for schedule(static)
-    for (int n0 = 0; n0 < N; n0 += kW)
-      for (int i0 = 0; i0 < in; i0 += kW)
-        for (int n = n0; n < std::min(N, n0 + kW); ++n) {
-          float* row = dx + static_cast<long>(n) * in;
-          for (int i = i0; i < std::min(in, i0 + kW); ++i) {
-            const float v = dxt[static_cast<long>(i) * NP + n];
-            row[i] = accumulate ? row[i] + v : v;
-          }
+    for (int n0 = 0; n0 < N; n0 += 8)
+      for (int i0 = 0; i0 < in; i0 += 8) {
+        if (n0 + 8 <= N && i0 + 8 <= in) {
+          transpose8x8(dx + static_cast<long>(n0) * in + i0, in,
+                       dxt + static_cast<long>(i0) * NP + n0, NP, accumulate);
+          continue;
         }
+        for (int n = n0; n < std::min(N, n0 + 8); ++n)
+          for (int i = i0; i < std::min(in, i0 + 8); ++i) {
+            float& d = dx[static_cast<long>(n) * in + i];
+            const float v = dxt[static_cast<long>(i) * NP + n];
+            d = accumulate ? d + v : v;
+          }
+      }
   }
 }
 
