@@ -15,85 +15,100 @@ namespace {
 constexpr int kW = PackedWeight::kWidth;  // outputs per weight block: two 8-float vectors
 // Micro-tile: kRows rows × kW columns in 12 vector accumulators (of 16 registers).
 constexpr int kRows = 6;
-// Forward: the reduction runs in slices of at most kMaxSlice input features, over
-// kTokenBlock rows at a time, so a block's slice stays in L1 while the rows stream from L2.
+// Forward: the reduction runs in slices of at most kMaxSlice input features over token blocks
+// of at most kTokenBlock rows (a multiple of kRows; the blocks of a product are of equal size),
+// the rows packed so that each tile broadcasts from one contiguous stream. Long slices beat
+// L1-sized ones (256) by about 10 %: every slice is another pass over y.
 constexpr int kMaxSlice = 1024;
-constexpr int kTokenBlock = 192;
-// Input gradient: dy is packed (transposed, kW tokens per panel) kOutSlice outputs at a time;
-// kPanelGroup token panels (512 tokens) are walked per input tile while its weights sit in L1
-// (smaller groups re-read down_proj's 5 MB weight slice from memory once per group).
+constexpr int kTokenBlock = 264;
+// Input gradient: dy is packed (transposed, kW tokens per panel) all outputs at once when
+// there are at most kMaxSlice (one pass over dxᵀ), else kOutSlice at a time (the lm_head's
+// packed dy then stays in L2); kPanelGroup token panels (512
+// tokens) are walked per input tile while its weights sit in L1 (smaller groups re-read
+// down_proj's weight slice from memory once per group).
 constexpr int kOutSlice = 256;
 constexpr int kPanelGroup = 32;
 // Below this many rows a product is a few matrix-vector products: memory-bound.
 constexpr int kGemvRows = 4;
 
-// y[6, 16] (+)= x[6 rows ldx apart][K] · p[K][16] (a weight block from input feature k0).
-void forward_tile6(float* y, long ldy, const float* x, long ldx, const float* p, int K, bool acc) {
-  __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+// The first 32-byte aligned float of a buffer allocated 8 floats longer than it needs.
+float* aligned32(float* p) {
+  return p + (8 - reinterpret_cast<uintptr_t>(p) / sizeof(float) % 8) % 8;
+}
+
 #define LOAD_ROW(m)                       \
   c##m##0 = _mm256_loadu_ps(y + (m)*ldy); \
   c##m##1 = _mm256_loadu_ps(y + (m)*ldy + 8);
-  if (acc) {
-    LOAD_ROW(0) LOAD_ROW(1) LOAD_ROW(2) LOAD_ROW(3) LOAD_ROW(4) LOAD_ROW(5)
-  } else {
-    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
-  }
-  const float *x0 = x, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx, *x4 = x3 + ldx,
-              *x5 = x4 + ldx;
-#pragma GCC unroll 4
-  for (int k = 0; k < K; ++k) {
-    const __m256 b0 = _mm256_load_ps(p + k * kW), b1 = _mm256_load_ps(p + k * kW + 8);
-#define FMA_ROW(m)                                  \
-  {                                                 \
-    const __m256 a = _mm256_broadcast_ss(x##m + k); \
-    c##m##0 = _mm256_fmadd_ps(a, b0, c##m##0);      \
-    c##m##1 = _mm256_fmadd_ps(a, b1, c##m##1);      \
-  }
-    FMA_ROW(0) FMA_ROW(1) FMA_ROW(2) FMA_ROW(3) FMA_ROW(4) FMA_ROW(5)
+#define FMA_ROW(m, src)                        \
+  {                                            \
+    const __m256 a = _mm256_broadcast_ss(src); \
+    c##m##0 = _mm256_fmadd_ps(a, b0, c##m##0); \
+    c##m##1 = _mm256_fmadd_ps(a, b1, c##m##1); \
   }
 #define STORE_ROW(m)                      \
   _mm256_storeu_ps(y + (m)*ldy, c##m##0); \
   _mm256_storeu_ps(y + (m)*ldy + 8, c##m##1);
+
+// y[6, 16] (+)= a[K][6] · p[K][16]: six rows packed k-major, a weight block from the slice's
+// first input feature. The accumulators start at zero and y is added at the end, so a cache
+// miss on y does not hold up the first FMAs; `next` (the y lines of the following tile) is
+// prefetched meanwhile.
+void forward_tile6(float* y, long ldy, const float* a, const float* p, int K, bool acc,
+                   const float* next) {
+  for (int m = 0; m < kRows; ++m)
+    _mm_prefetch(reinterpret_cast<const char*>(next + m * ldy), _MM_HINT_T0);
+  __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+  c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int k = 0; k < K; ++k) {
+    const __m256 b0 = _mm256_load_ps(p + k * kW), b1 = _mm256_load_ps(p + k * kW + 8);
+    const float* ak = a + k * kRows;
+    FMA_ROW(0, ak)
+    FMA_ROW(1, ak + 1) FMA_ROW(2, ak + 2) FMA_ROW(3, ak + 3) FMA_ROW(4, ak + 4) FMA_ROW(5, ak + 5)
+  }
+  if (acc) {
+#define ADD_ROW(m)                                                \
+  c##m##0 = _mm256_add_ps(c##m##0, _mm256_loadu_ps(y + (m)*ldy)); \
+  c##m##1 = _mm256_add_ps(c##m##1, _mm256_loadu_ps(y + (m)*ldy + 8));
+    ADD_ROW(0) ADD_ROW(1) ADD_ROW(2) ADD_ROW(3) ADD_ROW(4) ADD_ROW(5)
+#undef ADD_ROW
+  }
   STORE_ROW(0) STORE_ROW(1) STORE_ROW(2) STORE_ROW(3) STORE_ROW(4) STORE_ROW(5)
 }
 
-// The same for the last M < 6 rows (one pass per row: tails are rare).
-void forward_tail(float* y, long ldy, const float* x, long ldx, const float* p, int K, bool acc,
-                  int M) {
-  for (int m = 0; m < M; ++m) {
-    float* ym = y + m * ldy;
-    const float* xm = x + m * ldx;
-    __m256 c0 = acc ? _mm256_loadu_ps(ym) : _mm256_setzero_ps();
-    __m256 c1 = acc ? _mm256_loadu_ps(ym + 8) : _mm256_setzero_ps();
-    for (int k = 0; k < K; ++k) {
-      const __m256 a = _mm256_broadcast_ss(xm + k);
-      c0 = _mm256_fmadd_ps(a, _mm256_load_ps(p + k * kW), c0);
-      c1 = _mm256_fmadd_ps(a, _mm256_load_ps(p + k * kW + 8), c1);
+// Tiles [t0, t1) of rows [m0, m0 + M) of x[:, k0 .. k0 + K) packed for forward_tile6: tile t at
+// a + t·6·K as [K][6], rows past M zero.
+void pack_rows(float* a, const float* x, long ldx, int M, int K, int t0, int t1) {
+  for (int t = t0; t < t1; ++t) {
+    float* dst = a + static_cast<long>(t) * kRows * K;
+    for (int r = 0; r < kRows; ++r) {
+      const int m = t * kRows + r;
+      const float* src = x + static_cast<long>(m) * ldx;
+      for (int k = 0; k < K; ++k) dst[k * kRows + r] = m < M ? src[k] : 0.0f;
     }
-    _mm256_storeu_ps(ym, c0);
-    _mm256_storeu_ps(ym + 8, c1);
   }
 }
 
-// Rows m0..m1 of y[:, b·16 .. b·16 + cols) (+)= x[:, k0 .. k0 + K) · block b. A partial last
-// block (cols < 16) goes through a full-width scratch tile.
-void forward_block(float* y, long ldy, const float* x, long ldx, const float* p, int K, bool acc,
-                   int m0, int m1, int cols) {
-  for (int m = m0; m < m1; m += kRows) {
-    const int M = std::min(kRows, m1 - m);
-    float* ym = y + m * ldy;
-    const float* xm = x + m * ldx;
-    if (cols == kW) {
-      if (M == kRows)
-        forward_tile6(ym, ldy, xm, ldx, p, K, acc);
-      else
-        forward_tail(ym, ldy, xm, ldx, p, K, acc, M);
+// Rows [0, M) of y[:, b·16 .. b·16 + cols) (+)= the packed rows a · block slice p. Tiles past
+// the rows' or the block's edge go through a full scratch tile. While it runs, the next
+// block's slice (`next_p`, K lines) is prefetched a few lines per tile.
+void forward_block(float* y, long ldy, const float* a, const float* p, int K, bool acc, int M,
+                   int cols, const float* next_p) {
+  const int tiles = (M + kRows - 1) / kRows, per_tile = (K + tiles - 1) / tiles;
+  for (int t = 0; t < tiles; ++t) {
+    for (int l = t * per_tile; l < std::min(K, (t + 1) * per_tile); ++l)
+      _mm_prefetch(reinterpret_cast<const char*>(next_p + l * kW), _MM_HINT_T0);
+    float* yt = y + static_cast<long>(t) * kRows * ldy;
+    const float* at = a + static_cast<long>(t) * kRows * K;
+    const int rows = std::min(kRows, M - t * kRows);
+    if (rows == kRows && cols == kW) {
+      forward_tile6(yt, ldy, at, p, K, acc, t + 1 < tiles ? yt + kRows * ldy : yt);
       continue;
     }
     alignas(32) float tile[kRows * kW] = {};
-    for (int r = 0; r < M; ++r) std::memcpy(tile + r * kW, ym + r * ldy, cols * sizeof(float));
-    forward_tail(tile, kW, xm, ldx, p, K, acc, M);
-    for (int r = 0; r < M; ++r) std::memcpy(ym + r * ldy, tile + r * kW, cols * sizeof(float));
+    for (int r = 0; r < rows; ++r) std::memcpy(tile + r * kW, yt + r * ldy, cols * sizeof(float));
+    forward_tile6(tile, kW, at, p, K, acc, tile);
+    for (int r = 0; r < rows; ++r) std::memcpy(yt + r * ldy, tile + r * kW, cols * sizeof(float));
   }
 }
 
@@ -135,19 +150,34 @@ void forward(float* y, const float* x, const PackedWeight& w, int N, bool accumu
   if (N < kGemvRows) return gemv(y, x, w, N, accumulate);
   const int in = w.in(), out = w.out(), nb = w.blocks();
   const int slices = (in + kMaxSlice - 1) / kMaxSlice, slice = (in + slices - 1) / slices;
+  thread_local std::vector<float> packed_buf;  // the caller's, shared by its team
+  const int token_blocks = (N + kTokenBlock - 1) / kTokenBlock;
+  const int token_block = ((N + token_blocks - 1) / token_blocks + kRows - 1) / kRows * kRows;
+  if (packed_buf.size() < static_cast<size_t>(kTokenBlock) * slice + 8)
+    packed_buf.resize(static_cast<size_t>(kTokenBlock) * slice + 8);
+  float* packed = aligned32(packed_buf.data());
 #pragma omp parallel
   {
-    // Each thread owns a contiguous range of weight blocks: no barriers, no shared output.
+    // Each thread owns a contiguous range of weight blocks; the team packs each token block's
+    // rows together.
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int b0 = static_cast<int>(static_cast<long>(nb) * t / nt);
     const int b1 = static_cast<int>(static_cast<long>(nb) * (t + 1) / nt);
     for (int k0 = 0; k0 < in; k0 += slice) {
       const int K = std::min(slice, in - k0);
-      for (int m0 = 0; m0 < N; m0 += kTokenBlock)
-        for (int b = b0; b < b1; ++b)
-          forward_block(y + b * kW, out, x + k0, in, w.block(b) + static_cast<long>(k0) * kW, K,
-                        accumulate || k0 > 0, m0, std::min(N, m0 + kTokenBlock),
-                        std::min(kW, out - b * kW));
+      for (int m0 = 0; m0 < N; m0 += token_block) {
+        const int M = std::min(token_block, N - m0), tiles = (M + kRows - 1) / kRows;
+        pack_rows(packed, x + static_cast<long>(m0) * in + k0, in, M, K, tiles * t / nt,
+                  tiles * (t + 1) / nt);
+#pragma omp barrier
+        for (int b = b0; b < b1; ++b) {
+          const float* p = w.block(b) + static_cast<long>(k0) * kW;
+          forward_block(y + static_cast<long>(m0) * out + b * kW, out, packed, p, K,
+                        accumulate || k0 > 0, M, std::min(kW, out - b * kW),
+                        b + 1 < b1 ? p + w.block_stride() : p);
+        }
+#pragma omp barrier
+      }
     }
   }
 }
@@ -172,7 +202,8 @@ void backward_tile6(float* dxt, long ldt, const float* p, long block_stride, con
 #pragma GCC unroll 4
     for (int k = 0; k < kW; ++k) {
       const __m256 b0 = _mm256_load_ps(d + k * kW), b1 = _mm256_load_ps(d + k * kW + 8);
-      FMA_ROW(0) FMA_ROW(1) FMA_ROW(2) FMA_ROW(3) FMA_ROW(4) FMA_ROW(5)
+      FMA_ROW(0, x0 + k)
+      FMA_ROW(1, x1 + k) FMA_ROW(2, x2 + k) FMA_ROW(3, x3 + k) FMA_ROW(4, x4 + k) FMA_ROW(5, x5 + k)
     }
   }
   STORE_ROW(0) STORE_ROW(1) STORE_ROW(2) STORE_ROW(3) STORE_ROW(4) STORE_ROW(5)
@@ -233,19 +264,21 @@ void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool acc
   const int NP = (N + kW - 1) / kW * kW, panels = NP / kW, tiles = (in + kRows - 1) / kRows;
   const long block_stride = w.block_stride();
   thread_local std::vector<float> dyp_buf, dxt_buf;  // the caller's, shared by its team
-  if (dyp_buf.size() < static_cast<size_t>(NP) * kOutSlice + 8) dyp_buf.resize(NP * kOutSlice + 8);
+  const int out_slice = padded_out <= kMaxSlice ? padded_out : kOutSlice;
+  if (dyp_buf.size() < static_cast<size_t>(NP) * out_slice + 8)
+    dyp_buf.resize(static_cast<size_t>(NP) * out_slice + 8);
   if (dxt_buf.size() < static_cast<size_t>(tiles) * kRows * NP + 8)
     dxt_buf.resize(static_cast<size_t>(tiles) * kRows * NP + 8);
   // 32-byte aligned views (vectors of 8 floats).
-  float* dyp = dyp_buf.data() + (8 - reinterpret_cast<uintptr_t>(dyp_buf.data()) / 4 % 8) % 8;
-  float* dxt = dxt_buf.data() + (8 - reinterpret_cast<uintptr_t>(dxt_buf.data()) / 4 % 8) % 8;
+  float* dyp = aligned32(dyp_buf.data());
+  float* dxt = aligned32(dxt_buf.data());
 #pragma omp parallel
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int t0 = static_cast<int>(static_cast<long>(tiles) * t / nt);
     const int t1 = static_cast<int>(static_cast<long>(tiles) * (t + 1) / nt);
-    for (int o0 = 0; o0 < padded_out; o0 += kOutSlice) {
-      const int K = std::min(kOutSlice, padded_out - o0);
+    for (int o0 = 0; o0 < padded_out; o0 += out_slice) {
+      const int K = std::min(out_slice, padded_out - o0);
 #pragma omp for schedule(static)
       for (int pn = 0; pn < panels; ++pn)  // dyp[pn][o][16] = dy[pn·16 + l, o0 + o], zero-padded
         for (int l = 0; l < kW; ++l) {
