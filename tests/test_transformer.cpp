@@ -1,9 +1,13 @@
 // Whole-model properties: batching, packing and KV-cache decoding agree with a plain forward.
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "core/error.h"
+#include "core/half.h"
+#include "io/safetensors.h"
 #include "model/transformer.h"
+#include "model/weights.h"
 #include "test_util.h"
 
 namespace loratune {
@@ -84,6 +88,28 @@ TEST(Transformer, RejectsOutOfRangeIdsAndFullCache) {
   EXPECT_THROW(m.forward({-1}, {{0, 1, 0}}, nullptr, {0}, out.data()), Error);
   KVCache cache(m.config(), 1, 2);
   EXPECT_THROW(m.forward({1, 2, 3}, {{0, 3, 0}}, &cache, {2}, out.data()), Error);
+}
+
+// A BF16 model's matrices are converted only into their packed form; tensors() (what merge
+// writes) gives back every tensor with the file's values, in order.
+TEST(ModelWeights, TensorsOfBf16ModelAreTheFileValues) {
+  const std::string dir = test::golden("models/tiny_bf16");
+  const ModelConfig config = load_model_config(dir);
+  ModelWeights weights(dir, config);
+  SafetensorsFile file(dir + "/model.safetensors");
+  const std::vector<TensorSpec> specs = qwen2_tensor_specs(config);
+  const std::vector<const float*> tensors = weights.tensors();
+  ASSERT_EQ(tensors.size(), specs.size());
+  for (size_t s = 0; s < specs.size(); ++s) {
+    const TensorInfo* t = file.find(specs[s].name);
+    ASSERT_NE(t, nullptr) << specs[s].name;
+    ASSERT_EQ(t->dtype, DType::BF16) << specs[s].name;
+    for (int64_t i = 0; i < t->numel(); ++i) {
+      uint16_t h;
+      std::memcpy(&h, t->data + 2 * i, 2);
+      ASSERT_EQ(tensors[s][i], bf16_to_float(h)) << specs[s].name << " at " << i;
+    }
+  }
 }
 
 }  // namespace

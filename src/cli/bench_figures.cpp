@@ -116,8 +116,10 @@ double train_flops_per_token(const ModelConfig& c, int T) {
 }
 
 std::vector<OJson> sgemm_figure(const ModelConfig& c, int M) {
-  // OpenBLAS with as many threads as ours for its figures (loratune keeps it to one).
-  openblas_set_num_threads(num_threads());
+  // OpenBLAS with as many threads as ours for its figures (loratune keeps it to one; setting
+  // OpenBLAS's count also sets OpenMP's, so both are restored at the end).
+  const int threads = num_threads();
+  openblas_set_num_threads(threads);
   std::vector<OJson> lines;
   double peak = 0.0;
   std::string peak_shape, peak_impl;
@@ -157,16 +159,16 @@ std::vector<OJson> sgemm_figure(const ModelConfig& c, int M) {
         peak_impl = impl.name;
       }
     }
-    line["threads"] = num_threads();
+    line["threads"] = threads;
     lines.push_back(line);
   }
-  openblas_set_num_threads(1);
+  set_num_threads(threads);
   lines.push_back({{"figure", "sgemm_peak"},
                    {"gflops", peak},
                    {"shape", peak_shape},
                    {"implementation", peak_impl},
                    {"m", M},
-                   {"threads", num_threads()}});
+                   {"threads", threads}});
   return lines;
 }
 

@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include <cstring>
+#include <set>
 
 #include "core/error.h"
 #include "core/half.h"
@@ -21,6 +22,36 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 ops::PackedWeight& packed_matrix(LayerWeights& lw, LoraModule m) {
   ops::PackedWeight* slots[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.w_gate, &lw.w_up, &lw.w_down};
   return *slots[static_cast<int>(m)];
+}
+
+std::string matrix_name(int layer, LoraModule m) {
+  return "model.layers." + std::to_string(layer) + "." + lora_module_path(m) + ".weight";
+}
+
+// The tensor's data where the file holds aligned F32, else nullptr.
+const float* as_f32(const TensorInfo& t) {
+  const bool aligned = reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0;
+  return t.dtype == DType::F32 && aligned ? reinterpret_cast<const float*>(t.data) : nullptr;
+}
+
+bool is_convertible(DType d) {
+  return d == DType::F32 || d == DType::BF16 || d == DType::F16;
+}
+
+// An F32 copy of an F32 (unaligned), BF16 or F16 tensor.
+std::unique_ptr<float[]> to_f32(const TensorInfo& t) {
+  const size_t n = static_cast<size_t>(t.numel());
+  auto buf = std::make_unique<float[]>(n);
+  if (t.dtype == DType::F32) {
+    std::memcpy(buf.get(), t.data, n * sizeof(float));
+    return buf;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, t.data + 2 * i, 2);
+    buf[i] = t.dtype == DType::BF16 ? bf16_to_float(h) : f16_to_float(h);
+  }
+  return buf;
 }
 
 }  // namespace
@@ -57,48 +88,43 @@ int64_t qwen2_parameter_count(const ModelConfig& c) {
 
 ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config)
     : store_(std::make_unique<TensorStore>(dir)) {
+  // The matrices the kernels read packed. Those that need converting are converted when they
+  // are packed, so that a BF16 model holds each matrix once.
+  tied_ = config.tie_word_embeddings;
+  std::set<std::string> packed_names = {tied_ ? "model.embed_tokens.weight" : "lm_head.weight"};
+  for (int l = 0; l < config.num_hidden_layers; ++l)
+    for (int i = 0; i < kNumLoraModules; ++i)
+      packed_names.insert(matrix_name(l, static_cast<LoraModule>(i)));
   for (const TensorSpec& spec : qwen2_tensor_specs(config)) {
     const TensorInfo& t = store_->get(spec.name);
     if (t.shape != spec.shape)
       throw Error("tensor '" + spec.name + "' has shape " + shape_str(t.shape) +
                       " but config.json implies " + shape_str(spec.shape),
                   dir, "config.json and the weights do not belong to the same model");
-    const size_t n = static_cast<size_t>(t.numel());
-    const float* ptr = nullptr;
-    if (t.dtype == DType::F32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0) {
-      ptr = reinterpret_cast<const float*>(t.data);
-    } else {
-      auto buf = std::make_unique<float[]>(n);
-      if (t.dtype == DType::F32) {
-        std::memcpy(buf.get(), t.data, n * sizeof(float));
-      } else if (t.dtype == DType::BF16 || t.dtype == DType::F16) {
-        for (size_t i = 0; i < n; ++i) {
-          uint16_t h;
-          std::memcpy(&h, t.data + 2 * i, 2);
-          buf[i] = t.dtype == DType::BF16 ? bf16_to_float(h) : f16_to_float(h);
-        }
-      } else {
-        throw Error(std::string("tensor '") + spec.name + "' has dtype " + dtype_name(t.dtype), dir,
-                    "weights must be F32, BF16 or F16");
-      }
-      ptr = buf.get();
-      owned_.push_back(std::move(buf));
+    if (!as_f32(t) && !is_convertible(t.dtype))
+      throw Error(std::string("tensor '") + spec.name + "' has dtype " + dtype_name(t.dtype), dir,
+                  "weights must be F32, BF16 or F16");
+    const float* ptr = as_f32(t);
+    if (!ptr && !packed_names.count(spec.name)) {
+      owned_.push_back(to_f32(t));
+      ptr = owned_.back().get();
     }
-    by_name_.emplace_back(spec.name, ptr);
-    parameter_count_ += static_cast<int64_t>(n);
+    entries_.push_back({spec.name, ptr, nullptr});
+    parameter_count_ += t.numel();
   }
   embed_ = find("model.embed_tokens.weight");
   final_norm = find("model.norm.weight");
   // Packs a matrix and lets its file pages go (the embedding's rows are read again by lookups).
-  auto pack = [&](const std::string& name) {
+  auto pack = [&](const std::string& name, ops::PackedWeight& slot) {
     const TensorInfo& t = store_->get(name);
-    ops::PackedWeight packed(find(name), static_cast<int>(t.shape[0]),
+    Entry& e = entry(name);
+    std::unique_ptr<float[]> converted = e.data ? nullptr : to_f32(t);
+    slot = ops::PackedWeight(e.data ? e.data : converted.get(), static_cast<int>(t.shape[0]),
                              static_cast<int>(t.shape[1]));
+    e.packed = &slot;
     release_pages(t);
-    return packed;
   };
-  tied_ = config.tie_word_embeddings;
-  lm_head = pack(config.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+  pack(tied_ ? "model.embed_tokens.weight" : "lm_head.weight", lm_head);
   layers.resize(config.num_hidden_layers);
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -110,7 +136,7 @@ ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config)
     lw.bv = find(p + "self_attn.v_proj.bias");
     for (int i = 0; i < kNumLoraModules; ++i) {
       const auto m = static_cast<LoraModule>(i);
-      packed_matrix(lw, m) = pack(p + lora_module_path(m) + ".weight");
+      pack(matrix_name(l, m), packed_matrix(lw, m));
     }
   }
 }
@@ -121,18 +147,15 @@ void ModelWeights::merge_lora(const LoraAdapter& adapter, const ModelConfig& con
       const auto m = static_cast<LoraModule>(i);
       const LoraWeights* w = adapter.at(l, m);
       if (!w) continue;
-      const std::string name =
-          "model.layers." + std::to_string(l) + "." + lora_module_path(m) + ".weight";
+      ops::PackedWeight& packed = packed_matrix(layers[l], m);
       auto merged = std::make_unique<float[]>(static_cast<size_t>(w->out) * w->in);
-      std::memcpy(merged.get(), find(name), static_cast<size_t>(w->out) * w->in * sizeof(float));
+      packed.unpack(merged.get());
       // W[out, in] += s · B[out, r] · A[r, in]
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, w->out, w->in, w->r, adapter.scale(),
                   w->B.data(), w->r, w->A.data(), w->in, 1.0f, merged.get(), w->in);
-      const float* ptr = merged.get();
+      packed = ops::PackedWeight(merged.get(), w->out, w->in);
+      entry(matrix_name(l, m)).data = merged.get();
       owned_.push_back(std::move(merged));
-      for (auto& [n, p] : by_name_)
-        if (n == name) p = ptr;
-      packed_matrix(layers[l], m) = ops::PackedWeight(ptr, w->out, w->in);
     }
 }
 
@@ -145,15 +168,29 @@ void ModelWeights::embedding_row(int token, float* out) const {
   for (int i = 0; i < lm_head.in(); ++i) out[i] = lm_head.at(token, i);
 }
 
-std::vector<const float*> ModelWeights::tensors() const {
+std::vector<const float*> ModelWeights::tensors() {
   std::vector<const float*> out;
-  for (const auto& [name, ptr] : by_name_) out.push_back(ptr);
+  for (Entry& e : entries_) {
+    if (!e.data) {  // converted only into its packed form: unpack a copy
+      auto copy = std::make_unique<float[]>(static_cast<size_t>(e.packed->out()) * e.packed->in());
+      e.packed->unpack(copy.get());
+      e.data = copy.get();
+      owned_.push_back(std::move(copy));
+    }
+    out.push_back(e.data);
+  }
   return out;
 }
 
+ModelWeights::Entry& ModelWeights::entry(const std::string& name) {
+  for (Entry& e : entries_)
+    if (e.name == name) return e;
+  throw Error("no tensor '" + name + "' in the model");
+}
+
 const float* ModelWeights::find(const std::string& name) const {
-  for (const auto& [n, p] : by_name_)
-    if (n == name) return p;
+  for (const Entry& e : entries_)
+    if (e.name == name) return e.data;
   return nullptr;
 }
 

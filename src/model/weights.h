@@ -59,17 +59,25 @@ class ModelWeights {
   // Row `token` of the embedding into out[C]. Tied models read it from the packed lm_head,
   // so the embedding's file pages (0.5 GB for Qwen2) need not be resident as well.
   void embedding_row(int token, float* out) const;
-  // Every tensor of qwen2_tensor_specs(config), in that order.
-  std::vector<const float*> tensors() const;
-
-  // Pointer to any tensor by HF name (nullptr if unknown).
-  const float* find(const std::string& name) const;
+  // Every tensor of qwen2_tensor_specs(config), in that order, in the file's layout (matrices
+  // held only packed are unpacked into copies).
+  std::vector<const float*> tensors();
   int64_t parameter_count() const { return parameter_count_; }
 
  private:
+  // A tensor by HF name: its F32 data (nullptr for a converted matrix held only packed) and
+  // its packed form, if any.
+  struct Entry {
+    std::string name;
+    const float* data;
+    const ops::PackedWeight* packed;
+  };
+  Entry& entry(const std::string& name);
+  const float* find(const std::string& name) const;  // an entry's data (nullptr if unknown)
+
   std::unique_ptr<TensorStore> store_;
-  std::vector<std::unique_ptr<float[]>> owned_;  // converted BF16/F16 (or unaligned) tensors
-  std::vector<std::pair<std::string, const float*>> by_name_;
+  std::vector<std::unique_ptr<float[]>> owned_;  // converted or merged tensors
+  std::vector<Entry> entries_;
   int64_t parameter_count_ = 0;
   const float* embed_ = nullptr;  // [V, C], in the file's layout
   bool tied_ = false;

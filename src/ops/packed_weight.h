@@ -27,6 +27,8 @@ class PackedWeight {
   long block_stride() const { return static_cast<long>(in_) * kWidth + kWidth; }
   // Block b: [in][kWidth], w[b·kWidth + j, i] at [i·kWidth + j].
   const float* block(int b) const { return data_.get() + b * block_stride(); }
+  // The matrix back in its [out, in] layout.
+  void unpack(float* w) const;
   float at(int o, int i) const {
     return block(o / kWidth)[static_cast<size_t>(i) * kWidth + o % kWidth];
   }

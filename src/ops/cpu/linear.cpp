@@ -23,9 +23,9 @@ constexpr int kMaxSlice = 1024;
 constexpr int kTokenBlock = 264;
 // Input gradient: dy is packed (transposed, kW tokens per panel) all outputs at once when
 // there are at most kMaxSlice (one pass over dxᵀ), else kOutSlice at a time (the lm_head's
-// packed dy then stays in L2); kPanelGroup token panels (512
-// tokens) are walked per input tile while its weights sit in L1 (smaller groups re-read
-// down_proj's weight slice from memory once per group).
+// packed dy then stays in L2); kPanelGroup token panels (512 tokens) are walked per input
+// tile while its weights sit in L1 (smaller groups re-read down_proj's weight slice from
+// memory once per group).
 constexpr int kOutSlice = 256;
 constexpr int kPanelGroup = 32;
 // Below this many rows a product is a few matrix-vector products: memory-bound.
