@@ -30,13 +30,14 @@ void expect_close(const std::vector<float>& a, const std::vector<float>& b, floa
 }
 
 TEST(OpsForward, Linear) {
-  // N < 4: the matrix-vector path; 7 and 200: full 6-row tiles, a row tail and (200) a second
-  // block of rows; in = 1100: two reduction slices; out = 11 and 40: a partial weight block.
+  // N < 4: the matrix-vector path; 7 and 200: full 6-row tiles and a row tail; 301: two token
+  // blocks (156 and 145 rows); in = 1100: two reduction slices; out = 11 and 40: a partial
+  // weight block.
   struct Shape {
     int N, in, out;
   };
   for (const Shape s : {Shape{1, 13, 11}, Shape{3, 13, 40}, Shape{7, 13, 11}, Shape{7, 1100, 40},
-                        Shape{200, 37, 32}}) {
+                        Shape{200, 37, 32}, Shape{301, 37, 32}}) {
     const int N = s.N, in = s.in, out = s.out;
     const std::string name =
         std::to_string(N) + "x" + std::to_string(in) + "x" + std::to_string(out);
