@@ -31,6 +31,16 @@ constexpr int kPanelGroup = 32;
 // Below this many rows a product is a few matrix-vector products: memory-bound.
 constexpr int kGemvRows = 4;
 
+// The calling thread's share [begin, end) of n items, split into contiguous ranges over the
+// team of the enclosing parallel region.
+struct Range {
+  int begin, end;
+};
+Range thread_share(int n) {
+  const long t = omp_get_thread_num(), nt = omp_get_num_threads();
+  return {static_cast<int>(n * t / nt), static_cast<int>(n * (t + 1) / nt)};
+}
+
 // The first 32-byte aligned float of a buffer allocated 8 floats longer than it needs.
 float* aligned32(float* p) {
   return p + (8 - reinterpret_cast<uintptr_t>(p) / sizeof(float) % 8) % 8;
@@ -160,15 +170,13 @@ void forward(float* y, const float* x, const PackedWeight& w, int N, bool accumu
   {
     // Each thread owns a contiguous range of weight blocks; the team packs each token block's
     // rows together.
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int b0 = static_cast<int>(static_cast<long>(nb) * t / nt);
-    const int b1 = static_cast<int>(static_cast<long>(nb) * (t + 1) / nt);
+    const auto [b0, b1] = thread_share(nb);
     for (int k0 = 0; k0 < in; k0 += slice) {
       const int K = std::min(slice, in - k0);
       for (int m0 = 0; m0 < N; m0 += token_block) {
         const int M = std::min(token_block, N - m0), tiles = (M + kRows - 1) / kRows;
-        pack_rows(packed, x + static_cast<long>(m0) * in + k0, in, M, K, tiles * t / nt,
-                  tiles * (t + 1) / nt);
+        const Range share = thread_share(tiles);
+        pack_rows(packed, x + static_cast<long>(m0) * in + k0, in, M, K, share.begin, share.end);
 #pragma omp barrier
         for (int b = b0; b < b1; ++b) {
           const float* p = w.block(b) + static_cast<long>(k0) * kW;
@@ -274,9 +282,7 @@ void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool acc
   float* dxt = aligned32(dxt_buf.data());
 #pragma omp parallel
   {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int t0 = static_cast<int>(static_cast<long>(tiles) * t / nt);
-    const int t1 = static_cast<int>(static_cast<long>(tiles) * (t + 1) / nt);
+    const auto [t0, t1] = thread_share(tiles);
     for (int o0 = 0; o0 < padded_out; o0 += out_slice) {
       const int K = std::min(out_slice, padded_out - o0);
 #pragma omp for schedule(static)
