@@ -101,10 +101,10 @@ ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config)
       throw Error("tensor '" + spec.name + "' has shape " + shape_str(t.shape) +
                       " but config.json implies " + shape_str(spec.shape),
                   dir, "config.json and the weights do not belong to the same model");
-    if (!as_f32(t) && !is_convertible(t.dtype))
+    const float* ptr = as_f32(t);
+    if (!ptr && !is_convertible(t.dtype))
       throw Error(std::string("tensor '") + spec.name + "' has dtype " + dtype_name(t.dtype), dir,
                   "weights must be F32, BF16 or F16");
-    const float* ptr = as_f32(t);
     if (!ptr && !packed_names.count(spec.name)) {
       owned_.push_back(to_f32(t));
       ptr = owned_.back().get();
@@ -114,7 +114,7 @@ ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config)
   }
   embed_ = find("model.embed_tokens.weight");
   final_norm = find("model.norm.weight");
-  // Packs a matrix and lets its file pages go (the embedding's rows are read again by lookups).
+  // Packs a matrix (converting it first if need be) and lets its file pages go.
   auto pack = [&](const std::string& name, ops::PackedWeight& slot) {
     const TensorInfo& t = store_->get(name);
     Entry& e = entry(name);

@@ -21,9 +21,8 @@ PackedWeight::PackedWeight(const float* w, int out, int in) : in_(in), out_(out)
     float* dst = p + b * block_stride();
     for (int j = 0; j < kWidth; ++j) {
       const int o = b * kWidth + j;
-      const float* row = w + static_cast<size_t>(o) * in;
-      for (int i = 0; i < in; ++i)
-        dst[static_cast<size_t>(i) * kWidth + j] = o < out ? row[i] : 0.0f;
+      const float* row = o < out ? w + static_cast<size_t>(o) * in : nullptr;  // null: padding
+      for (int i = 0; i < in; ++i) dst[static_cast<size_t>(i) * kWidth + j] = row ? row[i] : 0.0f;
     }
   }
 }
