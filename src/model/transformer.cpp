@@ -67,24 +67,37 @@ void Transformer::embed(const std::vector<int>& tokens, const std::vector<Sequen
   for (int n = 0; n < N; ++n) weights_->embedding_row(tokens[n], &x_[static_cast<size_t>(n) * C]);
 }
 
-float dropout_factor(const Dropout& d, int layer, LoraModule m, int token, int feature, int in) {
+bool dropout_keep(const Dropout& d, int layer, LoraModule m, int token, int feature, int in) {
   const uint64_t base =
       mix(d.seed ^ (static_cast<uint64_t>(layer * kNumLoraModules + static_cast<int>(m)) << 40));
   const uint64_t counter = static_cast<uint64_t>(d.token_offset + token) * in + feature;
-  const bool keep = static_cast<double>(mix(base + counter) >> 11) * 0x1.0p-53 >= d.p;
-  return keep ? 1.0f / (1.0f - d.p) : 0.0f;
+  return static_cast<double>(mix(base + counter) >> 11) * 0x1.0p-53 >= d.p;
 }
 
-const float* Transformer::lora_input(int l, LoraModule m, const float* x, int N, int in,
-                                     const Dropout& dropout, bool training) {
+const float* Transformer::lora_input(int l, LoraModule m, LayerActivations& a, const float* x,
+                                     int N, int in, const Dropout& dropout, bool training,
+                                     bool saved) {
   if (!training || dropout.p <= 0.0f) return x;
+  const int words = lora_keep_words(in);
+  auto& keep = a.lora_keep[static_cast<int>(m)];
+  if (!saved) grow(keep, static_cast<size_t>(N) * words);
   grow(dropped_, static_cast<size_t>(N) * in);
+  const float scale = 1.0f / (1.0f - dropout.p);
 #pragma omp parallel for schedule(static)
-  for (int n = 0; n < N; ++n)
+  for (int n = 0; n < N; ++n) {
+    uint64_t* bits = &keep[static_cast<size_t>(n) * words];
+    if (!saved)
+      for (int w = 0; w < words; ++w) {
+        uint64_t word = 0;
+        for (int b = 0; b < 64 && w * 64 + b < in; ++b)
+          word |= static_cast<uint64_t>(dropout_keep(dropout, l, m, n, w * 64 + b, in)) << b;
+        bits[w] = word;
+      }
     for (int i = 0; i < in; ++i) {
       const size_t idx = static_cast<size_t>(n) * in + i;
-      dropped_[idx] = x[idx] * dropout_factor(dropout, l, m, n, i, in);
+      dropped_[idx] = x[idx] * kept_factor(bits, i, scale);
     }
+  }
   return dropped_.data();
 }
 
@@ -92,7 +105,7 @@ void Transformer::lora_forward(int l, LoraModule m, LayerActivations& a, float* 
                                int N, const Dropout& dropout, bool training) {
   const LoraWeights* w = adapter_ ? adapter_->at(l, m) : nullptr;
   if (!w) return;
-  const float* xin = lora_input(l, m, x, N, w->in, dropout, training);
+  const float* xin = lora_input(l, m, a, x, N, w->in, dropout, training, false);
   auto& u = a.lora_u[static_cast<int>(m)];
   grow(u, static_cast<size_t>(N) * w->r);
   ops::lora_forward(y, u.data(), xin, w->A.data(), w->B.data(), adapter_->scale(), N, w->in, w->out,

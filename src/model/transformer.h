@@ -37,6 +37,9 @@ struct LayerActivations {
   std::vector<float> rstd2;     // [N]
   std::vector<float> gate, up;  // [N, F] MLP pre-activations
   std::array<std::vector<float>, kNumLoraModules> lora_u;  // [N, r] x·Aᵀ per LoRA module
+  // Training with LoRA dropout: the kept features of each module's input, bit i % 64 of word
+  // [n · ⌈in/64⌉ + i / 64] for feature i of token n (the backward reuses the forward's mask).
+  std::array<std::vector<uint64_t>, kNumLoraModules> lora_keep;
 };
 
 // LoRA dropout in training: each (module, token, feature) is kept with probability 1 − p,
@@ -47,9 +50,17 @@ struct Dropout {
   int64_t token_offset = 0;  // index of this pass's first token in the whole step's batch
 };
 
-// The factor (0 or 1/(1 − p)) that dropout applies to feature `feature` of token `token` at
-// the input of layer `layer`'s LoRA module `m` whose input has `in` features.
-float dropout_factor(const Dropout& d, int layer, LoraModule m, int token, int feature, int in);
+// Whether dropout keeps (and scales by 1/(1 − p)) feature `feature` of token `token` at the
+// input of layer `layer`'s LoRA module `m` whose input has `in` features.
+bool dropout_keep(const Dropout& d, int layer, LoraModule m, int token, int feature, int in);
+// Words of LayerActivations::lora_keep per token for an input of `in` features.
+inline int lora_keep_words(int in) {
+  return (in + 63) / 64;
+}
+// The dropout factor of feature i from a token's mask bits: 1/(1 − p) = scale or 0.
+inline float kept_factor(const uint64_t* bits, int i, float scale) {
+  return (bits[i / 64] >> (i % 64)) & 1 ? scale : 0.0f;
+}
 
 struct LossSum {
   double sum = 0.0;   // Σ −log p(label) over labelled positions
@@ -113,9 +124,10 @@ class Transformer {
                     const Dropout& dropout, bool training);
   void lora_backward(int l, LoraModule m, LayerActivations& a, float* dx, const float* dy,
                      const float* x, int N, const Dropout& dropout);
-  // The LoRA branch input: x itself, or its dropped-out copy in dropped_.
-  const float* lora_input(int l, LoraModule m, const float* x, int N, int in,
-                          const Dropout& dropout, bool training);
+  // The LoRA branch input: x itself, or its dropped-out copy in dropped_. The forward draws
+  // the mask into a.lora_keep; the backward (`saved`) reads it from there.
+  const float* lora_input(int l, LoraModule m, LayerActivations& a, const float* x, int N, int in,
+                          const Dropout& dropout, bool training, bool saved);
   LossSum run_groups(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
                      const std::vector<int>& labels, float grad_scale, const Dropout& dropout,
                      int max_group_tokens, bool backward);

@@ -33,7 +33,7 @@ void Transformer::lora_backward(int l, LoraModule m, LayerActivations& a, float*
                                 const float* dy, const float* x, int N, const Dropout& dropout) {
   LoraWeights* w = adapter_ ? adapter_->at(l, m) : nullptr;
   if (!w) return;
-  const float* xin = lora_input(l, m, x, N, w->in, dropout, true);
+  const float* xin = lora_input(l, m, a, x, N, w->in, dropout, true, true);
   grow(du_, static_cast<size_t>(N) * w->r);
   const float* u = a.lora_u[static_cast<int>(m)].data();
   if (dropout.p <= 0.0f || !dx) {
@@ -47,11 +47,14 @@ void Transformer::lora_backward(int l, LoraModule m, LayerActivations& a, float*
   std::fill(dlora_.begin(), dlora_.begin() + n_in, 0.0f);
   ops::lora_backward(dlora_.data(), w->dA.data(), w->dB.data(), du_.data(), dy, u, xin, w->A.data(),
                      w->B.data(), adapter_->scale(), N, w->in, w->out, w->r);
+  const int words = lora_keep_words(w->in);
+  const uint64_t* keep = a.lora_keep[static_cast<int>(m)].data();
+  const float scale = 1.0f / (1.0f - dropout.p);
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n)
     for (int i = 0; i < w->in; ++i) {
       const size_t idx = static_cast<size_t>(n) * w->in + i;
-      dx[idx] += dlora_[idx] * dropout_factor(dropout, l, m, n, i, w->in);
+      dx[idx] += dlora_[idx] * kept_factor(keep + static_cast<size_t>(n) * words, i, scale);
     }
 }
 
