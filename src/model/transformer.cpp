@@ -13,7 +13,7 @@ void grow(std::vector<T>& v, size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
-// splitmix64 finaliser: a counter-based hash, so any mask bit can be regenerated.
+// splitmix64 finaliser: a counter-based hash, so a mask bit depends only on its position.
 uint64_t mix(uint64_t z) {
   z += 0x9e3779b97f4a7c15ull;
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;

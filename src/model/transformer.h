@@ -43,7 +43,8 @@ struct LayerActivations {
 };
 
 // LoRA dropout in training: each (module, token, feature) is kept with probability 1 − p,
-// drawn from a counter-based hash of `seed` so the backward can regenerate the mask.
+// drawn from a counter-based hash of `seed` and the position, so the mask does not depend on
+// how a step is split into groups; the forward keeps it as bits for the backward.
 struct Dropout {
   float p = 0.0f;
   uint64_t seed = 0;
