@@ -21,17 +21,22 @@ double cross_entropy_forward_backward(float* dh, const float* h, const PackedWei
       float max_l = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : max_l)
       for (int j = 0; j < V; ++j) max_l = std::max(max_l, row[j]);
-      double sum = 0.0;  // in double: V terms
-#pragma omp simd reduction(+ : sum)
-      for (int j = 0; j < V; ++j) sum += fast_exp(row[j] - max_l);
       const int t = targets[r0 + i];
-      loss += std::log(sum) - static_cast<double>(row[t] - max_l);
+      const float target_logit = row[t];
+      double sum = 0.0;  // in double: V terms
+                         // exp(logit − max) in place: the gradient below scales it.
+#pragma omp simd reduction(+ : sum)
+      for (int j = 0; j < V; ++j) {
+        row[j] = fast_exp(row[j] - max_l);
+        sum += row[j];
+      }
+      loss += std::log(sum) - static_cast<double>(target_logit - max_l);
       if (!dh) continue;
       // Softmax gradient in place: (p − onehot) · grad_scale.
       const float inv = static_cast<float>(1.0 / sum);
       const float factor = inv * grad_scale;
 #pragma omp simd
-      for (int j = 0; j < V; ++j) row[j] = fast_exp(row[j] - max_l) * factor;
+      for (int j = 0; j < V; ++j) row[j] *= factor;
       row[t] -= grad_scale;
     }
     if (dh) linear_backward(dh + static_cast<long>(r0) * C, logits, w, rows, false);
