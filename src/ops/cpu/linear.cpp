@@ -28,6 +28,9 @@ constexpr int kTokenBlock = 264;
 // memory once per group).
 constexpr int kOutSlice = 256;
 constexpr int kPanelGroup = 32;
+// The products' work is dealt out in chunks, about this many per thread, to whichever thread
+// is free: a thread that the machine holds up does not keep the other waiting at the barrier.
+constexpr int kChunksPerThread = 8;
 // Below this many rows a product is a few matrix-vector products: memory-bound.
 constexpr int kGemvRows = 4;
 
@@ -39,6 +42,11 @@ struct Range {
 Range thread_share(int n) {
   const long t = omp_get_thread_num(), nt = omp_get_num_threads();
   return {static_cast<int>(n * t / nt), static_cast<int>(n * (t + 1) / nt)};
+}
+
+// Items per chunk when n items are dealt out over the calling team.
+int chunk_size(int n) {
+  return std::max(1, n / (omp_get_num_threads() * kChunksPerThread));
 }
 
 // The first 32-byte aligned float of a buffer allocated 8 floats longer than it needs.
@@ -168,9 +176,8 @@ void forward(float* y, const float* x, const PackedWeight& w, int N, bool accumu
   float* packed = aligned32(packed_buf.data());
 #pragma omp parallel
   {
-    // Each thread owns a contiguous range of weight blocks; the team packs each token block's
-    // rows together.
-    const auto [b0, b1] = thread_share(nb);
+    // The team packs each token block's rows together, then takes chunks of weight blocks.
+    const int cs = chunk_size(nb), chunks = (nb + cs - 1) / cs;
     for (int k0 = 0; k0 < in; k0 += slice) {
       const int K = std::min(slice, in - k0);
       for (int m0 = 0; m0 < N; m0 += token_block) {
@@ -178,13 +185,16 @@ void forward(float* y, const float* x, const PackedWeight& w, int N, bool accumu
         const Range share = thread_share(tiles);
         pack_rows(packed, x + static_cast<long>(m0) * in + k0, in, M, K, share.begin, share.end);
 #pragma omp barrier
-        for (int b = b0; b < b1; ++b) {
-          const float* p = w.block(b) + static_cast<long>(k0) * kW;
-          forward_block(y + static_cast<long>(m0) * out + b * kW, out, packed, p, K,
-                        accumulate || k0 > 0, M, std::min(kW, out - b * kW),
-                        b + 1 < b1 ? p + w.block_stride() : p);
+#pragma omp for schedule(dynamic, 1)
+        for (int c = 0; c < chunks; ++c) {
+          const int b1 = std::min(nb, (c + 1) * cs);
+          for (int b = c * cs; b < b1; ++b) {
+            const float* p = w.block(b) + static_cast<long>(k0) * kW;
+            forward_block(y + static_cast<long>(m0) * out + b * kW, out, packed, p, K,
+                          accumulate || k0 > 0, M, std::min(kW, out - b * kW),
+                          b + 1 < b1 ? p + w.block_stride() : p);
+          }
         }
-#pragma omp barrier
       }
     }
   }
@@ -282,7 +292,7 @@ void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool acc
   float* dxt = aligned32(dxt_buf.data());
 #pragma omp parallel
   {
-    const auto [t0, t1] = thread_share(tiles);
+    const int cs = chunk_size(tiles), chunks = (tiles + cs - 1) / cs;
     for (int o0 = 0; o0 < padded_out; o0 += out_slice) {
       const int K = std::min(out_slice, padded_out - o0);
 #pragma omp for schedule(static)
@@ -295,20 +305,22 @@ void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool acc
           for (int o = 0; o < valid; ++o) dst[o * kW] = src[o];
           for (int o = valid; o < K; ++o) dst[o * kW] = 0.0f;
         }
+      // Chunks of input tiles, each through every panel group of this output slice.
       const float* p = w.block(o0 / kW);
-      for (int g = 0; g < panels; g += kPanelGroup)
-        for (int tile = t0; tile < t1; ++tile) {
-          const int i = tile * kRows, M = std::min(kRows, in - i);
-          for (int pn = g; pn < std::min(panels, g + kPanelGroup); ++pn) {
-            float* c = dxt + static_cast<long>(i) * NP + pn * kW;
-            const float* d = dyp + static_cast<long>(pn) * K * kW;
-            if (M == kRows)
-              backward_tile6(c, NP, p + i * kW, block_stride, d, K, o0 > 0);
-            else
-              backward_tail(c, NP, p + i * kW, block_stride, d, K, o0 > 0, M);
+#pragma omp for schedule(dynamic, 1)
+      for (int c = 0; c < chunks; ++c)
+        for (int g = 0; g < panels; g += kPanelGroup)
+          for (int tile = c * cs; tile < std::min(tiles, (c + 1) * cs); ++tile) {
+            const int i = tile * kRows, M = std::min(kRows, in - i);
+            for (int pn = g; pn < std::min(panels, g + kPanelGroup); ++pn) {
+              float* t = dxt + static_cast<long>(i) * NP + pn * kW;
+              const float* d = dyp + static_cast<long>(pn) * K * kW;
+              if (M == kRows)
+                backward_tile6(t, NP, p + i * kW, block_stride, d, K, o0 > 0);
+              else
+                backward_tail(t, NP, p + i * kW, block_stride, d, K, o0 > 0, M);
+            }
           }
-        }
-#pragma omp barrier
     }
     // dx[n, i] (+)= dxt[i, n]: 8 × 8 blocks transposed in registers, the edges one by one.
 #pragma omp for schedule(static)
