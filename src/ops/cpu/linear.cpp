@@ -275,6 +275,22 @@ void transpose8x8(float* dst, long ld_dst, const float* src, long ld_src, bool a
   }
 }
 
+// One panel of the transposed dy: dyp[o][16] = dy[n0 + l, o0 + o] for K outputs, zero past the
+// rows and the outputs; whole 8 × 8 blocks go through register transposes.
+void pack_dy_panel(float* dyp, const float* dy, int N, int out, int n0, int o0, int K) {
+  const int valid = std::max(0, std::min(K, out - o0));
+  for (int l0 = 0; l0 < kW; l0 += 8) {
+    const int rows = std::clamp(N - n0 - l0, 0, 8);
+    const float* src = rows > 0 ? dy + static_cast<long>(n0 + l0) * out + o0 : dy;
+    int o = 0;
+    if (rows == 8)
+      for (; o + 8 <= valid; o += 8) transpose8x8(dyp + o * kW + l0, kW, src + o, out, false);
+    for (; o < K; ++o)
+      for (int l = 0; l < 8; ++l)
+        dyp[o * kW + l0 + l] = l < rows && o < valid ? src[static_cast<long>(l) * out + o] : 0.0f;
+  }
+}
+
 // dx[N, in] (+)= dy[N, out] · w. The kernel keeps 16 tokens per vector, so it accumulates the
 // transpose dxt[in, N'] (N' = N rounded up to 16) and the rows are transposed back at the end.
 void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {
@@ -296,15 +312,8 @@ void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool acc
     for (int o0 = 0; o0 < padded_out; o0 += out_slice) {
       const int K = std::min(out_slice, padded_out - o0);
 #pragma omp for schedule(static)
-      for (int pn = 0; pn < panels; ++pn)  // dyp[pn][o][16] = dy[pn·16 + l, o0 + o], zero-padded
-        for (int l = 0; l < kW; ++l) {
-          const int n = pn * kW + l;
-          float* dst = dyp + static_cast<long>(pn) * K * kW + l;
-          const float* src = dy + static_cast<long>(n) * out + o0;
-          const int valid = n < N ? std::max(0, std::min(K, out - o0)) : 0;
-          for (int o = 0; o < valid; ++o) dst[o * kW] = src[o];
-          for (int o = valid; o < K; ++o) dst[o * kW] = 0.0f;
-        }
+      for (int pn = 0; pn < panels; ++pn)
+        pack_dy_panel(dyp + static_cast<long>(pn) * K * kW, dy, N, out, pn * kW, o0, K);
       // Chunks of input tiles, each through every panel group of this output slice.
       const float* p = w.block(o0 / kW);
 #pragma omp for schedule(dynamic, 1)
