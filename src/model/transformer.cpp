@@ -82,7 +82,7 @@ const float* Transformer::lora_input(int l, LoraModule m, LayerActivations& a, c
   auto& keep = a.lora_keep[static_cast<int>(m)];
   if (!saved) grow(keep, static_cast<size_t>(N) * words);
   grow(dropped_, static_cast<size_t>(N) * in);
-  const float scale = 1.0f / (1.0f - dropout.p);
+  const float scale = dropout.scale();
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {
     uint64_t* bits = &keep[static_cast<size_t>(n) * words];

@@ -49,6 +49,7 @@ struct Dropout {
   float p = 0.0f;
   uint64_t seed = 0;
   int64_t token_offset = 0;  // index of this pass's first token in the whole step's batch
+  float scale() const { return 1.0f / (1.0f - p); }  // the factor of a kept feature
 };
 
 // Whether dropout keeps (and scales by 1/(1 − p)) feature `feature` of token `token` at the

@@ -49,7 +49,7 @@ void Transformer::lora_backward(int l, LoraModule m, LayerActivations& a, float*
                      w->B.data(), adapter_->scale(), N, w->in, w->out, w->r);
   const int words = lora_keep_words(w->in);
   const uint64_t* keep = a.lora_keep[static_cast<int>(m)].data();
-  const float scale = 1.0f / (1.0f - dropout.p);
+  const float scale = dropout.scale();
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n)
     for (int i = 0; i < w->in; ++i) {

@@ -23,8 +23,8 @@ double cross_entropy_forward_backward(float* dh, const float* h, const PackedWei
       for (int j = 0; j < V; ++j) max_l = std::max(max_l, row[j]);
       const int t = targets[r0 + i];
       const float target_logit = row[t];
-      double sum = 0.0;  // in double: V terms
-                         // exp(logit − max) in place: the gradient below scales it.
+      // exp(logit − max) in place, summed in double (V terms); the gradient below scales it.
+      double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
       for (int j = 0; j < V; ++j) {
         row[j] = fast_exp(row[j] - max_l);
