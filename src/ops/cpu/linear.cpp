@@ -87,16 +87,59 @@ void forward_tile6(float* y, long ldy, const float* a, const float* p, int K, bo
   STORE_ROW(0) STORE_ROW(1) STORE_ROW(2) STORE_ROW(3) STORE_ROW(4) STORE_ROW(5)
 }
 
-// Tiles [t0, t1) of rows [m0, m0 + M) of x[:, k0 .. k0 + K) packed for forward_tile6: tile t at
-// a + t·6·K as [K][6], rows past M zero.
+// Transposes the 8 × 8 matrix whose rows are r[0..7], in place.
+void transpose8(__m256 r[8]) {
+  __m256 t[8];
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 8; k += 4) {
+    r[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  // r[0..3] hold columns 0,1,2,3 of rows 0-3 (low lane) and 4,5,6,7 (high lane); likewise
+  // r[4..7] for rows 4-7.
+  for (int k = 0; k < 4; ++k) {
+    t[k] = _mm256_permute2f128_ps(r[k], r[k + 4], 0x20);
+    t[k + 4] = _mm256_permute2f128_ps(r[k], r[k + 4], 0x31);
+  }
+  for (int k = 0; k < 8; ++k) r[k] = t[k];
+}
+
+// dst[r, c] = src[c, r] for an 8 × 8 block (rows ld_dst and ld_src floats apart).
+void transpose8x8(float* dst, long ld_dst, const float* src, long ld_src) {
+  __m256 r[8];
+  for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + k * ld_src);
+  transpose8(r);
+  for (int k = 0; k < 8; ++k) _mm256_storeu_ps(dst + k * ld_dst, r[k]);
+}
+
+// Tiles [t0, t1) of rows [0, M) of x[:, 0 .. K) packed for forward_tile6: tile t at
+// a + t·6·K as [K][6], rows past M zero. Eight features at a time go through a register
+// transpose (two of its rows unused); each stored row spills two floats into the next, which
+// overwrites them, and the last is stored as four floats and two (a masked store is slow on
+// AMD cores).
 void pack_rows(float* a, const float* x, long ldx, int M, int K, int t0, int t1) {
   for (int t = t0; t < t1; ++t) {
     float* dst = a + static_cast<long>(t) * kRows * K;
-    for (int r = 0; r < kRows; ++r) {
-      const int m = t * kRows + r;
-      const float* src = x + static_cast<long>(m) * ldx;
-      for (int k = 0; k < K; ++k) dst[k * kRows + r] = m < M ? src[k] : 0.0f;
+    const float* src = x + static_cast<long>(t) * kRows * ldx;
+    const int rows = std::clamp(M - t * kRows, 0, kRows);
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+      __m256 r[8];
+      for (int m = 0; m < 8; ++m)
+        r[m] = m < rows ? _mm256_loadu_ps(src + m * ldx + k) : _mm256_setzero_ps();
+      transpose8(r);
+      for (int j = 0; j < 7; ++j) _mm256_storeu_ps(dst + (k + j) * kRows, r[j]);
+      float* last = dst + (k + 7) * kRows;
+      _mm_storeu_ps(last, _mm256_castps256_ps128(r[7]));
+      _mm_storel_pi(reinterpret_cast<__m64*>(last + 4), _mm256_extractf128_ps(r[7], 1));
     }
+    for (; k < K; ++k)
+      for (int m = 0; m < kRows; ++m) dst[k * kRows + m] = m < rows ? src[m * ldx + k] : 0.0f;
   }
 }
 
@@ -217,29 +260,6 @@ void forward(float* y, const float* x, const PackedWeight& w, int N, bool accumu
 
 #undef FMA_ROW
 #undef STORE_ROW
-
-// dst[r, c] = src[c, r] for an 8 × 8 block (rows ld_dst and ld_src floats apart).
-void transpose8x8(float* dst, long ld_dst, const float* src, long ld_src) {
-  __m256 r[8], t[8];
-  for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + k * ld_src);
-  for (int k = 0; k < 8; k += 2) {
-    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
-    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
-  }
-  for (int k = 0; k < 8; k += 4) {
-    r[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    r[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    r[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    r[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  // r[0..3] hold columns 0,1,2,3 of rows 0-3 (low lane) and 4,5,6,7 (high lane); likewise
-  // r[4..7] for rows 4-7.
-  for (int k = 0; k < 4; ++k) {
-    t[k] = _mm256_permute2f128_ps(r[k], r[k + 4], 0x20);
-    t[k + 4] = _mm256_permute2f128_ps(r[k], r[k + 4], 0x31);
-  }
-  for (int k = 0; k < 8; ++k) _mm256_storeu_ps(dst + k * ld_dst, t[k]);
-}
 
 // dx[N, in] (+)= dy[N, out] · w: the forward's product with the weight's transpose as P, each
 // panel (kW inputs × a slice of outputs) transposed from the packed weight into a per-thread
