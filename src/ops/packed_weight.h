@@ -1,9 +1,8 @@
 // A frozen weight w[out, in] laid out once, at load, for the matrix kernels of
 // ops/cpu/linear.cpp: blocks of kWidth output rows, each block stored [in][kWidth] (the output
 // index fastest), the last block zero-padded. The forward (x·wᵀ) loads kWidth outputs of one
-// input feature as two vectors; the input gradient (dy·w) transposes 16 × 16 pieces of it
-// into a small panel of wᵀ just before use. Neither repacks the whole weight, which a general
-// sgemm does on every call.
+// input feature as two vectors; the input gradient (dy·w) broadcasts single elements. Neither
+// repacks the weight, which a general sgemm does on every call.
 #pragma once
 
 #include <cstddef>

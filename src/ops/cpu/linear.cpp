@@ -15,15 +15,19 @@ namespace {
 constexpr int kW = PackedWeight::kWidth;  // outputs per weight block: two 8-float vectors
 // Micro-tile: kRows rows × kW columns in 12 vector accumulators (of 16 registers).
 constexpr int kRows = 6;
-// A product's reduction runs in slices of at most kMaxSlice over token blocks of at most
-// kTokenBlock rows in the forward, kGradTokenBlock in the input gradient (a multiple of kRows;
-// the blocks of a product are of equal size), the rows packed so that each tile broadcasts
-// from one contiguous stream. Long slices beat L1-sized ones (256) by about 10 %: every slice
-// is another pass over y. The input gradient transposes each weight panel once per token
-// block, so its blocks are larger: one for a whole 512-token group.
+// Forward: the reduction runs in slices of at most kMaxSlice input features over token blocks
+// of at most kTokenBlock rows (a multiple of kRows; the blocks of a product are of equal size),
+// the rows packed so that each tile broadcasts from one contiguous stream. Long slices beat
+// L1-sized ones (256) by about 10 %: every slice is another pass over y.
 constexpr int kMaxSlice = 1024;
 constexpr int kTokenBlock = 264;
-constexpr int kGradTokenBlock = 528;
+// Input gradient: dy is packed (transposed, kW tokens per panel) all outputs at once when
+// there are at most kMaxSlice (one pass over dxᵀ), else kOutSlice at a time (the lm_head's
+// packed dy then stays in L2); kPanelGroup token panels (512 tokens) are walked per input
+// tile while its weights sit in L1 (smaller groups re-read down_proj's weight slice from
+// memory once per group).
+constexpr int kOutSlice = 256;
+constexpr int kPanelGroup = 32;
 // The products' work is dealt out in chunks, about this many per thread, to whichever thread
 // is free: a thread that the machine holds up does not keep the other waiting at the barrier.
 constexpr int kChunksPerThread = 8;
@@ -50,6 +54,9 @@ float* aligned32(float* p) {
   return p + (8 - reinterpret_cast<uintptr_t>(p) / sizeof(float) % 8) % 8;
 }
 
+#define LOAD_ROW(m)                       \
+  c##m##0 = _mm256_loadu_ps(y + (m)*ldy); \
+  c##m##1 = _mm256_loadu_ps(y + (m)*ldy + 8);
 #define FMA_ROW(m, src)                        \
   {                                            \
     const __m256 a = _mm256_broadcast_ss(src); \
@@ -109,14 +116,6 @@ void transpose8(__m256 r[8]) {
   for (int k = 0; k < 8; ++k) r[k] = t[k];
 }
 
-// dst[r, c] = src[c, r] for an 8 × 8 block (rows ld_dst and ld_src floats apart).
-void transpose8x8(float* dst, long ld_dst, const float* src, long ld_src) {
-  __m256 r[8];
-  for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + k * ld_src);
-  transpose8(r);
-  for (int k = 0; k < 8; ++k) _mm256_storeu_ps(dst + k * ld_dst, r[k]);
-}
-
 // Tiles [t0, t1) of rows [0, M) of x[:, 0 .. K) packed for forward_tile6: tile t at
 // a + t·6·K as [K][6], rows past M zero. Eight features at a time go through a register
 // transpose (two of its rows unused); each stored row spills two floats into the next, which
@@ -147,12 +146,11 @@ void pack_rows(float* a, const float* x, long ldx, int M, int K, int t0, int t1)
 // the rows' or the block's edge go through a full scratch tile. While it runs, the next
 // block's slice (`next_p`, K lines) is prefetched a few lines per tile.
 void forward_block(float* y, long ldy, const float* a, const float* p, int K, bool acc, int M,
-                   int cols, const float* next_p, long next_stride) {
+                   int cols, const float* next_p) {
   const int tiles = (M + kRows - 1) / kRows, per_tile = (K + tiles - 1) / tiles;
   for (int t = 0; t < tiles; ++t) {
     for (int l = t * per_tile; l < std::min(K, (t + 1) * per_tile); ++l)
-      _mm_prefetch(reinterpret_cast<const char*>(next_p + l / kW * next_stride + l % kW * kW),
-                   _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(next_p + l * kW), _MM_HINT_T0);
     float* yt = y + static_cast<long>(t) * kRows * ldy;
     const float* at = a + static_cast<long>(t) * kRows * K;
     const int rows = std::min(kRows, M - t * kRows);
@@ -201,48 +199,35 @@ void gemv(float* y, const float* x, const PackedWeight& w, int N, bool acc) {
   }
 }
 
-struct Panel {
-  const float* p;
-  const float* next_p;  // line l of the next panel at next_p + (l / kW)·next_stride + (l % kW)·kW
-  long next_stride;
-};
-
-// y[N, out] (+)= x[N, red] · Pᵀ, where P[out, red] comes in blocks of kW outputs: panel(b, k0,
-// K) returns rows k0 .. k0 + K of block b as [K][kW] and, second, where to prefetch the next
-// block's. Shared by the forward (P the packed weight) and the input gradient (P its
-// transpose, made a panel at a time).
-template <class PanelOf>
-void product(float* y, const float* x, int N, int red, int out, bool accumulate, int max_rows,
-             PanelOf panel) {
-  const int nb = (out + kW - 1) / kW;
-  // Slices start on a block boundary: the input gradient transposes whole 16 × 16 blocks.
-  const int slices = (red + kMaxSlice - 1) / kMaxSlice;
-  const int slice = ((red + slices - 1) / slices + kW - 1) / kW * kW;
+void forward(float* y, const float* x, const PackedWeight& w, int N, bool accumulate) {
+  if (N < kGemvRows) return gemv(y, x, w, N, accumulate);
+  const int in = w.in(), out = w.out(), nb = w.blocks();
+  const int slices = (in + kMaxSlice - 1) / kMaxSlice, slice = (in + slices - 1) / slices;
   thread_local std::vector<float> packed_buf;  // the caller's, shared by its team
-  const int token_blocks = (N + max_rows - 1) / max_rows;
+  const int token_blocks = (N + kTokenBlock - 1) / kTokenBlock;
   const int token_block = ((N + token_blocks - 1) / token_blocks + kRows - 1) / kRows * kRows;
-  if (packed_buf.size() < static_cast<size_t>(token_block) * slice + 8)
-    packed_buf.resize(static_cast<size_t>(token_block) * slice + 8);
+  if (packed_buf.size() < static_cast<size_t>(kTokenBlock) * slice + 8)
+    packed_buf.resize(static_cast<size_t>(kTokenBlock) * slice + 8);
   float* packed = aligned32(packed_buf.data());
 #pragma omp parallel
   {
-    // The team packs each token block's rows together, then takes chunks of output blocks.
+    // The team packs each token block's rows together, then takes chunks of weight blocks.
     const int cs = chunk_size(nb), chunks = (nb + cs - 1) / cs;
-    for (int k0 = 0; k0 < red; k0 += slice) {
-      const int K = std::min(slice, red - k0);
+    for (int k0 = 0; k0 < in; k0 += slice) {
+      const int K = std::min(slice, in - k0);
       for (int m0 = 0; m0 < N; m0 += token_block) {
         const int M = std::min(token_block, N - m0), tiles = (M + kRows - 1) / kRows;
         const Range share = thread_share(tiles);
-        pack_rows(packed, x + static_cast<long>(m0) * red + k0, red, M, K, share.begin, share.end);
+        pack_rows(packed, x + static_cast<long>(m0) * in + k0, in, M, K, share.begin, share.end);
 #pragma omp barrier
 #pragma omp for schedule(dynamic, 1)
         for (int c = 0; c < chunks; ++c) {
           const int b1 = std::min(nb, (c + 1) * cs);
           for (int b = c * cs; b < b1; ++b) {
-            const Panel pn = panel(b, k0, K, b + 1 < b1);
-            forward_block(y + static_cast<long>(m0) * out + b * kW, out, packed, pn.p, K,
-                          accumulate || k0 > 0, M, std::min(kW, out - b * kW), pn.next_p,
-                          pn.next_stride);
+            const float* p = w.block(b) + static_cast<long>(k0) * kW;
+            forward_block(y + static_cast<long>(m0) * out + b * kW, out, packed, p, K,
+                          accumulate || k0 > 0, M, std::min(kW, out - b * kW),
+                          b + 1 < b1 ? p + w.block_stride() : p);
           }
         }
       }
@@ -250,45 +235,139 @@ void product(float* y, const float* x, int N, int red, int out, bool accumulate,
   }
 }
 
-void forward(float* y, const float* x, const PackedWeight& w, int N, bool accumulate) {
-  if (N < kGemvRows) return gemv(y, x, w, N, accumulate);
-  product(y, x, N, w.in(), w.out(), accumulate, kTokenBlock, [&w](int b, int k0, int, bool more) {
-    const float* p = w.block(b) + static_cast<long>(k0) * kW;
-    return Panel{p, more ? p + w.block_stride() : p, kW * kW};
-  });
+// dxt[6 rows ldt apart][16 tokens] (+)= Σ_o w[o, i..i+5] · dyp[o][16] over K outputs (a
+// multiple of 16): p is the weight block holding the slice's first output, advanced to row i;
+// block_stride floats lead to the next block.
+void backward_tile6(float* dxt, long ldt, const float* p, long block_stride, const float* dyp,
+                    int K, bool acc) {
+  __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+  float* y = dxt;
+  const long ldy = ldt;
+  if (acc) {
+    LOAD_ROW(0) LOAD_ROW(1) LOAD_ROW(2) LOAD_ROW(3) LOAD_ROW(4) LOAD_ROW(5)
+  } else {
+    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
+  }
+  for (int ob = 0; ob < K / kW; ++ob) {
+    const float* x0 = p + ob * block_stride;
+    const float *x1 = x0 + kW, *x2 = x1 + kW, *x3 = x2 + kW, *x4 = x3 + kW, *x5 = x4 + kW;
+    const float* d = dyp + ob * kW * kW;
+#pragma GCC unroll 4
+    for (int k = 0; k < kW; ++k) {
+      const __m256 b0 = _mm256_load_ps(d + k * kW), b1 = _mm256_load_ps(d + k * kW + 8);
+      FMA_ROW(0, x0 + k)
+      FMA_ROW(1, x1 + k) FMA_ROW(2, x2 + k) FMA_ROW(3, x3 + k) FMA_ROW(4, x4 + k) FMA_ROW(5, x5 + k)
+    }
+  }
+  STORE_ROW(0) STORE_ROW(1) STORE_ROW(2) STORE_ROW(3) STORE_ROW(4) STORE_ROW(5)
 }
 
+void backward_tail(float* dxt, long ldt, const float* p, long block_stride, const float* dyp, int K,
+                   bool acc, int M) {
+  for (int m = 0; m < M; ++m) {
+    float* row = dxt + m * ldt;
+    __m256 c0 = acc ? _mm256_load_ps(row) : _mm256_setzero_ps();
+    __m256 c1 = acc ? _mm256_load_ps(row + 8) : _mm256_setzero_ps();
+    for (int ob = 0; ob < K / kW; ++ob)
+      for (int k = 0; k < kW; ++k) {
+        const __m256 a = _mm256_broadcast_ss(p + ob * block_stride + m * kW + k);
+        const float* d = dyp + (ob * kW + k) * kW;
+        c0 = _mm256_fmadd_ps(a, _mm256_load_ps(d), c0);
+        c1 = _mm256_fmadd_ps(a, _mm256_load_ps(d + 8), c1);
+      }
+    _mm256_store_ps(row, c0);
+    _mm256_store_ps(row + 8, c1);
+  }
+}
+
+#undef LOAD_ROW
 #undef FMA_ROW
 #undef STORE_ROW
 
-// dx[N, in] (+)= dy[N, out] · w: the forward's product with the weight's transpose as P, each
-// panel (kW inputs × a slice of outputs) transposed from the packed weight into a per-thread
-// buffer just before the kernel reads it, 16 × 16 blocks through register transposes. The
-// next panel's source (rows i0 + kW.. of each block of the slice) is prefetched meanwhile.
+// dst[r, c] (+)= src[c, r] for an 8 × 8 block (rows ld_dst and ld_src floats apart).
+void transpose8x8(float* dst, long ld_dst, const float* src, long ld_src, bool acc) {
+  __m256 r[8];
+  for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + k * ld_src);
+  transpose8(r);
+  for (int k = 0; k < 8; ++k) {
+    float* d = dst + k * ld_dst;
+    _mm256_storeu_ps(d, acc ? _mm256_add_ps(_mm256_loadu_ps(d), r[k]) : r[k]);
+  }
+}
+
+// One panel of the transposed dy: dyp[o][16] = dy[n0 + l, o0 + o] for K outputs, zero past the
+// rows and the outputs; whole 8 × 8 blocks go through register transposes.
+void pack_dy_panel(float* dyp, const float* dy, int N, int out, int n0, int o0, int K) {
+  const int valid = std::max(0, std::min(K, out - o0));
+  for (int l0 = 0; l0 < kW; l0 += 8) {
+    const int rows = std::clamp(N - n0 - l0, 0, 8);
+    const float* src = rows > 0 ? dy + static_cast<long>(n0 + l0) * out + o0 : dy;
+    int o = 0;
+    if (rows == 8)
+      for (; o + 8 <= valid; o += 8) transpose8x8(dyp + o * kW + l0, kW, src + o, out, false);
+    for (; o < K; ++o)
+      for (int l = 0; l < 8; ++l)
+        dyp[o * kW + l0 + l] = l < rows && o < valid ? src[static_cast<long>(l) * out + o] : 0.0f;
+  }
+}
+
+// dx[N, in] (+)= dy[N, out] · w. The kernel keeps 16 tokens per vector, so it accumulates the
+// transpose dxt[in, N'] (N' = N rounded up to 16) and the rows are transposed back at the end.
 void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {
-  const int in = w.in();
-  product(dx, dy, N, w.out(), in, accumulate, kGradTokenBlock,
-          [&w, in](int b, int k0, int K, bool more) {
-            thread_local std::vector<float> buf;
-            if (buf.size() < static_cast<size_t>(kMaxSlice + kW) * kW + 8)
-              buf.resize(static_cast<size_t>(kMaxSlice + kW) * kW + 8);
-            float* t = aligned32(buf.data());
-            const int i0 = b * kW, cols = std::min(kW, in - i0);
-            for (int o = 0; o < K; o += kW) {
-              const float* src = w.block((k0 + o) / kW) + static_cast<long>(i0) * kW;  // [cols][kW]
-              float* dst = t + static_cast<long>(o) * kW;                              // [kW][kW]
-              if (cols == kW) {
-                for (int r = 0; r < kW; r += 8)
-                  for (int c = 0; c < kW; c += 8)
-                    transpose8x8(dst + r * kW + c, kW, src + c * kW + r, kW);
-                continue;
-              }
-              for (int r = 0; r < kW; ++r)
-                for (int c = 0; c < kW; ++c) dst[r * kW + c] = c < cols ? src[c * kW + r] : 0.0f;
+  const int in = w.in(), out = w.out(), padded_out = w.blocks() * kW;
+  const int NP = (N + kW - 1) / kW * kW, panels = NP / kW, tiles = (in + kRows - 1) / kRows;
+  const long block_stride = w.block_stride();
+  thread_local std::vector<float> dyp_buf, dxt_buf;  // the caller's, shared by its team
+  const int out_slice = padded_out <= kMaxSlice ? padded_out : kOutSlice;
+  if (dyp_buf.size() < static_cast<size_t>(NP) * out_slice + 8)
+    dyp_buf.resize(static_cast<size_t>(NP) * out_slice + 8);
+  if (dxt_buf.size() < static_cast<size_t>(tiles) * kRows * NP + 8)
+    dxt_buf.resize(static_cast<size_t>(tiles) * kRows * NP + 8);
+  // 32-byte aligned views (vectors of 8 floats).
+  float* dyp = aligned32(dyp_buf.data());
+  float* dxt = aligned32(dxt_buf.data());
+#pragma omp parallel
+  {
+    const int cs = chunk_size(tiles), chunks = (tiles + cs - 1) / cs;
+    for (int o0 = 0; o0 < padded_out; o0 += out_slice) {
+      const int K = std::min(out_slice, padded_out - o0);
+#pragma omp for schedule(static)
+      for (int pn = 0; pn < panels; ++pn)
+        pack_dy_panel(dyp + static_cast<long>(pn) * K * kW, dy, N, out, pn * kW, o0, K);
+      // Chunks of input tiles, each through every panel group of this output slice.
+      const float* p = w.block(o0 / kW);
+#pragma omp for schedule(dynamic, 1)
+      for (int c = 0; c < chunks; ++c)
+        for (int g = 0; g < panels; g += kPanelGroup)
+          for (int tile = c * cs; tile < std::min(tiles, (c + 1) * cs); ++tile) {
+            const int i = tile * kRows, M = std::min(kRows, in - i);
+            for (int pn = g; pn < std::min(panels, g + kPanelGroup); ++pn) {
+              float* t = dxt + static_cast<long>(i) * NP + pn * kW;
+              const float* d = dyp + static_cast<long>(pn) * K * kW;
+              if (M == kRows)
+                backward_tile6(t, NP, p + i * kW, block_stride, d, K, o0 > 0);
+              else
+                backward_tail(t, NP, p + i * kW, block_stride, d, K, o0 > 0, M);
             }
-            if (!more) return Panel{t, t, kW * kW};
-            return Panel{t, w.block(k0 / kW) + static_cast<long>(i0 + kW) * kW, w.block_stride()};
-          });
+          }
+    }
+    // dx[n, i] (+)= dxt[i, n]: 8 × 8 blocks transposed in registers, the edges one by one.
+#pragma omp for schedule(static)
+    for (int n0 = 0; n0 < N; n0 += 8)
+      for (int i0 = 0; i0 < in; i0 += 8) {
+        if (n0 + 8 <= N && i0 + 8 <= in) {
+          transpose8x8(dx + static_cast<long>(n0) * in + i0, in,
+                       dxt + static_cast<long>(i0) * NP + n0, NP, accumulate);
+          continue;
+        }
+        for (int n = n0; n < std::min(N, n0 + 8); ++n)
+          for (int i = i0; i < std::min(in, i0 + 8); ++i) {
+            float& d = dx[static_cast<long>(n) * in + i];
+            const float v = dxt[static_cast<long>(i) * NP + n];
+            d = accumulate ? d + v : v;
+          }
+      }
+  }
 }
 
 }  // namespace
