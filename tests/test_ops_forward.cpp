@@ -31,8 +31,8 @@ void expect_close(const std::vector<float>& a, const std::vector<float>& b, floa
 
 TEST(OpsForward, Linear) {
   // N < 4: the matrix-vector path; 7 and 200: full 6-row tiles and a row tail; 301: two token
-  // blocks (156 and 145 rows); in = 1100: two reduction slices; out = 11 and 40: a partial
-  // weight block.
+  // blocks (156 and 145 rows); in = 13, 37 and 1100 (two reduction slices of 550): rows packed
+  // eight features at a time, then a tail one by one; out = 11 and 40: a partial weight block.
   struct Shape {
     int N, in, out;
   };
