@@ -260,7 +260,7 @@ void backward_tile6(float* dxt, long ldt, const float* p, long block_stride, con
     const float* x0 = p + ob * block_stride;
     const float *x1 = x0 + kW, *x2 = x1 + kW, *x3 = x2 + kW, *x4 = x3 + kW, *x5 = x4 + kW;
     const float* d = dyp + ob * kW * kW;
-#pragma GCC unroll 16
+#pragma GCC unroll 4
     for (int k = 0; k < kW; ++k) {
       const __m256 b0 = _mm256_load_ps(d + k * kW), b1 = _mm256_load_ps(d + k * kW + 8);
       FMA_ROW(0, x0 + k)

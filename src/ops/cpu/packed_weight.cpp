@@ -22,6 +22,7 @@ PackedWeight::PackedWeight(const float* w, int out, int in) : in_(in), out_(out)
   void* p = nullptr;
   if (posix_memalign(&p, bytes >= kHugePage ? kHugePage : 64, bytes) != 0) throw std::bad_alloc();
   data_.reset(static_cast<float*>(p));
+  // A hint: where the system has huge pages off, the call fails and nothing changes.
   if (bytes >= kHugePage) madvise(p, bytes / kHugePage * kHugePage, MADV_HUGEPAGE);
 #pragma omp parallel for schedule(static)
   for (int b = 0; b < blocks(); ++b) {
