@@ -4,7 +4,7 @@
 
 namespace loratune {
 
-// n <= 0 keeps the default (all cores).
+// n <= 0 keeps the current count (at start: all cores, or OMP_NUM_THREADS).
 void set_num_threads(int n);
 int num_threads();
 
