@@ -77,15 +77,19 @@ void Transformer::layer_backward(int l, LayerActivations& a, const std::vector<S
   grow(xn_, std::max(static_cast<size_t>(N) * C, static_cast<size_t>(N) * F));
   grow(rows_, static_cast<size_t>(N) * C);
 
-  // MLP: x += down(silu(gate(xn)) · up(xn)), xn = norm(x_mid)
-  float* h = xn_.data();     // silu(gate)·up, recomputed [N, F]
-  float* xn = rows_.data();  // norm(x_mid), recomputed [N, C]
-  ops::swiglu_forward(h, a.gate.data(), a.up.data(), static_cast<long>(N) * F);
+  // MLP: x += down(silu(gate(xn)) · up(xn)), xn = norm(x_mid). The LoRA inputs h and xn are
+  // recomputed, and only for the modules that have LoRA.
+  auto has_lora = [&](LoraModule m) { return adapter_->at(l, m) != nullptr; };
+  float* h = xn_.data();     // silu(gate)·up [N, F]
+  float* xn = rows_.data();  // norm(x_mid) [N, C]
+  if (has_lora(LoraModule::kDown))
+    ops::swiglu_forward(h, a.gate.data(), a.up.data(), static_cast<long>(N) * F);
   ops::linear_backward(dh_.data(), dx_.data(), lw.w_down, N, false);
   lora_backward(l, LoraModule::kDown, a, dh_.data(), dx_.data(), h, N, dropout);
   ops::swiglu_backward(dh_.data(), dup_.data(), dh_.data(), a.gate.data(), a.up.data(),
                        static_cast<long>(N) * F);
-  ops::rmsnorm_forward(xn, nullptr, a.x_mid.data(), lw.post_norm, N, C, eps);
+  if (has_lora(LoraModule::kGate) || has_lora(LoraModule::kUp))
+    ops::rmsnorm_forward(xn, nullptr, a.x_mid.data(), lw.post_norm, N, C, eps);
   ops::linear_backward(dxn_.data(), dh_.data(), lw.w_gate, N, false);
   ops::linear_backward(dxn_.data(), dup_.data(), lw.w_up, N, true);
   lora_backward(l, LoraModule::kGate, a, dxn_.data(), dh_.data(), xn, N, dropout);
@@ -104,7 +108,8 @@ void Transformer::layer_backward(int l, LayerActivations& a, const std::vector<S
                           static_cast<int>(spans_.size()), H, Hkv, D);
   ops::rope_backward(dq_.data(), pos_.data(), inv_freq_.data(), N, H, D);
   ops::rope_backward(dk_.data(), pos_.data(), inv_freq_.data(), N, Hkv, D);
-  ops::rmsnorm_forward(xn, nullptr, a.x_in.data(), lw.input_norm, N, C, eps);
+  if (has_lora(LoraModule::kQ) || has_lora(LoraModule::kK) || has_lora(LoraModule::kV))
+    ops::rmsnorm_forward(xn, nullptr, a.x_in.data(), lw.input_norm, N, C, eps);
   float* dxn = lower_lora ? dxn_.data() : nullptr;
   if (lower_lora) {
     ops::linear_backward(dxn, dq_.data(), lw.wq, N, false);
