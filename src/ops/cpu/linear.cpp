@@ -65,9 +65,9 @@ float* aligned32(float* p) {
   return p + (8 - reinterpret_cast<uintptr_t>(p) / sizeof(float) % 8) % 8;
 }
 
-#define LOAD_ROW(m)                       \
-  c##m##0 = _mm256_loadu_ps(y + (m)*ldy); \
-  c##m##1 = _mm256_loadu_ps(y + (m)*ldy + 8);
+#define ADD_ROW(m)                                                \
+  c##m##0 = _mm256_add_ps(c##m##0, _mm256_loadu_ps(y + (m)*ldy)); \
+  c##m##1 = _mm256_add_ps(c##m##1, _mm256_loadu_ps(y + (m)*ldy + 8));
 #define FMA_ROW(m, src)                        \
   {                                            \
     const __m256 a = _mm256_broadcast_ss(src); \
@@ -96,11 +96,7 @@ void forward_tile6(float* y, long ldy, const float* a, const float* p, int K, bo
     FMA_ROW(1, ak + 1) FMA_ROW(2, ak + 2) FMA_ROW(3, ak + 3) FMA_ROW(4, ak + 4) FMA_ROW(5, ak + 5)
   }
   if (acc) {
-#define ADD_ROW(m)                                                \
-  c##m##0 = _mm256_add_ps(c##m##0, _mm256_loadu_ps(y + (m)*ldy)); \
-  c##m##1 = _mm256_add_ps(c##m##1, _mm256_loadu_ps(y + (m)*ldy + 8));
     ADD_ROW(0) ADD_ROW(1) ADD_ROW(2) ADD_ROW(3) ADD_ROW(4) ADD_ROW(5)
-#undef ADD_ROW
   }
   STORE_ROW(0) STORE_ROW(1) STORE_ROW(2) STORE_ROW(3) STORE_ROW(4) STORE_ROW(5)
 }
@@ -250,17 +246,15 @@ void forward(float* y, const float* x, const PackedWeight& w, int N, bool accumu
 
 // dxt[6 rows ldt apart][16 tokens] (+)= Σ_o w[o, i..i+5] · dyp[o][16] over K outputs (a
 // multiple of 16): p is the weight block holding the slice's first output, advanced to row i;
-// block_stride floats lead to the next block.
+// block_stride floats lead to the next block. As in forward_tile6, the accumulators start at
+// zero and dxt is added at the end, so that a cache miss on it does not hold up the FMAs;
+// `next` (the same rows of the next token panel) is prefetched meanwhile.
 void backward_tile6(float* dxt, long ldt, const float* p, long block_stride, const float* dyp,
-                    int K, bool acc) {
+                    int K, bool acc, const float* next) {
+  for (int m = 0; m < kRows; ++m)
+    _mm_prefetch(reinterpret_cast<const char*>(next + m * ldt), _MM_HINT_T0);
   __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
-  float* y = dxt;
-  const long ldy = ldt;
-  if (acc) {
-    LOAD_ROW(0) LOAD_ROW(1) LOAD_ROW(2) LOAD_ROW(3) LOAD_ROW(4) LOAD_ROW(5)
-  } else {
-    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
-  }
+  c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
   for (int ob = 0; ob < K / kW; ++ob) {
     const float* x0 = p + ob * block_stride;
     const float *x1 = x0 + kW, *x2 = x1 + kW, *x3 = x2 + kW, *x4 = x3 + kW, *x5 = x4 + kW;
@@ -271,6 +265,11 @@ void backward_tile6(float* dxt, long ldt, const float* p, long block_stride, con
       FMA_ROW(0, x0 + k)
       FMA_ROW(1, x1 + k) FMA_ROW(2, x2 + k) FMA_ROW(3, x3 + k) FMA_ROW(4, x4 + k) FMA_ROW(5, x5 + k)
     }
+  }
+  float* y = dxt;
+  const long ldy = ldt;
+  if (acc) {
+    ADD_ROW(0) ADD_ROW(1) ADD_ROW(2) ADD_ROW(3) ADD_ROW(4) ADD_ROW(5)
   }
   STORE_ROW(0) STORE_ROW(1) STORE_ROW(2) STORE_ROW(3) STORE_ROW(4) STORE_ROW(5)
 }
@@ -293,7 +292,7 @@ void backward_tail(float* dxt, long ldt, const float* p, long block_stride, cons
   }
 }
 
-#undef LOAD_ROW
+#undef ADD_ROW
 #undef FMA_ROW
 #undef STORE_ROW
 
@@ -356,7 +355,7 @@ void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool acc
               float* t = dxt + static_cast<long>(i) * NP + pn * kW;
               const float* d = dyp + static_cast<long>(pn) * K * kW;
               if (M == kRows)
-                backward_tile6(t, NP, p + i * kW, block_stride, d, K, o0 > 0);
+                backward_tile6(t, NP, p + i * kW, block_stride, d, K, o0 > 0, t + kW);
               else
                 backward_tail(t, NP, p + i * kW, block_stride, d, K, o0 > 0, M);
             }
