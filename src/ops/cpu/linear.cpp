@@ -248,9 +248,11 @@ void forward(float* y, const float* x, const PackedWeight& w, int N, bool accumu
 // multiple of 16): p is the weight block holding the slice's first output, advanced to row i;
 // block_stride floats lead to the next block. As in forward_tile6, the accumulators start at
 // zero and dxt is added at the end, so that a cache miss on it does not hold up the FMAs;
-// `next` (the same rows of the next token panel) is prefetched meanwhile.
+// `next` (the same rows of the next token panel) is prefetched meanwhile, and so are the
+// weight lines at `next_w` (the next input tile's, given on a tile's first panel: the hardware
+// prefetcher does not follow a column of blocks).
 void backward_tile6(float* dxt, long ldt, const float* p, long block_stride, const float* dyp,
-                    int K, bool acc, const float* next) {
+                    int K, bool acc, const float* next, const float* next_w) {
   for (int m = 0; m < kRows; ++m)
     _mm_prefetch(reinterpret_cast<const char*>(next + m * ldt), _MM_HINT_T0);
   __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
@@ -259,6 +261,10 @@ void backward_tile6(float* dxt, long ldt, const float* p, long block_stride, con
     const float* x0 = p + ob * block_stride;
     const float *x1 = x0 + kW, *x2 = x1 + kW, *x3 = x2 + kW, *x4 = x3 + kW, *x5 = x4 + kW;
     const float* d = dyp + ob * kW * kW;
+    if (next_w)
+      for (int m = 0; m < kRows; ++m)
+        _mm_prefetch(reinterpret_cast<const char*>(next_w + ob * block_stride + m * kW),
+                     _MM_HINT_T0);
 #pragma GCC unroll 4
     for (int k = 0; k < kW; ++k) {
       const __m256 b0 = _mm256_load_ps(d + k * kW), b1 = _mm256_load_ps(d + k * kW + 8);
@@ -355,7 +361,8 @@ void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool acc
               float* t = dxt + static_cast<long>(i) * NP + pn * kW;
               const float* d = dyp + static_cast<long>(pn) * K * kW;
               if (M == kRows)
-                backward_tile6(t, NP, p + i * kW, block_stride, d, K, o0 > 0, t + kW);
+                backward_tile6(t, NP, p + i * kW, block_stride, d, K, o0 > 0, t + kW,
+                               pn == g ? p + (i + kRows) * kW : nullptr);
               else
                 backward_tail(t, NP, p + i * kW, block_stride, d, K, o0 > 0, M);
             }
