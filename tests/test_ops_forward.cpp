@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
 #include <vector>
 
 #include "core/rng.h"
@@ -59,6 +60,39 @@ TEST(OpsForward, Linear) {
     for (size_t i = 0; i < acc.size(); ++i)
       ASSERT_NEAR(acc[i], 2 * y_ref[i], 2e-4f * std::sqrt(in)) << name;
   }
+}
+
+TEST(OpsForward, LinearSharedInputEqualsSeparateProducts) {
+  // Three weights of one input size with other output sizes (a partial block each, as k/v
+  // beside q), with and without a bias; 2 rows: the matrix-vector path; 301 rows and 1100
+  // inputs: two token blocks and two reduction slices.
+  const int outs[] = {40, 11, 24};
+  for (const int N : {2, 7, 301})
+    for (const int in : {37, 1100}) {
+      auto x = random_vec(static_cast<size_t>(N) * in, 11);
+      std::vector<ops::PackedWeight> packed;
+      std::vector<std::vector<float>> bias, y, y_alone;
+      for (int j = 0; j < 3; ++j) {
+        const auto w = random_vec(static_cast<size_t>(outs[j]) * in, 12 + j);
+        packed.emplace_back(w.data(), outs[j], in);
+        bias.push_back(random_vec(outs[j], 20 + j));
+        y.emplace_back(static_cast<size_t>(N) * outs[j], std::numeric_limits<float>::quiet_NaN());
+        y_alone.emplace_back(static_cast<size_t>(N) * outs[j]);
+      }
+      const ops::LinearOut shared[] = {{y[0].data(), &packed[0], bias[0].data()},
+                                       {y[1].data(), &packed[1], nullptr},
+                                       {y[2].data(), &packed[2], bias[2].data()}};
+      ops::linear_forward_shared(shared, 3, x.data(), N);
+      for (int j = 0; j < 3; ++j) {
+        ops::linear_forward(y_alone[j].data(), x.data(), packed[j], shared[j].b, N);
+        EXPECT_EQ(y[j], y_alone[j]) << "N " << N << ", in " << in << ", output " << j;
+      }
+    }
+  const auto w = random_vec(8 * 5, 30), w2 = random_vec(8 * 6, 31);
+  const ops::PackedWeight a(w.data(), 8, 5), b(w2.data(), 8, 6);
+  std::vector<float> x(6 * 6), y(8 * 6);
+  const ops::LinearOut mixed[] = {{y.data(), &a, nullptr}, {y.data(), &b, nullptr}};
+  EXPECT_THROW(ops::linear_forward_shared(mixed, 2, x.data(), 6), std::invalid_argument);
 }
 
 TEST(OpsForward, RmsNorm) {

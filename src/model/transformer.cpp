@@ -137,9 +137,9 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
 
   std::memcpy(a.x_in.data(), x_.data(), NC * sizeof(float));
   ops::rmsnorm_forward(xn_.data(), a.rstd1.data(), x_.data(), lw.input_norm, N, C, eps);
-  ops::linear_forward(a.q.data(), xn_.data(), lw.wq, lw.bq, N);
-  ops::linear_forward(a.k.data(), xn_.data(), lw.wk, lw.bk, N);
-  ops::linear_forward(a.v.data(), xn_.data(), lw.wv, lw.bv, N);
+  const ops::LinearOut qkv[] = {
+      {a.q.data(), &lw.wq, lw.bq}, {a.k.data(), &lw.wk, lw.bk}, {a.v.data(), &lw.wv, lw.bv}};
+  ops::linear_forward_shared(qkv, 3, xn_.data(), N);
   lora_forward(l, LoraModule::kQ, a, a.q.data(), xn_.data(), N, dropout, training);
   lora_forward(l, LoraModule::kK, a, a.k.data(), xn_.data(), N, dropout, training);
   lora_forward(l, LoraModule::kV, a, a.v.data(), xn_.data(), N, dropout, training);
@@ -170,8 +170,9 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
   std::memcpy(a.x_mid.data(), x_.data(), NC * sizeof(float));
 
   ops::rmsnorm_forward(xn_.data(), a.rstd2.data(), x_.data(), lw.post_norm, N, C, eps);
-  ops::linear_forward(a.gate.data(), xn_.data(), lw.w_gate, nullptr, N);
-  ops::linear_forward(a.up.data(), xn_.data(), lw.w_up, nullptr, N);
+  const ops::LinearOut gate_up[] = {{a.gate.data(), &lw.w_gate, nullptr},
+                                    {a.up.data(), &lw.w_up, nullptr}};
+  ops::linear_forward_shared(gate_up, 2, xn_.data(), N);
   lora_forward(l, LoraModule::kGate, a, a.gate.data(), xn_.data(), N, dropout, training);
   lora_forward(l, LoraModule::kUp, a, a.up.data(), xn_.data(), N, dropout, training);
   ops::swiglu_forward(xn_.data(), a.gate.data(), a.up.data(), static_cast<long>(N) * F);

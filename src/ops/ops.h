@@ -11,6 +11,14 @@ namespace loratune::ops {
 
 // y[N, out] = x[N, in] · w[out, in]ᵀ + b[out] (b may be null).
 void linear_forward(float* y, const float* x, const PackedWeight& w, const float* b, int N);
+// The projections of one input (q/k/v, gate/up): y_j = x · w_jᵀ + b_j for 1 to 3 outputs of
+// the same `in`, as linear_forward gives each, x packed once for all.
+struct LinearOut {
+  float* y;
+  const PackedWeight* w;
+  const float* b;  // may be null
+};
+void linear_forward_shared(const LinearOut* outs, int n, const float* x, int N);
 // y[N, out] += x[N, in] · w[out, in]ᵀ: the residual stream accumulates projections.
 void linear_accumulate(float* y, const float* x, const PackedWeight& w, int N);
 // dx[N, in] = dy[N, out] · w[out, in] (+= when accumulate). Frozen weights: no dw.

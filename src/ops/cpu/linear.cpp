@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 #include "ops/ops.h"
@@ -33,6 +34,8 @@ constexpr int kPanelGroup = 32;
 constexpr int kChunksPerThread = 8;
 // Below this many rows a product is a few matrix-vector products: memory-bound.
 constexpr int kGemvRows = 4;
+// The most products one forward call takes (q, k and v).
+constexpr int kMaxProducts = 3;
 
 // The calling thread's share [begin, end) of n items, split into contiguous ranges over the
 // team of the enclosing parallel region.
@@ -211,9 +214,26 @@ void gemv(float* y, const float* x, const PackedWeight& w, int N, bool acc) {
   }
 }
 
-void forward(float* y, const float* x, const PackedWeight& w, int N, bool accumulate) {
-  if (N < kGemvRows) return gemv(y, x, w, N, accumulate);
-  const int in = w.in(), out = w.out(), nb = w.blocks();
+// One product of a forward call: y[N, out] (+)= x · wᵀ.
+struct Product {
+  float* y;
+  const PackedWeight* w;
+  bool accumulate;
+};
+
+// The products of one input x[N, in] (q/k/v, gate/up: the same `in`): the rows are packed
+// once per slice and token block, and the team deals out every product's weight blocks
+// together, so that a small product (k, v) does not have a barrier of its own.
+void forward(const Product* ps, int n, const float* x, int N) {
+  if (N < kGemvRows) {
+    for (int j = 0; j < n; ++j) gemv(ps[j].y, x, *ps[j].w, N, ps[j].accumulate);
+    return;
+  }
+  const int in = ps[0].w->in();
+  int first_block[kMaxProducts + 1] = {
+      0};  // product j: blocks [first_block[j], first_block[j + 1])
+  for (int j = 0; j < n; ++j) first_block[j + 1] = first_block[j] + ps[j].w->blocks();
+  const int nb = first_block[n];
   const int slices = (in + kMaxSlice - 1) / kMaxSlice, slice = (in + slices - 1) / slices;
   thread_local std::vector<float> packed_buf;  // the caller's, shared by its team
   const int token_blocks = (N + kTokenBlock - 1) / kTokenBlock;
@@ -221,6 +241,24 @@ void forward(float* y, const float* x, const PackedWeight& w, int N, bool accumu
   if (packed_buf.size() < static_cast<size_t>(kTokenBlock) * slice + 8)
     packed_buf.resize(static_cast<size_t>(kTokenBlock) * slice + 8);
   float* packed = aligned32(packed_buf.data());
+  // Block g of all products: its weight slice from input k0 and its output columns in y from
+  // token m0.
+  struct BlockRef {
+    const float* p;
+    float* y;
+    long ldy;
+    int cols;
+    bool acc;
+  };
+  auto locate = [&](int g, int k0, int m0) {
+    int j = 0;
+    while (g >= first_block[j + 1]) ++j;
+    const PackedWeight& w = *ps[j].w;
+    const int b = g - first_block[j];
+    return BlockRef{w.block(b) + static_cast<long>(k0) * kW,
+                    ps[j].y + static_cast<long>(m0) * w.out() + b * kW, w.out(),
+                    std::min(kW, w.out() - b * kW), ps[j].accumulate || k0 > 0};
+  };
 #pragma omp parallel
   {
     // The team packs each token block's rows together, then takes chunks of weight blocks.
@@ -231,12 +269,12 @@ void forward(float* y, const float* x, const PackedWeight& w, int N, bool accumu
         const Range share = thread_share(tiles);
         pack_rows(packed, x + static_cast<long>(m0) * in + k0, in, M, K, share.begin, share.end);
 #pragma omp barrier
-        for_chunks(nb, [&](int b0, int b1) {
-          for (int b = b0; b < b1; ++b) {
-            const float* p = w.block(b) + static_cast<long>(k0) * kW;
-            forward_block(y + static_cast<long>(m0) * out + b * kW, out, packed, p, K,
-                          accumulate || k0 > 0, M, std::min(kW, out - b * kW),
-                          b + 1 < b1 ? p + w.block_stride() : p);
+        for_chunks(nb, [&](int g0, int g1) {
+          BlockRef cur = locate(g0, k0, m0);
+          for (int g = g0; g < g1; ++g) {
+            const BlockRef next = g + 1 < g1 ? locate(g + 1, k0, m0) : cur;
+            forward_block(cur.y, cur.ldy, packed, cur.p, K, cur.acc, M, cur.cols, next.p);
+            cur = next;
           }
         });
       }
@@ -391,14 +429,30 @@ void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool acc
 }  // namespace
 
 void linear_forward(float* y, const float* x, const PackedWeight& w, const float* b, int N) {
-  if (b)
-    for (int n = 0; n < N; ++n)
-      std::memcpy(y + static_cast<long>(n) * w.out(), b, w.out() * sizeof(float));
-  forward(y, x, w, N, b != nullptr);
+  const LinearOut out{y, &w, b};
+  linear_forward_shared(&out, 1, x, N);
+}
+
+void linear_forward_shared(const LinearOut* outs, int n, const float* x, int N) {
+  if (n < 1 || n > kMaxProducts)
+    throw std::invalid_argument("linear_forward_shared takes 1 to 3 outputs");
+  for (int j = 1; j < n; ++j)
+    if (outs[j].w->in() != outs[0].w->in())
+      throw std::invalid_argument("linear_forward_shared: the weights differ in input size");
+  Product ps[kMaxProducts];
+  for (int j = 0; j < n; ++j) {
+    const LinearOut& o = outs[j];
+    if (o.b)
+      for (int r = 0; r < N; ++r)
+        std::memcpy(o.y + static_cast<long>(r) * o.w->out(), o.b, o.w->out() * sizeof(float));
+    ps[j] = {o.y, o.w, o.b != nullptr};
+  }
+  forward(ps, n, x, N);
 }
 
 void linear_accumulate(float* y, const float* x, const PackedWeight& w, int N) {
-  forward(y, x, w, N, true);
+  const Product p{y, &w, true};
+  forward(&p, 1, x, N);
 }
 
 void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {
