@@ -230,8 +230,8 @@ void forward(const Product* ps, int n, const float* x, int N) {
     return;
   }
   const int in = ps[0].w->in();
-  int first_block[kMaxProducts + 1] = {
-      0};  // product j: blocks [first_block[j], first_block[j + 1])
+  // Product j's weight blocks are the call's blocks [first_block[j], first_block[j + 1]).
+  int first_block[kMaxProducts + 1] = {0};
   for (int j = 0; j < n; ++j) first_block[j + 1] = first_block[j] + ps[j].w->blocks();
   const int nb = first_block[n];
   const int slices = (in + kMaxSlice - 1) / kMaxSlice, slice = (in + slices - 1) / slices;
