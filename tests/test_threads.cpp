@@ -1,3 +1,4 @@
+#include <cblas.h>
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -6,17 +7,14 @@
 namespace loratune {
 namespace {
 
-TEST(Threads, DefaultKeepsEveryCoreWhileBlasRunsOnOne) {
-  omp_set_num_threads(omp_get_num_procs());  // the count a fresh process starts with
-  set_num_threads(0);
-  EXPECT_EQ(num_threads(), omp_get_num_procs());
-}
-
-TEST(Threads, ExplicitCountStaysForLaterDefaults) {
+// OpenBLAS's OpenMP build sets OpenMP's thread count along with its own: keeping BLAS on one
+// thread must not take the count that n <= 0 keeps (all cores at start) down with it.
+TEST(Threads, ZeroKeepsTheCountWhileBlasRunsOnOne) {
   set_num_threads(3);
   EXPECT_EQ(num_threads(), 3);
   set_num_threads(0);
   EXPECT_EQ(num_threads(), 3);
+  EXPECT_EQ(openblas_get_num_threads(), 1);
 }
 
 }  // namespace
