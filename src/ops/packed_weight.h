@@ -1,13 +1,20 @@
-// A frozen weight w[out, in] laid out once, at load, for the matrix kernels of
-// ops/cpu/linear.cpp: blocks of kWidth output rows, each block stored [in][kWidth] (the output
-// index fastest), the last block zero-padded. The forward (x·wᵀ) loads kWidth outputs of one
-// input feature as two vectors; the input gradient (dy·w) broadcasts single elements. Neither
-// repacks the weight, which a general sgemm does on every call.
+// A frozen weight w[out, in] laid out once, at load, for the kernel that the run's backend
+// (ops/backend.h) multiplies with:
+// - kBlocksF32, for ops/cpu/linear.cpp: blocks of kWidth output rows, each block stored
+//   [in][kWidth] (the output index fastest), the last block zero-padded. The forward (x·wᵀ)
+//   loads kWidth outputs of one input feature as two vectors; the input gradient (dy·w)
+//   broadcasts single elements. Neither repacks the weight, which a general sgemm does on
+//   every call.
+// - kRowsF32 / kRowsBF16, for oneDNN: the rows [out, in] as the file holds them, in fp32 or
+//   bf16 (rounded to nearest even); the same rows serve x·wᵀ and dy·w.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
+
+#include "ops/backend.h"
 
 namespace loratune::ops {
 
@@ -16,29 +23,48 @@ class PackedWeight {
   static constexpr int kWidth = 16;
 
   PackedWeight() = default;
-  PackedWeight(const float* w, int out, int in);
+  // From fp32 rows w[out, in], in `format` (the run's by default).
+  PackedWeight(const float* w, int out, int in, WeightFormat format = backend().format);
+  // From bf16 rows (any alignment, as a file maps them): kept as they are in kRowsBF16,
+  // widened exactly otherwise.
+  static PackedWeight from_bf16(const void* w, int out, int in,
+                                WeightFormat format = backend().format);
 
+  WeightFormat format() const { return format_; }
   int in() const { return in_; }
   int out() const { return out_; }
+  // Bytes the matrix takes in memory.
+  size_t bytes() const { return bytes_; }
+
+  // kBlocksF32 only.
   int blocks() const { return (out_ + kWidth - 1) / kWidth; }
   // Floats from one block to the next: the block plus one cache line, so that the same row of
   // consecutive blocks falls in different cache sets (the input gradient reads down a column
   // of blocks; at a stride of whole pages those rows would evict each other from L1).
   long block_stride() const { return static_cast<long>(in_) * kWidth + kWidth; }
   // Block b: [in][kWidth], w[b·kWidth + j, i] at [i·kWidth + j].
-  const float* block(int b) const { return data_.get() + b * block_stride(); }
-  // The matrix back in its [out, in] layout.
-  void unpack(float* w) const;
-  float at(int o, int i) const {
-    return block(o / kWidth)[static_cast<size_t>(i) * kWidth + o % kWidth];
+  const float* block(int b) const {
+    return static_cast<const float*>(data_.get()) + b * block_stride();
   }
+  // kRowsF32 / kRowsBF16: w[out, in].
+  const float* rows_f32() const { return static_cast<const float*>(data_.get()); }
+  const uint16_t* rows_bf16() const { return static_cast<const uint16_t*>(data_.get()); }
+
+  // The matrix back in its [out, in] layout, in fp32.
+  void unpack(float* w) const;
+  float at(int o, int i) const;
 
  private:
+  PackedWeight(int out, int in, WeightFormat format);  // allocates, contents undefined
+  void fill_from(const float* w);                      // fp32 rows into this format
+
   struct Free {
-    void operator()(float* p) const { std::free(p); }
+    void operator()(void* p) const { std::free(p); }
   };
-  std::unique_ptr<float[], Free> data_;
+  std::unique_ptr<void, Free> data_;
+  size_t bytes_ = 0;
   int in_ = 0, out_ = 0;
+  WeightFormat format_ = WeightFormat::kBlocksF32;
 };
 
 }  // namespace loratune::ops

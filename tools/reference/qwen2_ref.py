@@ -12,6 +12,7 @@ Verbs (see README.md for details):
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -263,12 +264,28 @@ class Adapter:
 # ----------------------------------------------------------------------------- forward / loss
 
 def linear(m, adapter, x, key, bias=True):
+    if torch.is_autocast_cpu_enabled():
+        return _linear_autocast(m, adapter, x, key, bias)
     y = x @ m.w[key + ".weight"].T
     if bias:
         y = y + m.w[key + ".bias"]
     if adapter is not None and key in adapter.mods:
         A, B, s = adapter.mods[key]
         y = y + s * ((x @ A.T) @ B.T)
+    return y
+
+
+def _linear_autocast(m, adapter, x, key, bias):
+    """linear() under torch.autocast("cpu"): the nn.Linear / PEFT form, so that the bias is
+    added inside the (low-precision) addmm as in Hugging Face, and the LoRA term is
+    lora_B(lora_A(x)) * scaling as PEFT writes it. The output must be in the autocast dtype."""
+    F = torch.nn.functional
+    y = F.linear(x, m.w[key + ".weight"], m.w[key + ".bias"] if bias else None)
+    if adapter is not None and key in adapter.mods:
+        A, B, s = adapter.mods[key]
+        y = y + F.linear(F.linear(x, A), B) * s
+    if y.dtype != torch.get_autocast_cpu_dtype():
+        raise RefError(f"autocast: {key} ran in {y.dtype}, not {torch.get_autocast_cpu_dtype()}")
     return y
 
 
@@ -317,6 +334,12 @@ def batch_loss(m, seqs, labels, adapter=None):
         if len(lab) != len(ids):
             raise RefError(f"labels length {len(lab)} != ids length {len(ids)}")
         logits = forward(m, ids, adapter)
+        if torch.is_autocast_cpu_enabled() and logits.dtype != torch.get_autocast_cpu_dtype():
+            raise RefError(f"autocast: lm_head ran in {logits.dtype}")
+        if logits.dtype in (torch.bfloat16, torch.float16):
+            # autocast: lm_head ran in bf16; the loss is taken in float32 as HF does
+            # (CPU autocast in torch 1.13 would leave log_softmax in bf16)
+            logits = logits.float()
         tgt = torch.tensor(lab[1:], dtype=torch.int64)
         keep = tgt != -100
         if bool(((tgt[keep] < 0) | (tgt[keep] >= m.cfg.V)).any()):
@@ -345,8 +368,18 @@ def parse_seqs(text):
 
 
 def precision(args, default):
+    """(dtype of weights, LoRA parameters and plain compute, precision name).
+    bf16-autocast: float32 tensors, forward under torch.autocast("cpu", bfloat16)."""
     p = args.precision or default
-    return {"fp32": torch.float32, "fp64": torch.float64}[p], p
+    return {"fp32": torch.float32, "fp64": torch.float64, "bf16-autocast": torch.float32}[p], p
+
+
+def compute_context(pname):
+    """The context the forward (and the loss) runs in: torch.autocast for bf16-autocast,
+    else nothing. backward() is called outside it, as HF Trainer does."""
+    if pname == "bf16-autocast":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def write_ids(out, meta, seqs, labels=None, args=None):
@@ -392,11 +425,14 @@ def cmd_grads(args):
     params = adapter.named_params()
     for _, p in params:
         p.requires_grad_(True)
-    loss, count = batch_loss(m, seqs, labels, adapter)
+    with compute_context(pname):
+        loss, count = batch_loss(m, seqs, labels, adapter)
     loss.backward()
     out = {"loss": np.asarray([loss.item()], dtype=np.float32),
            "num_labelled": np.asarray([count], dtype=np.int32)}
     for name, p in params:
+        if p.grad.dtype != dtype:
+            raise RefError(f"{name}: gradient is {p.grad.dtype}, parameter is {dtype}")
         out[name] = p.grad.float().numpy()
     meta = {"format": "pt", "precision": pname, "loss_f64": repr(loss.item())}
     write_ids(out, meta, seqs, labels, args)
@@ -426,7 +462,8 @@ def cmd_adamw(args):
     losses, norms, lrs = [], [], []
     for _ in range(args.steps):
         opt.zero_grad(set_to_none=True)
-        loss, _ = batch_loss(m, seqs, labels, adapter)
+        with compute_context(pname):
+            loss, _ = batch_loss(m, seqs, labels, adapter)
         loss.backward()
         if args.max_grad_norm and args.max_grad_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
@@ -588,12 +625,14 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="verb", required=True)
 
-    def common(p, adapter_required):
+    def common(p, adapter_required, autocast=False):
         p.add_argument("--model", required=True)
         p.add_argument("--adapter", required=adapter_required)
         p.add_argument("--ids", required=True, help='sequences "1,2,3;4,5"')
         p.add_argument("--out", required=True)
-        p.add_argument("--precision", choices=["fp32", "fp64"])
+        p.add_argument("--precision", choices=["fp32", "fp64"] + (["bf16-autocast"] if autocast else []),
+                       help="bf16-autocast: float32 weights and LoRA parameters, forward under "
+                            'torch.autocast("cpu", bfloat16), loss in float32' if autocast else None)
         p.add_argument("--double", dest="precision", action="store_const", const="fp64")
         p.add_argument("--float32", dest="precision", action="store_const", const="fp32")
 
@@ -602,12 +641,12 @@ def main(argv=None):
     p.set_defaults(fn=cmd_logits)
 
     p = sub.add_parser("grads", help="loss and LoRA gradients")
-    common(p, True)
+    common(p, True, autocast=True)
     p.add_argument("--labels", help='same shape as --ids; -100 = ignored (default: labels = ids)')
     p.set_defaults(fn=cmd_grads)
 
     p = sub.add_parser("adamw", help="AdamW steps on one batch")
-    common(p, True)
+    common(p, True, autocast=True)
     p.add_argument("--labels")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--total-steps", type=int, default=0, help="schedule length T (default: --steps)")

@@ -331,6 +331,67 @@ def check_adamw():
           f"max abs {err:.2e}")
 
 
+def check_autocast():
+    """--precision bf16-autocast: the projections, lm_head and attention matmuls run in bf16
+    (forward and backward); norms, softmax and the loss stay float32; gradients are float32;
+    the result is close to, but not equal to, float32; the float32 path is not disturbed."""
+    try:
+        from torch.utils._python_dispatch import TorchDispatchMode
+    except ImportError:
+        TorchDispatchMode = None
+    F32, BF16 = torch.float32, torch.bfloat16
+    m = tiny_model(seed=6, dtype=F32)
+    ad, _, _ = tiny_adapter(m, q.ALL_LINEAR, r=2, b_std=0.3, dtype=F32)
+    seqs, labels = [[1, 5, 9, 33, 2, 17], [7, 3, 21]], [[-100, 5, 9, 33, 2, 17], [7, 3, 21]]
+    params = [p for _, p in ad.named_params()]
+    for p in params:
+        p.requires_grad_(True)
+
+    def loss_grads(pname):
+        with q.compute_context(pname):
+            loss, _ = q.batch_loss(m, seqs, labels, ad)
+        return loss, torch.autograd.grad(loss, params)
+
+    l32, g32 = loss_grads("fp32")
+    with q.compute_context("bf16-autocast"):
+        h = q.rms_norm(m.w["model.embed_tokens.weight"][[1, 2]], m.w["model.layers.0.input_layernorm.weight"], 1e-6)
+        y = q.linear(m, ad, h, "model.layers.0.self_attn.q_proj")
+    check("bf16-autocast: q_proj (bias + LoRA) output is bfloat16, RMSNorm output float32",
+          y.dtype == BF16 and h.dtype == F32, f"{y.dtype}, {h.dtype}")
+
+    ops = []
+    if TorchDispatchMode is not None:
+        class Log(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                ops.append((func.__name__.split(".")[0],
+                            {a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()}))
+                return func(*args, **(kwargs or {}))
+        with Log():
+            lbf, gbf = loss_grads("bf16-autocast")
+    else:
+        lbf, gbf = loss_grads("bf16-autocast")
+    if ops:
+        mat = [(n, d) for n, d in ops if n in ("mm", "addmm", "bmm")]
+        f32_ops = [(n, d) for n, d in ops if n in ("_softmax", "_log_softmax", "rsqrt", "mean")]
+        L, T = m.cfg.L, len(seqs)
+        check("bf16-autocast: every mm/addmm/bmm (forward and backward) has bf16 inputs; softmax, "
+              "log_softmax, RMSNorm run in float32",
+              all(d == {BF16} for _, d in mat) and f32_ops and all(d == {F32} for _, d in f32_ops),
+              f"{len(mat)} matmuls, {len(f32_ops)} float32 reductions")
+        n_add = sum(1 for n, _ in mat if n == "addmm")
+        check("bf16-autocast: q/k/v with bias are one addmm each (bias added in bf16 as nn.Linear)",
+              n_add == 3 * L * T, f"addmm {n_add}, expected {3 * L * T}")
+    rel_loss = abs(float(lbf) - float(l32)) / abs(float(l32))
+    num = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(gbf, g32)))
+    rel_g = num / math.sqrt(sum(float((b ** 2).sum()) for b in g32))
+    check("bf16-autocast: loss float32, gradients float32, close to float32 but not equal",
+          lbf.dtype == F32 and all(g.dtype == F32 for g in gbf) and 0 < rel_loss < 1e-2 and 1e-4 < rel_g < 0.1,
+          f"loss rel diff {rel_loss:.2e}, grad rel L2 {rel_g:.2e}")
+    l32b, g32b = loss_grads("fp32")
+    check("float32 path unchanged after an autocast run (bit for bit)",
+          float(l32b) == float(l32) and all(torch.equal(a, b) for a, b in zip(g32b, g32)))
+
+
 def run(quick=False):
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -339,6 +400,7 @@ def run(quick=False):
     check_peft()
     check_loss()
     check_adamw()
+    check_autocast()
     check_gradcheck(quick)
     bad = [r for r in RESULTS if not r[1]]
     print(f"\n{len(RESULTS) - len(bad)}/{len(RESULTS)} checks passed")

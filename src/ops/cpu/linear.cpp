@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "ops/cpu/onednn_matmul.h"
 #include "ops/ops.h"
 
 namespace loratune::ops {
@@ -437,8 +438,8 @@ void linear_forward_shared(const LinearOut* outs, int n, const float* x, int N) 
   if (n < 1 || n > kMaxProducts)
     throw std::invalid_argument("linear_forward_shared takes 1 to 3 outputs");
   for (int j = 1; j < n; ++j)
-    if (outs[j].w->in() != outs[0].w->in())
-      throw std::invalid_argument("linear_forward_shared: the weights differ in input size");
+    if (outs[j].w->in() != outs[0].w->in() || outs[j].w->format() != outs[0].w->format())
+      throw std::invalid_argument("linear_forward_shared: the weights differ in size or format");
   Product ps[kMaxProducts];
   for (int j = 0; j < n; ++j) {
     const LinearOut& o = outs[j];
@@ -447,15 +448,18 @@ void linear_forward_shared(const LinearOut* outs, int n, const float* x, int N) 
         std::memcpy(o.y + static_cast<long>(r) * o.w->out(), o.b, o.w->out() * sizeof(float));
     ps[j] = {o.y, o.w, o.b != nullptr};
   }
-  forward(ps, n, x, N);
+  if (outs[0].w->format() == WeightFormat::kBlocksF32) return forward(ps, n, x, N);
+  for (int j = 0; j < n; ++j) onednn::forward(ps[j].y, x, *ps[j].w, N, ps[j].accumulate);
 }
 
 void linear_accumulate(float* y, const float* x, const PackedWeight& w, int N) {
+  if (w.format() != WeightFormat::kBlocksF32) return onednn::forward(y, x, w, N, true);
   const Product p{y, &w, true};
   forward(&p, 1, x, N);
 }
 
 void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {
+  if (w.format() != WeightFormat::kBlocksF32) return onednn::backward(dx, dy, w, N, accumulate);
   backward(dx, dy, w, N, accumulate);
 }
 

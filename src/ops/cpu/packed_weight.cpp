@@ -1,38 +1,112 @@
 #include "ops/packed_weight.h"
 
-#include "core/error.h"
-
 #include <sys/mman.h>
 
+#include <cstring>
 #include <new>
+#include <vector>
+
+#include "core/cpu_features.h"
+#include "core/error.h"
+#include "core/half.h"
 
 namespace loratune::ops {
 
-PackedWeight::PackedWeight(const float* w, int out, int in) : in_(in), out_(out) {
-  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+PackedWeight::PackedWeight(int out, int in, WeightFormat format)
+    : in_(in), out_(out), format_(format) {
+  if (format == WeightFormat::kBlocksF32 && (!cpu_features().avx2 || !cpu_features().fma))
     throw Error("this CPU lacks AVX2 or FMA", "",
                 "loratune's matrix kernels need an x86-64-v3 CPU");
-  const size_t floats = static_cast<size_t>(blocks()) * block_stride();
+  const size_t rows = static_cast<size_t>(out) * in;
+  const size_t raw = format == WeightFormat::kBlocksF32
+                         ? static_cast<size_t>(blocks()) * block_stride() * sizeof(float)
+                     : format == WeightFormat::kRowsF32 ? rows * sizeof(float)
+                                                        : rows * sizeof(uint16_t);
   // Big matrices start on a huge page and ask for huge pages (all but the tail, so no memory
-  // is wasted): the kernels read a block row by row, a page or more apart, and with 4 KB
+  // is wasted): the kernels read a matrix row by row, a page or more apart, and with 4 KB
   // pages those reads kept missing the TLB. Small ones are cache-line aligned, as the kernels
-  // load whole vectors from every block row.
+  // load whole vectors.
   constexpr size_t kHugePage = size_t{2} << 20;
-  const size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
+  bytes_ = (raw + 63) / 64 * 64;
   void* p = nullptr;
-  if (posix_memalign(&p, bytes >= kHugePage ? kHugePage : 64, bytes) != 0) throw std::bad_alloc();
-  data_.reset(static_cast<float*>(p));
+  if (posix_memalign(&p, bytes_ >= kHugePage ? kHugePage : 64, bytes_) != 0) throw std::bad_alloc();
+  data_.reset(p);
   // A hint: where the system has huge pages off, the call fails and nothing changes.
-  if (bytes >= kHugePage) madvise(p, bytes / kHugePage * kHugePage, MADV_HUGEPAGE);
+  if (bytes_ >= kHugePage) madvise(p, bytes_ / kHugePage * kHugePage, MADV_HUGEPAGE);
+}
+
+PackedWeight::PackedWeight(const float* w, int out, int in, WeightFormat format)
+    : PackedWeight(out, in, format) {
+  fill_from(w);
+}
+
+namespace {
+
+// dst[n] = the bf16 values at src (any alignment), widened exactly.
+void widen_bf16(float* dst, const void* src, size_t n) {
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, static_cast<const char*>(src) + 2 * i, 2);
+    dst[i] = bf16_to_float(h);
+  }
+}
+
+}  // namespace
+
+PackedWeight PackedWeight::from_bf16(const void* w, int out, int in, WeightFormat format) {
+  PackedWeight p(out, in, format);
+  const size_t n = static_cast<size_t>(out) * in;
+  if (format == WeightFormat::kRowsBF16) {
+    std::memcpy(p.data_.get(), w, n * sizeof(uint16_t));
+  } else if (format == WeightFormat::kRowsF32) {
+    widen_bf16(static_cast<float*>(p.data_.get()), w, n);
+  } else {
+    std::vector<float> widened(n);
+    widen_bf16(widened.data(), w, n);
+    p.fill_from(widened.data());
+  }
+  return p;
+}
+
+void PackedWeight::fill_from(const float* w) {
+  const size_t n = static_cast<size_t>(out_) * in_;
+  switch (format_) {
+    case WeightFormat::kRowsF32:
+      std::memcpy(data_.get(), w, n * sizeof(float));
+      return;
+    case WeightFormat::kRowsBF16: {
+      uint16_t* dst = static_cast<uint16_t*>(data_.get());
+#pragma omp parallel for schedule(static)
+      for (size_t i = 0; i < n; ++i) dst[i] = float_to_bf16(w[i]);
+      return;
+    }
+    case WeightFormat::kBlocksF32:
+      break;
+  }
+  float* data = static_cast<float*>(data_.get());
 #pragma omp parallel for schedule(static)
   for (int b = 0; b < blocks(); ++b) {
-    float* dst = data_.get() + b * block_stride();
+    float* dst = data + b * block_stride();
     for (int j = 0; j < kWidth; ++j) {
       const int o = b * kWidth + j;
-      const float* row = o < out ? w + static_cast<size_t>(o) * in : nullptr;  // null: padding
-      for (int i = 0; i < in; ++i) dst[static_cast<size_t>(i) * kWidth + j] = row ? row[i] : 0.0f;
+      const float* row = o < out_ ? w + static_cast<size_t>(o) * in_ : nullptr;  // null: padding
+      for (int i = 0; i < in_; ++i) dst[static_cast<size_t>(i) * kWidth + j] = row ? row[i] : 0.0f;
     }
   }
+}
+
+float PackedWeight::at(int o, int i) const {
+  const size_t row = static_cast<size_t>(o) * in_ + i;
+  switch (format_) {
+    case WeightFormat::kRowsF32:
+      return rows_f32()[row];
+    case WeightFormat::kRowsBF16:
+      return bf16_to_float(rows_bf16()[row]);
+    case WeightFormat::kBlocksF32:
+      break;
+  }
+  return block(o / kWidth)[static_cast<size_t>(i) * kWidth + o % kWidth];
 }
 
 void PackedWeight::unpack(float* w) const {

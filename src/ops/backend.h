@@ -1,0 +1,42 @@
+// Which implementation multiplies by the frozen weight matrices, chosen once per run from
+// the precision asked for and what the CPU has (model/ and train/ never branch on it):
+//   fp32, CPU without AVX-512: loratune's own AVX2 kernels (ops/cpu/linear.cpp);
+//   fp32, CPU with AVX-512: oneDNN's fp32 matmul (it JITs AVX-512 code; on such a CPU it
+//        ran 1.9-3x the own kernel on the Qwen2-0.5B shapes: docs/performance.md);
+//   bf16: oneDNN's bf16 matmul with fp32 accumulation (AMX or AVX512-BF16 where present,
+//        emulated on plainer CPUs: correct, slow).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace loratune::ops {
+
+enum class Precision { kF32, kBF16 };
+
+// How a PackedWeight holds its matrix w[out, in], which names the kernel that reads it.
+enum class WeightFormat {
+  kBlocksF32,  // fp32 blocks of 16 output rows for the own AVX2 kernels
+  kRowsF32,    // fp32 rows [out, in] for oneDNN
+  kRowsBF16,   // bf16 rows [out, in] for oneDNN (inputs rounded to bf16, fp32 accumulation)
+};
+
+struct Backend {
+  Precision precision = Precision::kF32;
+  WeightFormat format = WeightFormat::kBlocksF32;
+};
+
+// The table above, for this CPU.
+Backend choose_backend(Precision precision);
+// Sets the run's choice (before any weight is loaded); the default is choose_backend(kF32).
+void set_backend(const Backend& backend);
+const Backend& backend();
+
+// Every format that runs on this CPU, the run's own first: tests and the bench try each.
+std::vector<WeightFormat> available_formats();
+// "own-avx2-f32", "onednn-f32", "onednn-bf16".
+const char* format_name(WeightFormat format);
+// The instruction set oneDNN's JIT targets on this CPU ("avx512_core_amx", "avx2", ...).
+std::string onednn_isa();
+
+}  // namespace loratune::ops
