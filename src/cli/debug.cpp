@@ -6,6 +6,7 @@
 #include "cli/adapter_option.h"
 #include "cli/commands.h"
 #include "cli/options.h"
+#include "cli/precision_option.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "io/safetensors.h"
@@ -28,6 +29,7 @@ const CommandSpec kLogitsSpec = {
         {"--ids", "IDS", "token ids, e.g. 1,2,3 or 1,2,3;4,5 for a batch"},
         {"--out", "FILE", "output safetensors file"},
         {"--threads", "N", "threads", "all cores"},
+        bf16_option("false"),
     }};
 
 const CommandSpec kGradsSpec = {
@@ -43,6 +45,7 @@ const CommandSpec kGradsSpec = {
         {"--labels", "LABELS", "labels with the same shape as --ids", "the ids"},
         {"--out", "FILE", "output safetensors file"},
         {"--threads", "N", "threads", "all cores"},
+        bf16_option("false"),
     }};
 
 const CommandSpec kInitAdapterSpec = {
@@ -87,6 +90,7 @@ int run_logits(const Args& args) {
   const auto seqs = parse_sequences(a.required("--ids"), "--ids");
   const std::string out = a.required("--out");
   set_num_threads(static_cast<int>(a.integer("--threads", 0)));
+  select_precision(a, "false");
   Transformer model(model_dir);
   const auto adapter = load_adapter_option(a, model);
 
@@ -118,6 +122,7 @@ int run_grads(const Args& args) {
     throw UsageError("--labels has " + std::to_string(label_seqs.size()) + " sequences, --ids " +
                      std::to_string(seqs.size()));
   set_num_threads(static_cast<int>(a.integer("--threads", 0)));
+  select_precision(a, "false");
   Transformer model(model_dir);
   LoraAdapter adapter = LoraAdapter::load(adapter_dir, model.config());
   model.set_adapter(&adapter);

@@ -5,6 +5,7 @@
 #include "cli/adapter_option.h"
 #include "cli/commands.h"
 #include "cli/options.h"
+#include "cli/precision_option.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "tokenizer/tokenizer.h"
@@ -30,6 +31,7 @@ const CommandSpec kSpec = {
         {"--per-device-eval-batch-size", "N", "examples per batch", "8"},
         {"--skip-bad-records", "", "skip malformed records instead of stopping"},
         {"--threads", "N", "threads", "all cores"},
+        bf16_option("auto"),
     }};
 
 }  // namespace
@@ -40,6 +42,7 @@ int run_eval(const Args& args) {
   const std::vector<std::string> files = a.all("--data");
   if (files.empty()) throw UsageError("missing --data");
   set_num_threads(static_cast<int>(a.integer("--threads", 0)));
+  select_precision(a, "auto");
   Transformer model(model_dir);
   const auto adapter = load_adapter_option(a, model);
   tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(model_dir);
@@ -63,12 +66,14 @@ int run_eval(const Args& args) {
     std::printf("%s\n", Json{{"eval_loss", r.loss},
                              {"eval_perplexity", r.perplexity},
                              {"eval_tokens", r.tokens},
-                             {"examples", examples.size()}}
+                             {"examples", examples.size()},
+                             {"precision", precision_name()}}
                             .dump()
                             .c_str());
   } else {
-    std::printf("eval_loss %.6f  perplexity %.4f  (%lld labelled tokens, %zu examples)\n", r.loss,
-                r.perplexity, static_cast<long long>(r.tokens), examples.size());
+    std::printf("eval_loss %.6f  perplexity %.4f  (%lld labelled tokens, %zu examples, %s)\n",
+                r.loss, r.perplexity, static_cast<long long>(r.tokens), examples.size(),
+                precision_name());
   }
   return 0;
 }

@@ -9,6 +9,7 @@
 #include "cli/adapter_option.h"
 #include "cli/commands.h"
 #include "cli/options.h"
+#include "cli/precision_option.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "data/template.h"
@@ -50,6 +51,7 @@ const CommandSpec kSpec = {
          "generation_config or 1.0"},
         {"--seed", "S", "sampling seed", "0"},
         {"--threads", "N", "threads", "all cores"},
+        bf16_option("auto"),
     }};
 
 bool has_tokenizer(const std::string& dir) {
@@ -83,6 +85,8 @@ int run_generate(const Args& args) {
   if (sources != 1)
     throw UsageError("give exactly one of --prompt, --instruction, --prompt-ids and --chat");
   set_num_threads(static_cast<int>(a.integer("--threads", 0)));
+  select_precision(a, "auto");
+  if (isatty(2)) announce_backend();  // scripts that read the output get the text alone
   Transformer model(model_dir);
   const auto adapter = load_adapter_option(a, model, a.flag("--merge"));
   const GenerationConfig& gc = model.config().generation;

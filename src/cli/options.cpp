@@ -83,6 +83,11 @@ ParsedArgs parse_args(const CommandSpec& spec, const std::vector<std::string>& a
     if (opt->value.empty()) {
       if (inline_value) throw UsageError("option " + arg + " takes no value", spec.name);
       value = "1";
+    } else if (!inline_value && opt->value.front() == '[') {
+      // An optional value ("--bf16" alone means true): taken only when the next argument is
+      // not an option.
+      const bool next_is_value = i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0;
+      value = next_is_value ? args[++i] : "true";
     } else if (!inline_value) {
       if (i + 1 >= args.size())
         throw UsageError("option " + arg + " needs a value " + opt->value, spec.name);

@@ -10,7 +10,8 @@ namespace loratune::cli {
 
 struct Option {
   std::string name;           // "--max-new-tokens"
-  std::string value;          // placeholder shown in help ("N"); empty for a flag
+  std::string value;          // placeholder shown in help ("N"); empty for a flag; in
+                              // brackets ("[true|false]") when the value may be left out
   std::string help;           // one line
   std::string default_value;  // shown in help; empty when there is none
   bool repeatable = false;    // may be given several times

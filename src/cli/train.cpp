@@ -1,6 +1,7 @@
 // loratune train: the seed recipe (and the rest of HF Trainer + PEFT LoRA) as one command.
 #include "cli/commands.h"
 #include "cli/options.h"
+#include "cli/precision_option.h"
 #include "core/error.h"
 #include "train/trainer.h"
 
@@ -63,6 +64,7 @@ const CommandSpec kSpec = {
         {"--skip-bad-records", "", "skip and count malformed records instead of stopping"},
         {"--max-group-tokens", "N", "tokens per forward/backward pass (bounds memory)", "512"},
         {"--threads", "N", "threads", "all cores"},
+        bf16_option("auto"),
     }};
 
 int to_int(const ParsedArgs& a, const char* name, long long fallback) {
@@ -132,6 +134,8 @@ int run_train(const Args& args) {
                      : o.value.empty() ? Json(true)
                                        : Json(values.back());
   }
+  args_json["bf16"] = select_precision(a, "auto") == ops::Precision::kBF16;
+  announce_backend();
   return run_training(t, args_json);
 }
 

@@ -118,9 +118,13 @@ ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config)
   auto pack = [&](const std::string& name, ops::PackedWeight& slot) {
     const TensorInfo& t = store_->get(name);
     Entry& e = entry(name);
-    std::unique_ptr<float[]> converted = e.data ? nullptr : to_f32(t);
-    slot = ops::PackedWeight(e.data ? e.data : converted.get(), static_cast<int>(t.shape[0]),
-                             static_cast<int>(t.shape[1]));
+    const int out = static_cast<int>(t.shape[0]), in = static_cast<int>(t.shape[1]);
+    if (t.dtype == DType::BF16) {  // kept in bf16 where the run multiplies in bf16
+      slot = ops::PackedWeight::from_bf16(t.data, out, in);
+    } else {
+      std::unique_ptr<float[]> converted = e.data ? nullptr : to_f32(t);
+      slot = ops::PackedWeight(e.data ? e.data : converted.get(), out, in);
+    }
     e.packed = &slot;
     release_pages(t);
   };

@@ -1,7 +1,8 @@
-// The frozen Qwen2 weights in fp32, under Hugging Face tensor names. F32 files are used in
-// place (zero-copy from the memory map); BF16/F16 tensors are converted once at load. The
-// matrices are also packed for the kernels (ops::PackedWeight); their file pages are then
-// released, so the process holds each matrix once.
+// The frozen Qwen2 weights under Hugging Face tensor names. Vectors (norms, biases) are fp32:
+// used in place from the memory map for F32 files, converted once at load otherwise. The
+// matrices are packed for the run's kernels (ops::PackedWeight: fp32, or bf16 in bf16 mode,
+// where a BF16 file's matrices are copied as they are); their file pages are then released,
+// so the process holds each matrix once.
 #pragma once
 
 #include <cstdint>

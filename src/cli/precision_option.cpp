@@ -1,0 +1,57 @@
+#include "cli/precision_option.h"
+
+#include <cstdio>
+
+#include "core/cpu_features.h"
+#include "core/error.h"
+
+namespace loratune::cli {
+
+Option bf16_option(const std::string& fallback) {
+  return {"--bf16", "[auto|true|false]",
+          "bf16 mixed precision: bf16 weights and matrix-product inputs, fp32 accumulation, "
+          "fp32 norms, softmax, loss, LoRA and optimizer (auto: where the CPU has AVX512-BF16 "
+          "or AMX)",
+          fallback};
+}
+
+ops::Precision select_precision(const ParsedArgs& a, const std::string& fallback) {
+  const std::string v = a.has("--bf16") ? a.str("--bf16") : fallback;
+  bool bf16;
+  if (v == "auto")
+    bf16 = cpu_features().bf16();
+  else if (v == "true" || v == "1")
+    bf16 = true;
+  else if (v == "false" || v == "0")
+    bf16 = false;
+  else
+    throw UsageError("--bf16 takes auto, true or false, not '" + v + "'");
+  const ops::Precision p = bf16 ? ops::Precision::kBF16 : ops::Precision::kF32;
+  ops::set_backend(ops::choose_backend(p));
+  return p;
+}
+
+void announce_backend() {
+  const bool bf16 = ops::backend().precision == ops::Precision::kBF16;
+  std::string hint;
+  if (bf16 && !cpu_features().bf16())
+    hint = "; this CPU has no bf16 hardware, so bf16 runs emulated and slowly";
+  else if (!bf16 && cpu_features().bf16())
+    hint = "; this CPU has bf16 hardware: --bf16 true is faster";
+  std::fprintf(stderr, "loratune: %s on %s%s\n", describe_backend().c_str(),
+               cpu_features().model.c_str(), hint.c_str());
+}
+
+const char* precision_name() {
+  return ops::backend().precision == ops::Precision::kBF16 ? "bf16" : "fp32";
+}
+
+std::string describe_backend() {
+  const ops::Backend& b = ops::backend();
+  const std::string mode = b.precision == ops::Precision::kBF16 ? "bf16 mixed precision" : "fp32";
+  const bool onednn = b.format != ops::WeightFormat::kBlocksF32;
+  return mode + " (matrix kernels " + ops::format_name(b.format) +
+         (onednn ? ", oneDNN ISA " + ops::onednn_isa() : "") + ")";
+}
+
+}  // namespace loratune::cli
