@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the reference golden files under tests/golden/ (models, adapters, logits,
-# gradients, AdamW runs). Needs Python 3 with torch and numpy; CI never runs this, it
-# only reads the committed results.
+# gradients, AdamW runs, the bf16 budget). Needs Python 3 with torch and numpy; CI never
+# runs this, it only reads the committed results.
 #
 #   tools/reference/make_golden.sh            # models from build/loratune (init-model)
 #   LORATUNE=path/to/loratune tools/reference/make_golden.sh
@@ -118,6 +118,10 @@ ref adamw --model $M/tiny --adapter $A/tiny_all --ids "$TRAIN_IDS" --labels "$TR
   --weight-decay 0.1 --max-grad-norm 0.05 --warmup-steps 3 --out $G/adamw_tiny_all_warmup_clip_10steps.safetensors
 ref adamw --model $M/tiny --adapter $A/tiny_qv --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --steps 10 --lr 1e-3 \
   --weight-decay 0.01 --max-grad-norm 0.881 --warmup-steps 0 --out $G/adamw_tiny_qv_clip_partial_10steps.safetensors
+
+# ---- bf16 budget: CPU autocast bf16 vs float32 (grads --precision fp32 / bf16-autocast on the
+# grads_tiny_qv/tiny_all/odd_all/sharp_all inputs, adamw on adamw_tiny_qv_10steps's) -> JSON
+run "$PY" tools/reference/make_bf16_budget.py --out $G/bf16_budget.json
 
 # ---- record the commands in tests/golden/README.md (between the markers)
 "$PY" - "$G/README.md" "$LOG" <<'EOF'

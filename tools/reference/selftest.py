@@ -376,7 +376,7 @@ def check_autocast():
         L, T = m.cfg.L, len(seqs)
         check("bf16-autocast: every mm/addmm/bmm (forward and backward) has bf16 inputs; softmax, "
               "log_softmax, RMSNorm run in float32",
-              all(d == {BF16} for _, d in mat) and f32_ops and all(d == {F32} for _, d in f32_ops),
+              all(d == {BF16} for _, d in mat) and bool(f32_ops) and all(d == {F32} for _, d in f32_ops),
               f"{len(mat)} matmuls, {len(f32_ops)} float32 reductions")
         n_add = sum(1 for n, _ in mat if n == "addmm")
         check("bf16-autocast: q/k/v with bias are one addmm each (bias added in bf16 as nn.Linear)",
