@@ -5,7 +5,9 @@ computation in float32, on golden cases of tests/golden/. Writes tests/golden/bf
 
 For each case it runs `qwen2_ref.py grads` (or `adamw`) twice, `--precision fp32` and
 `--precision bf16-autocast`, with the ids / labels stored in the existing golden file and the
-same model and adapter, into a temporary folder, and compares the two results.
+same model and adapter, into a temporary folder, and compares the two results. For the grads
+cases it also runs `qwen2_ref.py token-nll` (the same forward, no backward) in both precisions
+and compares the logits and the per-token NLL.
 
   python3 tools/reference/make_bf16_budget.py [--out tests/golden/bf16_budget.json] [--keep DIR]
 
@@ -105,6 +107,7 @@ def grads_case(case, model, adapter, work, commands):
         per[k] = float(np.linalg.norm(gbf[k] - g32[k])) / n
     worst = max(per, key=per.get)
     g64 = lora(golden)
+    fwd = forward_quantities(case, mdir, adir, ids, labels, work, commands, {"fp32": l32, "bf16-autocast": lbf})
     return {
         "golden": f"{G}/{case}.safetensors", "model": mdir, "adapter": adir,
         "num_labelled": int(t32["num_labelled"][0]), "lora_tensors": len(g32),
@@ -113,8 +116,35 @@ def grads_case(case, model, adapter, work, commands):
         "grad_rel_l2": sig(rel_l2(gbf, g32)),
         "grad_max_tensor_rel_l2": sig(per[worst]), "grad_max_tensor": worst,
         "grad_tensors_skipped_zero_norm": skipped,
+        **fwd,
         "fp32_vs_fp64_golden": {"loss_abs_diff": sig(abs(l32 - float(gmeta["loss_f64"]))),
                                 "grad_rel_l2": sig(rel_l2(g32, g64))},
+    }
+
+
+def forward_quantities(case, mdir, adir, ids, labels, work, commands, losses):
+    """`qwen2_ref.py token-nll` (the grads forward, adapter applied, each sequence on its own,
+    no backward) in both precisions: relative L2 of the logits and the per-token NLL. Checks
+    that the mean of the per-token NLL is the loss of the grads run."""
+    res = {}
+    for p in PRECISIONS:
+        argv = ["token-nll", "--precision", p, "--model", mdir, "--adapter", adir, "--ids", ids, "--labels", labels]
+        t, _, _ = run_ref(argv, work, f"{case}.{p}.token-nll.safetensors", commands)
+        n = len([k for k in t if re.fullmatch(r"logits\.\d+", k)])
+        logits = np.concatenate([np.asarray(t[f"logits.{i}"], np.float64).ravel() for i in range(n)])
+        nll = [float(x) for i in range(n) for x in np.asarray(t[f"nll.{i}"], np.float32)]
+        if int(t["num_labelled"][0]) != len(nll):
+            raise SystemExit(f"make_bf16_budget: {case}: {p}: num_labelled disagrees with the nll count")
+        mean = math.fsum(nll) / len(nll)
+        if abs(mean - losses[p]) > 1e-6 * max(1.0, abs(losses[p])):
+            raise SystemExit(f"make_bf16_budget: {case}: {p}: mean token NLL {mean!r} != grads loss {losses[p]!r}")
+        res[p] = logits, nll
+    (z32, n32), (zbf, nbf) = res["fp32"], res["bf16-autocast"]
+    d = math.sqrt(math.fsum((b - a) ** 2 for a, b in zip(n32, nbf)))
+    return {
+        "logits_rel_l2": sig(float(np.linalg.norm(zbf - z32)) / float(np.linalg.norm(z32))),
+        "token_nll_fp32": n32, "token_nll_bf16": nbf,
+        "token_nll_l2_diff": sig(d), "token_nll_rms_diff": sig(d / math.sqrt(len(n32))),
     }
 
 
@@ -171,6 +201,12 @@ NOTES = [
     "over all LoRA gradients concatenated; grad_max_tensor_rel_l2 = the largest per-tensor ratio (tensor named "
     "in grad_max_tensor); tensors whose float32 gradient is exactly zero (lora_A when lora_B = 0) would be "
     "skipped and listed in grad_tensors_skipped_zero_norm (none are: every golden adapter has B != 0).",
+    "Forward only (qwen2_ref.py token-nll: the grads forward with the adapter applied, each sequence on its own, "
+    "LoRA parameters requiring grad, no backward): logits_rel_l2 = ||logits_bf16 - logits_fp32||_2 / "
+    "||logits_fp32||_2 over all positions of all sequences (bf16 logits cast to float32 first); token_nll_fp32 / "
+    "token_nll_bf16 = -log p(labels[t+1]) at every position t whose label is not -100, in sequence order, "
+    "log_softmax in float32 from the cast logits (their mean is loss_fp32 / loss_bf16, checked to 1e-6); "
+    "token_nll_l2_diff = ||nll_bf16 - nll_fp32||_2, token_nll_rms_diff = token_nll_l2_diff / sqrt(num_labelled).",
     "AdamW: losses_*[k] is the loss before step k; max_step_loss_abs_diff = max_k |losses_bf16[k] - "
     "losses_fp32[k]|; final_weight_rel_l2 = relative L2 difference of the final LoRA weights (all tensors "
     "concatenated); update_rel_l2 = the same on (final - initial) weights, i.e. on what training moved.",
@@ -216,7 +252,8 @@ def main():
         c = cases[case]
         if "grad_rel_l2" in c:
             print(f"{case:26s} loss rel diff {c['loss_rel_diff']:.2e}  grad rel L2 {c['grad_rel_l2']:.2e}  "
-                  f"worst tensor {c['grad_max_tensor_rel_l2']:.2e}")
+                  f"worst tensor {c['grad_max_tensor_rel_l2']:.2e}  logits rel L2 {c['logits_rel_l2']:.2e}  "
+                  f"token NLL rms diff {c['token_nll_rms_diff']:.2e}")
         else:
             print(f"{case:26s} max step loss abs diff {c['max_step_loss_abs_diff']:.2e}  final weights rel L2 "
                   f"{c['final_weight_rel_l2']:.2e}  update rel L2 {c['update_rel_l2']:.2e}")

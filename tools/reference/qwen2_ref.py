@@ -5,6 +5,7 @@ LoRA gradients and AdamW steps, written from the numerics contract (DESIGN.md §
 Verbs (see README.md for details):
   logits        full-sequence forward of each sequence, writes logits.i / ids.i
   grads         loss and every LoRA gradient under PEFT names
+  token-nll     logits and per-labelled-token -log p of the grads forward (no backward)
   adamw         N AdamW steps (clipping + linear schedule) on one fixed batch
   make-model    write a random Hugging Face Qwen2 folder (for tests without the C++ binary)
   init-adapter  write a PEFT LoRA adapter folder with a non-zero B
@@ -355,6 +356,30 @@ def batch_loss(m, seqs, labels, adapter=None):
     return total / count, count
 
 
+def token_nll(m, seqs, labels, adapter=None):
+    """Forward-only companion of batch_loss, same arithmetic per token: for each sequence on
+    its own, (logits [T, V] as float32, positions t with labels[t+1] != -100 [n] int64,
+    -log p(labels[t+1]) at those positions [n] float32, log_softmax in float32 from the
+    float32-cast logits as in batch_loss)."""
+    out = []
+    for ids, lab in zip(seqs, labels):
+        if len(lab) != len(ids):
+            raise RefError(f"labels length {len(lab)} != ids length {len(ids)}")
+        logits = forward(m, ids, adapter)
+        if torch.is_autocast_cpu_enabled() and logits.dtype != torch.get_autocast_cpu_dtype():
+            raise RefError(f"autocast: lm_head ran in {logits.dtype}")
+        if logits.dtype in (torch.bfloat16, torch.float16):
+            logits = logits.float()
+        tgt = torch.tensor(lab[1:], dtype=torch.int64)
+        keep = tgt != -100
+        if bool(((tgt[keep] < 0) | (tgt[keep] >= m.cfg.V)).any()):
+            raise RefError("label out of range")
+        lp = torch.log_softmax(logits[:-1][keep], dim=-1)
+        nll = -lp.gather(1, tgt[keep][:, None])[:, 0]
+        out.append((logits, torch.nonzero(keep)[:, 0], nll))
+    return out
+
+
 # ----------------------------------------------------------------------------- CLI helpers
 
 def parse_seqs(text):
@@ -435,6 +460,39 @@ def cmd_grads(args):
             raise RefError(f"{name}: gradient is {p.grad.dtype}, parameter is {dtype}")
         out[name] = p.grad.float().numpy()
     meta = {"format": "pt", "precision": pname, "loss_f64": repr(loss.item())}
+    write_ids(out, meta, seqs, labels, args)
+    st.save_file(out, args.out, meta)
+
+
+def cmd_token_nll(args):
+    """The forward of `grads` without the backward: same precision handling, LoRA parameters
+    requiring grad, forward (and loss) inside compute_context. Writes logits.i [T_i, V] f32,
+    positions.i [n_i] I32 (t with labels[t+1] != -100), nll.i [n_i] f32, loss [1] (sum of the
+    nll / count, as batch_loss) and num_labelled [1]."""
+    dtype, pname = precision(args, "fp64")
+    m = Model.load(args.model, dtype)
+    adapter = Adapter.load(args.adapter, m.cfg, dtype) if args.adapter else None
+    seqs, labels = _batch(args)
+    if adapter is not None:
+        for _, p in adapter.named_params():
+            p.requires_grad_(True)
+    with compute_context(pname):
+        res = token_nll(m, seqs, labels, adapter)
+    total, count = None, 0
+    out = {}
+    for i, (logits, pos, nll) in enumerate(res):
+        out[f"logits.{i}"] = logits.detach().float().numpy()
+        out[f"positions.{i}"] = pos.numpy().astype(np.int32)
+        out[f"nll.{i}"] = nll.detach().float().numpy()
+        if len(nll):
+            total = nll.sum() if total is None else total + nll.sum()
+            count += len(nll)
+    if count == 0:
+        raise RefError("no labelled token in the batch")
+    loss = (total / count).item()
+    out["loss"] = np.asarray([loss], dtype=np.float32)
+    out["num_labelled"] = np.asarray([count], dtype=np.int32)
+    meta = {"format": "pt", "precision": pname, "loss_f64": repr(loss)}
     write_ids(out, meta, seqs, labels, args)
     st.save_file(out, args.out, meta)
 
@@ -644,6 +702,11 @@ def main(argv=None):
     common(p, True, autocast=True)
     p.add_argument("--labels", help='same shape as --ids; -100 = ignored (default: labels = ids)')
     p.set_defaults(fn=cmd_grads)
+
+    p = sub.add_parser("token-nll", help="logits and per-token NLL of the grads forward (no backward)")
+    common(p, False, autocast=True)
+    p.add_argument("--labels", help='same shape as --ids; -100 = ignored (default: labels = ids)')
+    p.set_defaults(fn=cmd_token_nll)
 
     p = sub.add_parser("adamw", help="AdamW steps on one batch")
     common(p, True, autocast=True)
