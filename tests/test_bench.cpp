@@ -69,22 +69,25 @@ TEST(Bench, SmokeEveryFigureOnTheTinyModel) {
   ASSERT_EQ(r.status, 0) << r.err;
 
   const std::map<std::string, std::vector<std::string>> keys = {
+      {"cpu", {"model", "flags", "bf16_hardware", "onednn_isa", "fp32_kernel", "bf16_kernel"}},
       {"sgemm",
        {"shape", "m", "k", "n", "blas_forward_gflops", "blas_backward_gflops", "own_forward_gflops",
-        "own_backward_gflops"}},
+        "own_backward_gflops", "onednn_f32_forward_gflops", "onednn_f32_backward_gflops",
+        "onednn_bf16_forward_gflops", "onednn_bf16_backward_gflops", "fastest_f32", "fastest_bf16",
+        "chosen_f32"}},
       {"sgemm_peak", {"gflops", "shape", "implementation"}},
+      {"bf16_peak", {"gflops", "shape", "implementation"}},
       {"bandwidth", {"gb_per_second", "buffer_bytes"}},
       {"train",
        {"shape", "batch", "seq", "seconds_per_step", "tokens_per_second", "flops_per_token",
-        "flop_count", "mfu", "sgemm_peak_gflops", "peak_rss_gb"}},
+        "flop_count", "mfu", "precision", "kernel", "peak_rss_gb"}},
       {"seed",
        {"wall_seconds", "train_examples", "eval_examples", "train_tokens", "steps",
-        "tokens_per_second", "peak_rss_gb", "peer_seconds_estimate", "peer_estimate", "speedup",
-        "eval_batches"}},
+        "tokens_per_second", "peak_rss_gb", "precision", "eval_batches"}},
       {"generate",
        {"prompt_tokens", "new_tokens", "prefill_seconds", "prefill_tokens_per_second",
         "decode_seconds", "decode_tokens_per_second", "weight_bytes_per_token",
-        "bound_tokens_per_second", "fraction_of_bound", "peak_rss_gb"}},
+        "bound_tokens_per_second", "fraction_of_bound", "precision", "peak_rss_gb"}},
   };
   std::map<std::string, int> seen;
   for (const auto& line : r.lines) {
@@ -98,18 +101,28 @@ TEST(Bench, SmokeEveryFigureOnTheTinyModel) {
   }
   // The tiny model's q_proj and o_proj share a shape: five distinct linear shapes.
   EXPECT_EQ(seen["sgemm"], 5);
-  for (const char* figure : {"sgemm_peak", "bandwidth", "train", "seed", "generate"})
+  for (const char* figure : {"cpu", "sgemm_peak", "bf16_peak", "bandwidth"})
     EXPECT_EQ(seen[figure], 1) << figure;
+  // train, seed and generate once per mode: fp32, then bf16.
+  std::map<std::string, std::vector<std::string>> precisions;
+  for (const auto& line : r.lines)
+    if (line.contains("precision"))
+      precisions[line["figure"]].push_back(line["precision"].get<std::string>());
+  for (const char* figure : {"train", "seed", "generate"})
+    EXPECT_EQ(precisions[figure], (std::vector<std::string>{"fp32", "bf16"})) << figure;
   for (const auto& line : r.lines) {
     if (line["figure"] == "train") {
       EXPECT_EQ(line["shape"], "2x16");
+      const bool bf16 = line["precision"] == "bf16";
+      EXPECT_TRUE(line.contains(bf16 ? "bf16_peak_gflops" : "sgemm_peak_gflops")) << line.dump();
+      EXPECT_EQ(line["kernel"], bf16 ? "onednn-bf16" : r.lines[0]["fp32_kernel"]) << line.dump();
     }
     if (line["figure"] == "seed") {  // 10 records split 80/20, batch 4: 2 steps, 1 eval batch
       EXPECT_EQ(line["train_examples"], 8);
       EXPECT_EQ(line["eval_examples"], 2);
       EXPECT_EQ(line["steps"], 2);
       EXPECT_EQ(line["eval_batches"], 1);
-      EXPECT_DOUBLE_EQ(line["peer_seconds_estimate"].get<double>(), 2 * 58.0 + 29.0);
+      EXPECT_FALSE(line.contains("peer")) << "no peer run of a 10-record job was measured";
     }
     if (line["figure"] == "generate") {
       EXPECT_EQ(line["prompt_tokens"], 8);
@@ -118,14 +131,16 @@ TEST(Bench, SmokeEveryFigureOnTheTinyModel) {
   }
   // The table on stderr.
   EXPECT_NE(r.err.find("figure"), std::string::npos) << r.err;
-  for (const char* row : {"sgemm_peak", "bandwidth", "train 2x16", "seed", "generate decode"})
+  for (const char* row : {"cpu", "sgemm_peak", "bf16_peak", "bandwidth", "train 2x16 fp32",
+                          "train 2x16 bf16", "seed bf16", "generate decode bf16"})
     EXPECT_NE(r.err.find(row), std::string::npos) << row << "\n" << r.err;
 }
 
 TEST(Bench, SeedWithoutDataIsSkippedWithANote) {
   const BenchRun r = run_bench("--model '" + test::tiny_model_dir() + "' --only seed");
   EXPECT_EQ(r.status, 0) << r.err;
-  EXPECT_TRUE(r.lines.empty());
+  ASSERT_EQ(r.lines.size(), 1u);  // the cpu line alone
+  EXPECT_EQ(r.lines[0]["figure"], "cpu");
   EXPECT_NE(r.err.find("no --data: the seed figure is skipped"), std::string::npos) << r.err;
 }
 
@@ -143,6 +158,7 @@ TEST(Bench, BadOptionsFailCleanly) {
       {model + "--only train --train-shapes 4x", "bad train shape '4x'", 2},
       {model + "--only train --steps 0", "--steps must be a positive integer", 2},
       {model + "--threads -1", "--threads must be a positive integer", 2},
+      {model + "--bf16 maybe", "--bf16 takes both, true or false", 2},
       {model + "--only generate --prompt-tokens 4000 --new-tokens 200",
        "exceed max_position_embeddings", 2},
   };

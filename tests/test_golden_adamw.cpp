@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "golden_batch.h"
 #include "io/safetensors.h"
 #include "lora/adapter.h"
 #include "model/transformer.h"
@@ -23,15 +24,9 @@ void check_adamw(const std::string& adapter_name, const std::string& file) {
   Transformer m(test::golden("models/tiny"));
   LoraAdapter lora = LoraAdapter::load(test::golden("adapters/" + adapter_name), m.config());
   m.set_adapter(&lora);
-  std::vector<int> tokens, labels;
-  std::vector<SequenceSpan> seqs;
-  for (int i = 0; g.find("ids." + std::to_string(i)); ++i) {
-    std::vector<int> ids = test::read_i32(*g.find("ids." + std::to_string(i)));
-    std::vector<int> lab = test::read_i32(*g.find("labels." + std::to_string(i)));
-    seqs.push_back({static_cast<int>(tokens.size()), static_cast<int>(ids.size()), 0});
-    tokens.insert(tokens.end(), ids.begin(), ids.end());
-    labels.insert(labels.end(), lab.begin(), lab.end());
-  }
+  const test::GoldenBatch b = test::read_golden_batch(g);
+  const std::vector<int>&tokens = b.tokens, &labels = b.labels;
+  const std::vector<SequenceSpan>& seqs = b.seqs;
   const int steps = std::stoi(meta.at("steps"));
   const int total = std::stoi(meta.at("total_steps"));
   const int warmup = std::stoi(meta.at("warmup_steps"));

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <vector>
 
+#include "golden_batch.h"
 #include "io/safetensors.h"
 #include "lora/adapter.h"
 #include "model/transformer.h"
@@ -12,22 +13,7 @@
 namespace loratune {
 namespace {
 
-struct Batch {
-  std::vector<int> tokens, labels;
-  std::vector<SequenceSpan> seqs;
-};
-
-Batch read_batch(const SafetensorsFile& g) {
-  Batch b;
-  for (int i = 0; g.find("ids." + std::to_string(i)); ++i) {
-    std::vector<int> ids = test::read_i32(*g.find("ids." + std::to_string(i)));
-    std::vector<int> labels = test::read_i32(*g.find("labels." + std::to_string(i)));
-    b.seqs.push_back({static_cast<int>(b.tokens.size()), static_cast<int>(ids.size()), 0});
-    b.tokens.insert(b.tokens.end(), ids.begin(), ids.end());
-    b.labels.insert(b.labels.end(), labels.begin(), labels.end());
-  }
-  return b;
-}
+using Batch = test::GoldenBatch;
 
 // Relative error of a gradient tensor: max |a − b| / max |b|.
 double rel_error(const float* a, const float* b, size_t n) {
@@ -39,13 +25,13 @@ double rel_error(const float* a, const float* b, size_t n) {
   return ref > 0 ? diff / ref : diff;
 }
 
-void check_grads(const std::string& model, const std::string& adapter, const std::string& file,
-                 int max_group_tokens = 512) {
+void check_grads_once(const std::string& model, const std::string& adapter, const std::string& file,
+                      int max_group_tokens) {
   SafetensorsFile g(test::golden(file));
   Transformer m(test::golden("models/" + model));
   LoraAdapter lora = LoraAdapter::load(test::golden("adapters/" + adapter), m.config());
   m.set_adapter(&lora);
-  Batch b = read_batch(g);
+  Batch b = test::read_golden_batch(g);
   const int count = test::read_i32(*g.find("num_labelled"))[0];
   LossSum loss = m.forward_backward(b.tokens, b.seqs, b.labels, 1.0f / count, {}, max_group_tokens);
   EXPECT_EQ(loss.count, count);
@@ -61,6 +47,15 @@ void check_grads(const std::string& model, const std::string& adapter, const std
     ++checked;
   }
   EXPECT_GT(checked, 0);
+}
+
+void check_grads(const std::string& model, const std::string& adapter, const std::string& file,
+                 int max_group_tokens = 512) {
+  for (const ops::WeightFormat f : test::kF32Formats) {
+    SCOPED_TRACE(ops::format_name(f));
+    const test::BackendScope scope(f);
+    check_grads_once(model, adapter, file, max_group_tokens);
+  }
 }
 
 TEST(GoldenGrads, TinyQV) {
@@ -93,7 +88,7 @@ TEST(GoldenGrads, AccumulationOverPassesEqualsOnePass) {
   Transformer m(test::golden("models/tiny"));
   LoraAdapter lora = LoraAdapter::load(test::golden("adapters/tiny_all"), m.config());
   m.set_adapter(&lora);
-  Batch b = read_batch(g);
+  Batch b = test::read_golden_batch(g);
   const int64_t count = count_loss_targets(b.labels, b.seqs);
   const float scale = 1.0f / static_cast<float>(count);
   const int split = b.seqs[1].start;  // first sequence | the rest

@@ -106,22 +106,25 @@ TEST(OpsBackward, LinearFastMatchesRef) {
   struct Shape {
     int N, in, out;
   };
-  for (const Shape s : {Shape{1, 13, 11}, Shape{3, 13, 11}, Shape{7, 13, 11}, Shape{7, 20, 300},
-                        Shape{7, 20, 1100}, Shape{150, 20, 40}, Shape{530, 8, 40}}) {
-    const int N = s.N, in = s.in, out = s.out;
-    const std::string name =
-        std::to_string(N) + "x" + std::to_string(in) + "x" + std::to_string(out);
-    auto dy = random_vec<float>(N * out, 6), w = random_vec<float>(out * in, 7);
-    const ops::PackedWeight packed(w.data(), out, in);
-    std::vector<float> dx(N * in, kGarbage), dx_ref(N * in, -kGarbage);
-    ops::linear_backward(dx.data(), dy.data(), packed, N, false);
-    ref::linear_backward(dx_ref.data(), dy.data(), w.data(), N, in, out, false);
-    expect_close(dx, dx_ref, "linear dx " + name);
-    dx = dx_ref = random_vec<float>(N * in, 8);
-    ops::linear_backward(dx.data(), dy.data(), packed, N, true);
-    ref::linear_backward(dx_ref.data(), dy.data(), w.data(), N, in, out, true);
-    expect_close(dx, dx_ref, "linear dx (accumulate) " + name);
-  }
+  for (const ops::WeightFormat format : ops::available_formats())
+    for (const Shape s : {Shape{1, 13, 11}, Shape{3, 13, 11}, Shape{7, 13, 11}, Shape{7, 20, 300},
+                          Shape{7, 20, 1100}, Shape{150, 20, 40}, Shape{530, 8, 40}}) {
+      const int N = s.N, in = s.in, out = s.out;
+      const std::string name = std::string(ops::format_name(format)) + " " + std::to_string(N) +
+                               "x" + std::to_string(in) + "x" + std::to_string(out);
+      auto dy = random_vec<float>(N * out, 6), w = random_vec<float>(out * in, 7);
+      const ops::PackedWeight packed(w.data(), out, in, format);
+      // bf16 kernels round dy and w; the reference takes the rounded values.
+      const auto dyr = test::bf16_operands(dy, format), wr = test::bf16_operands(w, format);
+      std::vector<float> dx(N * in, kGarbage), dx_ref(N * in, -kGarbage);
+      ops::linear_backward(dx.data(), dy.data(), packed, N, false);
+      ref::linear_backward(dx_ref.data(), dyr.data(), wr.data(), N, in, out, false);
+      expect_close(dx, dx_ref, "linear dx " + name);
+      dx = dx_ref = random_vec<float>(N * in, 8);
+      ops::linear_backward(dx.data(), dy.data(), packed, N, true);
+      ref::linear_backward(dx_ref.data(), dyr.data(), wr.data(), N, in, out, true);
+      expect_close(dx, dx_ref, "linear dx (accumulate) " + name);
+    }
 }
 
 // ---- LoRA ---------------------------------------------------------------------------------
@@ -442,14 +445,16 @@ TEST(OpsBackward, CrossEntropyFastMatchesRef) {
       const float grad_scale = 1.0f / 11;
       std::vector<float> dh(R * C, kGarbage), dh_ref(R * C, -kGarbage);
       std::vector<float> scratch(static_cast<size_t>(chunk) * V);
-      const ops::PackedWeight packed(w.data(), V, C);
-      const double loss = ops::cross_entropy_forward_backward(
-          dh.data(), h.data(), packed, targets.data(), R, grad_scale, scratch.data(), chunk);
-      const double loss_ref = ref::cross_entropy_forward_backward(
-          dh_ref.data(), h.data(), w.data(), targets.data(), R, C, V, grad_scale);
-      EXPECT_NEAR(loss, loss_ref, 1e-5 * std::max(1.0, std::fabs(loss_ref))) << name;
-      EXPECT_GT(loss, 0.0) << name;
-      expect_close(dh, dh_ref, name + " dh");
+      for (const ops::WeightFormat format : test::kF32Formats) {
+        const ops::PackedWeight packed(w.data(), V, C, format);
+        const double loss = ops::cross_entropy_forward_backward(
+            dh.data(), h.data(), packed, targets.data(), R, grad_scale, scratch.data(), chunk);
+        const double loss_ref = ref::cross_entropy_forward_backward(
+            dh_ref.data(), h.data(), w.data(), targets.data(), R, C, V, grad_scale);
+        EXPECT_NEAR(loss, loss_ref, 1e-5 * std::max(1.0, std::fabs(loss_ref))) << name;
+        EXPECT_GT(loss, 0.0) << name;
+        expect_close(dh, dh_ref, name + " dh " + ops::format_name(format));
+      }
     }
 }
 

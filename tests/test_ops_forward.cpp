@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "core/half.h"
 #include "core/rng.h"
 #include "ops/cpu/fast_exp.h"
 #include "ops/ops.h"
@@ -34,31 +35,50 @@ TEST(OpsForward, Linear) {
   // N < 4: the matrix-vector path; 7 and 200: full 6-row tiles and a row tail; 301: two token
   // blocks (156 and 145 rows); in = 13, 37 and 1100 (two reduction slices of 550): rows packed
   // eight features at a time, then a tail one by one; out = 11 and 40: a partial weight block.
+  // Every matrix kernel this CPU runs: the own AVX2 one, oneDNN fp32 and bf16.
   struct Shape {
     int N, in, out;
   };
-  for (const Shape s : {Shape{1, 13, 11}, Shape{3, 13, 40}, Shape{7, 13, 11}, Shape{7, 1100, 40},
-                        Shape{200, 37, 32}, Shape{301, 37, 32}}) {
-    const int N = s.N, in = s.in, out = s.out;
-    const std::string name =
-        std::to_string(N) + "x" + std::to_string(in) + "x" + std::to_string(out);
-    auto x = random_vec(N * in, 1), w = random_vec(out * in, 2), b = random_vec(out, 3);
-    const ops::PackedWeight packed(w.data(), out, in);
-    ASSERT_EQ(packed.at(out - 1, in - 1), w.back());
-    // A write-only output must not read what was there before.
-    std::vector<float> y(N * out, std::numeric_limits<float>::quiet_NaN()), y_ref(N * out);
-    ops::linear_forward(y.data(), x.data(), packed, b.data(), N);
-    ref::linear_forward(y_ref.data(), x.data(), w.data(), b.data(), N, in, out);
-    expect_close(y, y_ref, 1e-4f * std::sqrt(in));
-    std::fill(y.begin(), y.end(), std::numeric_limits<float>::quiet_NaN());
-    ops::linear_forward(y.data(), x.data(), packed, nullptr, N);
-    ref::linear_forward(y_ref.data(), x.data(), w.data(), static_cast<const float*>(nullptr), N, in,
-                        out);
-    expect_close(y, y_ref, 1e-4f * std::sqrt(in));
-    std::vector<float> acc = y;
-    ops::linear_accumulate(acc.data(), x.data(), packed, N);
-    for (size_t i = 0; i < acc.size(); ++i)
-      ASSERT_NEAR(acc[i], 2 * y_ref[i], 2e-4f * std::sqrt(in)) << name;
+  for (const ops::WeightFormat format : ops::available_formats())
+    for (const Shape s : {Shape{1, 13, 11}, Shape{3, 13, 40}, Shape{7, 13, 11}, Shape{7, 1100, 40},
+                          Shape{200, 37, 32}, Shape{301, 37, 32}}) {
+      const int N = s.N, in = s.in, out = s.out;
+      const std::string name = std::string(ops::format_name(format)) + " " + std::to_string(N) +
+                               "x" + std::to_string(in) + "x" + std::to_string(out);
+      auto x = random_vec(N * in, 1), w = random_vec(out * in, 2), b = random_vec(out, 3);
+      const ops::PackedWeight packed(w.data(), out, in, format);
+      const auto xr = test::bf16_operands(x, format), wr = test::bf16_operands(w, format);
+      ASSERT_EQ(packed.at(out - 1, in - 1), wr.back()) << name;
+      // A write-only output must not read what was there before.
+      std::vector<float> y(N * out, std::numeric_limits<float>::quiet_NaN()), y_ref(N * out);
+      ops::linear_forward(y.data(), x.data(), packed, b.data(), N);
+      ref::linear_forward(y_ref.data(), xr.data(), wr.data(), b.data(), N, in, out);
+      expect_close(y, y_ref, 1e-4f * std::sqrt(in));
+      std::fill(y.begin(), y.end(), std::numeric_limits<float>::quiet_NaN());
+      ops::linear_forward(y.data(), x.data(), packed, nullptr, N);
+      ref::linear_forward(y_ref.data(), xr.data(), wr.data(), static_cast<const float*>(nullptr), N,
+                          in, out);
+      expect_close(y, y_ref, 1e-4f * std::sqrt(in));
+      std::vector<float> acc = y;
+      ops::linear_accumulate(acc.data(), x.data(), packed, N);
+      for (size_t i = 0; i < acc.size(); ++i)
+        ASSERT_NEAR(acc[i], 2 * y_ref[i], 2e-4f * std::sqrt(in)) << name;
+    }
+}
+
+TEST(OpsForward, PackedWeightFromBf16KeepsTheFileValues) {
+  const int out = 19, in = 7;
+  std::vector<uint16_t> w16(out * in);
+  Rng rng(40);
+  for (auto& h : w16) h = float_to_bf16(static_cast<float>(rng.normal()));
+  for (const ops::WeightFormat format : ops::available_formats()) {
+    const auto packed = ops::PackedWeight::from_bf16(w16.data(), out, in, format);
+    std::vector<float> back(out * in);
+    packed.unpack(back.data());
+    for (int i = 0; i < out * in; ++i)
+      ASSERT_EQ(back[i], bf16_to_float(w16[i])) << ops::format_name(format) << " at " << i;
+    if (format == ops::WeightFormat::kRowsBF16)  // held as 2 bytes a value, not widened
+      EXPECT_LT(packed.bytes(), out * in * sizeof(float));
   }
 }
 
@@ -67,27 +87,29 @@ TEST(OpsForward, LinearSharedInputEqualsSeparateProducts) {
   // beside q), with and without a bias; 2 rows: the matrix-vector path; 301 rows and 1100
   // inputs: two token blocks and two reduction slices.
   const int outs[] = {40, 11, 24};
-  for (const int N : {2, 7, 301})
-    for (const int in : {37, 1100}) {
-      auto x = random_vec(static_cast<size_t>(N) * in, 11);
-      std::vector<ops::PackedWeight> packed;
-      std::vector<std::vector<float>> bias, y, y_alone;
-      for (int j = 0; j < 3; ++j) {
-        const auto w = random_vec(static_cast<size_t>(outs[j]) * in, 12 + j);
-        packed.emplace_back(w.data(), outs[j], in);
-        bias.push_back(random_vec(outs[j], 20 + j));
-        y.emplace_back(static_cast<size_t>(N) * outs[j], std::numeric_limits<float>::quiet_NaN());
-        y_alone.emplace_back(static_cast<size_t>(N) * outs[j]);
+  for (const ops::WeightFormat format : ops::available_formats())
+    for (const int N : {2, 7, 301})
+      for (const int in : {37, 1100}) {
+        auto x = random_vec(static_cast<size_t>(N) * in, 11);
+        std::vector<ops::PackedWeight> packed;
+        std::vector<std::vector<float>> bias, y, y_alone;
+        for (int j = 0; j < 3; ++j) {
+          const auto w = random_vec(static_cast<size_t>(outs[j]) * in, 12 + j);
+          packed.emplace_back(w.data(), outs[j], in, format);
+          bias.push_back(random_vec(outs[j], 20 + j));
+          y.emplace_back(static_cast<size_t>(N) * outs[j], std::numeric_limits<float>::quiet_NaN());
+          y_alone.emplace_back(static_cast<size_t>(N) * outs[j]);
+        }
+        const ops::LinearOut shared[] = {{y[0].data(), &packed[0], bias[0].data()},
+                                         {y[1].data(), &packed[1], nullptr},
+                                         {y[2].data(), &packed[2], bias[2].data()}};
+        ops::linear_forward_shared(shared, 3, x.data(), N);
+        for (int j = 0; j < 3; ++j) {
+          ops::linear_forward(y_alone[j].data(), x.data(), packed[j], shared[j].b, N);
+          EXPECT_EQ(y[j], y_alone[j])
+              << ops::format_name(format) << " N " << N << ", in " << in << ", output " << j;
+        }
       }
-      const ops::LinearOut shared[] = {{y[0].data(), &packed[0], bias[0].data()},
-                                       {y[1].data(), &packed[1], nullptr},
-                                       {y[2].data(), &packed[2], bias[2].data()}};
-      ops::linear_forward_shared(shared, 3, x.data(), N);
-      for (int j = 0; j < 3; ++j) {
-        ops::linear_forward(y_alone[j].data(), x.data(), packed[j], shared[j].b, N);
-        EXPECT_EQ(y[j], y_alone[j]) << "N " << N << ", in " << in << ", output " << j;
-      }
-    }
   const auto w = random_vec(8 * 5, 30), w2 = random_vec(8 * 6, 31);
   const ops::PackedWeight a(w.data(), 8, 5), b(w2.data(), 8, 6);
   std::vector<float> x(6 * 6), y(8 * 6);

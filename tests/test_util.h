@@ -11,7 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "core/half.h"
 #include "io/safetensors.h"
+#include "ops/backend.h"
 
 namespace loratune::test {
 
@@ -43,6 +45,37 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// Sets the run's matrix backend for the weights loaded in its lifetime; restores the old one.
+class BackendScope {
+ public:
+  BackendScope(ops::Precision precision, ops::WeightFormat format) : saved_(ops::backend()) {
+    ops::set_backend({precision, format});
+  }
+  explicit BackendScope(ops::WeightFormat format)
+      : BackendScope(
+            format == ops::WeightFormat::kRowsBF16 ? ops::Precision::kBF16 : ops::Precision::kF32,
+            format) {}
+  ~BackendScope() { ops::set_backend(saved_); }
+  BackendScope(const BackendScope&) = delete;
+  BackendScope& operator=(const BackendScope&) = delete;
+
+ private:
+  ops::Backend saved_;
+};
+
+// x rounded to bf16 where `format` multiplies in bf16 (its kernels round their inputs), so
+// that an fp32 reference sees the same operands.
+inline std::vector<float> bf16_operands(std::vector<float> x, ops::WeightFormat format) {
+  if (format == ops::WeightFormat::kRowsBF16)
+    for (float& v : x) v = bf16_to_float(float_to_bf16(v));
+  return x;
+}
+
+// The fp32 formats: the own AVX2 kernels and oneDNN's fp32 matmul run on every CPU that
+// loratune runs on, whichever the run would choose.
+inline const ops::WeightFormat kF32Formats[] = {ops::WeightFormat::kBlocksF32,
+                                                ops::WeightFormat::kRowsF32};
 
 struct CommandResult {
   int status;

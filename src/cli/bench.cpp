@@ -23,6 +23,7 @@
 #include "cli/bench_figures.h"
 #include "cli/commands.h"
 #include "cli/options.h"
+#include "cli/precision_option.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "io/json_file.h"
@@ -42,20 +43,25 @@ const CommandSpec kSpec = {
     "Measures performance figures of a model folder and prints one JSON line per figure on\n"
     "stdout, then a table on stderr. Each train shape, the seed job and generation run in a\n"
     "child process of their own, so each peak_rss_gb is that figure's alone.\n"
-    "  sgemm      GFLOP/s of cblas_sgemm and of loratune's linear kernels on the model's linear\n"
-    "             shapes with M = 512 rows; sgemm_peak is the best of all of them\n"
+    "  cpu        the CPU, its features, oneDNN's ISA and the matrix kernel each mode runs\n"
+    "  sgemm      GFLOP/s of cblas_sgemm and of loratune's linear kernels (own AVX2, oneDNN\n"
+    "             fp32, oneDNN bf16) on the model's linear shapes with M = 512 rows;\n"
+    "             sgemm_peak is the best fp32 figure, bf16_peak the best bf16 one\n"
     "  bandwidth  streaming read of max(1 GiB, 4 x L3), best of 5 passes, GB/s\n"
     "  train      LoRA r 8 on q_proj,v_proj, random tokens, all labelled: seconds per step\n"
-    "             (median after a warm-up step), tokens/s, MFU against sgemm_peak. FLOPs per\n"
+    "             (median after a warm-up step), tokens/s, MFU against the mode's peak (fp32:\n"
+    "             sgemm_peak, bf16: bf16_peak). FLOPs per\n"
     "             token = 4*P + 6*L*H*D*T: P = frozen linear weights incl. lm_head (forward 2P,\n"
     "             input gradient 2P; LoRA not counted), causal attention 2*L*H*D*T forward and\n"
     "             twice that backward (T = sequence length)\n"
     "  seed       the seed recipe (examples/seed.yaml) end to end on the first --seed-records\n"
-    "             records of --data, split 80/20; compared with the Python peer's estimate\n"
-    "             (train steps x 58 s + eval batches x 29 s); tokens_per_second = train tokens\n"
-    "             over the training loop's seconds. Skipped without --data\n"
+    "             records of --data, split 80/20, with the Python peer's own run of that job\n"
+    "             where one was measured (its figure, machine and date: no ratio, as it ran\n"
+    "             elsewhere); tokens_per_second = train tokens over the training loop's\n"
+    "             seconds. Skipped without --data\n"
     "  generate   greedy, batch 1: prefill of a random prompt, then --new-tokens decode steps;\n"
-    "             the bound is bandwidth / bytes of all weight matrices (lm_head once)",
+    "             the bound is bandwidth / bytes of all weight matrices (lm_head once)\n"
+    "train, seed and generate run once per mode of --bf16 (both: fp32, then bf16).",
     {
         {"--model", "DIR",
          "model folder (default: init-model --preset qwen2-0.5b in a temp folder)"},
@@ -68,6 +74,7 @@ const CommandSpec kSpec = {
         {"--tokenizer", "DIR", "tokenizer files for the seed job (default: the model folder's)"},
         {"--prompt-tokens", "N", "prompt length for generation", "128"},
         {"--new-tokens", "N", "tokens to decode", "128"},
+        {"--bf16", "[both|true|false]", "modes of train, seed and generate", "both"},
         {"--child", "FIGURE", "internal: run one figure in this process", "", false, true},
     }};
 
@@ -81,6 +88,7 @@ struct Settings {
   int64_t seed_records = 1000;
   int prompt_tokens = 128;
   int new_tokens = 128;
+  std::vector<ops::Precision> modes;
   bool wants(const std::string& figure) const { return only.count(figure) > 0; }
 };
 
@@ -128,6 +136,11 @@ Settings parse_settings(const ParsedArgs& a) {
   s.seed_records = positive(a, "--seed-records", 1000);
   s.prompt_tokens = positive(a, "--prompt-tokens", 128);
   s.new_tokens = positive(a, "--new-tokens", 128);
+  const std::string modes = a.str("--bf16", "both");
+  if (modes == "both" || modes == "false" || modes == "0") s.modes.push_back(ops::Precision::kF32);
+  if (modes == "both" || modes == "true" || modes == "1") s.modes.push_back(ops::Precision::kBF16);
+  if (s.modes.empty())
+    throw UsageError("--bf16 takes both, true or false, not '" + modes + "'", "bench");
   return s;
 }
 
@@ -263,8 +276,10 @@ ChildResult spawn(const std::vector<std::string>& args, bool capture, const std:
   return r;
 }
 
-// The arguments of a child that runs `figure`, from the settings (the model resolved).
-std::vector<std::string> child_args(const Settings& s, const std::string& figure) {
+// The arguments of a child that runs `figure` in `mode`, from the settings (the model
+// resolved).
+std::vector<std::string> child_args(const Settings& s, const std::string& figure,
+                                    ops::Precision mode = ops::Precision::kF32) {
   std::vector<std::string> args = {"bench",
                                    "--child",
                                    figure,
@@ -279,7 +294,9 @@ std::vector<std::string> child_args(const Settings& s, const std::string& figure
                                    "--prompt-tokens",
                                    std::to_string(s.prompt_tokens),
                                    "--new-tokens",
-                                   std::to_string(s.new_tokens)};
+                                   std::to_string(s.new_tokens),
+                                   "--bf16",
+                                   mode == ops::Precision::kBF16 ? "true" : "false"};
   if (!s.data.empty()) args.insert(args.end(), {"--data", s.data});
   if (!s.tokenizer.empty()) args.insert(args.end(), {"--tokenizer", s.tokenizer});
   return args;
@@ -322,6 +339,10 @@ void print_table(const std::vector<Row>& rows) {
                  r.notes.c_str());
 }
 
+const char* mode_name(ops::Precision mode) {
+  return mode == ops::Precision::kBF16 ? "bf16" : "fp32";
+}
+
 void emit(const OJson& line) {
   std::printf("%s\n", line.dump().c_str());
   std::fflush(stdout);
@@ -334,6 +355,7 @@ int run_bench(const Args& args) {
   Settings s = parse_settings(a);
   if (a.has("--child")) {
     set_num_threads(s.threads);
+    select_precision(a, "false");
     return run_child(a.str("--child"), s);
   }
   set_num_threads(s.threads);
@@ -382,16 +404,26 @@ int run_bench(const Args& args) {
                      "give --tokenizer DIR");
 
   std::vector<Row> rows;
-  std::optional<double> peak_gflops, bandwidth;
+  const OJson cpu = bench::cpu_figure();
+  emit(cpu);
+  rows.push_back({"cpu", cpu.value("model", ""), "",
+                  cpu.value("flags", "") + "; oneDNN ISA " + cpu.value("onednn_isa", "") +
+                      "; kernels fp32 " + cpu.value("fp32_kernel", "") + ", bf16 " +
+                      cpu.value("bf16_kernel", "")});
+  std::optional<double> peak_gflops[2], bandwidth;  // by mode: fp32, bf16
   if (s.wants("sgemm") || s.wants("train")) {
     if (!s.wants("sgemm")) std::fputs("bench: measuring sgemm for the MFU\n", stderr);
     const ChildResult r = spawn(child_args(s, "sgemm"), true, "sgemm figure");
     for (const OJson& line : r.lines) emit(line);
-    const OJson& peak = r.lines.back();
-    peak_gflops = num(peak, "gflops");
-    rows.push_back({"sgemm_peak", fmt(*peak_gflops), "GFLOP/s",
-                    peak.value("shape", "") + " " + peak.value("implementation", "") +
-                        ", M=512, max over shapes and implementations"});
+    for (const OJson& line : r.lines) {
+      const std::string figure = line.value("figure", "");
+      if (figure != "sgemm_peak" && figure != "bf16_peak") continue;
+      peak_gflops[figure == "bf16_peak"] = num(line, "gflops");
+      rows.push_back({figure, fmt(num(line, "gflops")), "GFLOP/s",
+                      line.value("shape", "") + " " + line.value("implementation", "") +
+                          ", M=512, max over shapes and " +
+                          (figure == "bf16_peak" ? "bf16" : "fp32") + " implementations"});
+    }
   }
   if (s.wants("bandwidth") || s.wants("generate")) {
     if (!s.wants("bandwidth"))
@@ -404,40 +436,47 @@ int run_bench(const Args& args) {
          "streaming read of " + fmt(num(r.lines.back(), "buffer_bytes") / 1e9) + " GB, best of 5"});
   }
   if (s.wants("train")) {
-    for (const auto& [batch, seq] : s.shapes) {
-      const std::string shape = std::to_string(batch) + "x" + std::to_string(seq);
-      ChildResult r = spawn(child_args(s, "train:" + shape), true, "train " + shape + " figure");
-      OJson line = r.lines.back();
-      const double mfu =
-          num(line, "flops_per_token") * num(line, "tokens_per_second") / (*peak_gflops * 1e9);
-      line["sgemm_peak_gflops"] = *peak_gflops;
-      line["mfu"] = mfu;
-      line["peak_rss_gb"] = r.peak_rss_gb;
-      emit(line);
-      rows.push_back({"train " + shape, fmt(num(line, "tokens_per_second")), "tokens/s",
-                      fmt(num(line, "seconds_per_step")) + " s/step, MFU " + fmt(100 * mfu) +
-                          " %, peak RSS " + fmt(r.peak_rss_gb) + " GB"});
-    }
+    for (const ops::Precision mode : s.modes)
+      for (const auto& [batch, seq] : s.shapes) {
+        const std::string shape = std::to_string(batch) + "x" + std::to_string(seq);
+        const std::string what = "train " + shape + " " + mode_name(mode);
+        ChildResult r = spawn(child_args(s, "train:" + shape, mode), true, what + " figure");
+        OJson line = r.lines.back();
+        const double peak = *peak_gflops[mode == ops::Precision::kBF16];
+        const double mfu =
+            num(line, "flops_per_token") * num(line, "tokens_per_second") / (peak * 1e9);
+        line[mode == ops::Precision::kBF16 ? "bf16_peak_gflops" : "sgemm_peak_gflops"] = peak;
+        line["mfu"] = mfu;
+        line["peak_rss_gb"] = r.peak_rss_gb;
+        emit(line);
+        rows.push_back({what, fmt(num(line, "tokens_per_second")), "tokens/s",
+                        fmt(num(line, "seconds_per_step")) + " s/step, MFU " + fmt(100 * mfu) +
+                            " % of the " + mode_name(mode) + " peak, peak RSS " +
+                            fmt(r.peak_rss_gb) + " GB"});
+      }
   }
   if (s.wants("seed") && !seed) {
     std::fputs("bench: no --data: the seed figure is skipped (give --data FILE, alpaca JSON)\n",
                stderr);
     rows.push_back({"seed", "-", "", "skipped: no --data"});
   }
-  if (seed) {
-    ChildResult r = spawn(child_args(s, "seed"), true, "seed figure");
+  for (const ops::Precision mode : seed ? s.modes : std::vector<ops::Precision>{}) {
+    ChildResult r = spawn(child_args(s, "seed", mode), true, "seed figure");
     OJson line = r.lines.back();
     line["peak_rss_gb"] = r.peak_rss_gb;
     emit(line);
-    rows.push_back({"seed", fmt(num(line, "wall_seconds")), "s (wall)",
-                    fmt(num(line, "speedup")) + "x faster than the peer estimate (" +
-                        fmt(num(line, "peer_seconds_estimate")) + " s), " +
-                        fmt(num(line, "train_examples")) + "/" + fmt(num(line, "eval_examples")) +
+    std::string peer = "no peer run of this job measured";
+    if (line.contains("peer"))
+      peer = "the peer's run: " + fmt(num(line["peer"], "wall_seconds")) + " s, " +
+             line["peer"].value("where", "") + ", " + line["peer"].value("when", "");
+    rows.push_back({std::string("seed ") + mode_name(mode), fmt(num(line, "wall_seconds")),
+                    "s (wall)",
+                    fmt(num(line, "train_examples")) + "/" + fmt(num(line, "eval_examples")) +
                         " examples, " + fmt(num(line, "tokens_per_second")) +
-                        " train tokens/s, peak RSS " + fmt(r.peak_rss_gb) + " GB"});
+                        " train tokens/s, peak RSS " + fmt(r.peak_rss_gb) + " GB; " + peer});
   }
-  if (s.wants("generate")) {
-    ChildResult r = spawn(child_args(s, "generate"), true, "generate figure");
+  for (const ops::Precision mode : s.wants("generate") ? s.modes : std::vector<ops::Precision>{}) {
+    ChildResult r = spawn(child_args(s, "generate", mode), true, "generate figure");
     OJson line = r.lines.back();
     const double bound = *bandwidth * 1e9 / num(line, "weight_bytes_per_token");
     const double fraction = num(line, "decode_tokens_per_second") / bound;
@@ -446,9 +485,11 @@ int run_bench(const Args& args) {
     line["fraction_of_bound"] = fraction;
     line["peak_rss_gb"] = r.peak_rss_gb;
     emit(line);
-    rows.push_back({"generate prefill", fmt(num(line, "prefill_tokens_per_second")), "tokens/s",
+    rows.push_back({std::string("generate prefill ") + mode_name(mode),
+                    fmt(num(line, "prefill_tokens_per_second")), "tokens/s",
                     std::to_string(s.prompt_tokens) + " prompt tokens, batch 1"});
-    rows.push_back({"generate decode", fmt(num(line, "decode_tokens_per_second")), "tokens/s",
+    rows.push_back({std::string("generate decode ") + mode_name(mode),
+                    fmt(num(line, "decode_tokens_per_second")), "tokens/s",
                     fmt(100 * fraction) + " % of the bandwidth bound (" + fmt(bound) +
                         " tokens/s), peak RSS " + fmt(r.peak_rss_gb) + " GB"});
   }

@@ -13,12 +13,15 @@
 #include <limits>
 #include <memory>
 
+#include "cli/precision_option.h"
+#include "core/cpu_features.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/threads.h"
 #include "generate/generator.h"
 #include "lora/adapter.h"
 #include "model/transformer.h"
+#include "ops/backend.h"
 #include "ops/ops.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
@@ -56,6 +59,25 @@ std::vector<float> random_floats(size_t n, uint64_t seed) {
   for (float& x : v) x = static_cast<float>(rng.uniform() - 0.5);
   return v;
 }
+
+// The Python peer's runs of the seed job (the tutorial's Trainer + PEFT code with the labels it
+// lacks, padding to 512), measured once on the machine named.
+struct PeerRun {
+  int64_t records;
+  const char* precision;
+  double seconds, peak_rss_gb;
+  const char* what;
+  const char* where;
+  const char* when;
+};
+constexpr const char* kPeerStack = "torch 1.13 + transformers 4.44 + PEFT 0.12, Trainer";
+constexpr const char* kXeon =
+    "Intel Xeon VM, 2 vCPUs, 24 GiB (AVX-512, AVX512-BF16, AMX); compare only on such a CPU";
+const PeerRun kPeerRuns[] = {
+    {50, "fp32", 420.6, 20.1, kPeerStack, kXeon, "reported with issue 21, 2026"},
+    {50, "bf16", 265.8, 17.1, "the same with TrainingArguments(bf16=True)", kXeon,
+     "reported with issue 21, 2026"},
+};
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -121,55 +143,90 @@ std::vector<OJson> sgemm_figure(const ModelConfig& c, int M) {
   const int threads = num_threads();
   openblas_set_num_threads(threads);
   std::vector<OJson> lines;
-  double peak = 0.0;
-  std::string peak_shape, peak_impl;
+  struct Peak {
+    double gflops = 0.0;
+    std::string shape, implementation;
+  } peaks[2];  // fp32, bf16
+  const ops::WeightFormat chosen = ops::choose_backend(ops::Precision::kF32).format;
   for (const LinearShape& s : linear_shapes(c)) {
     const int in = s.in, out = s.out;
     const std::vector<float> x = random_floats(static_cast<size_t>(M) * in, 1);
     const std::vector<float> w = random_floats(static_cast<size_t>(out) * in, 2);
-    const ops::PackedWeight packed(w.data(), out, in);  // packed once, as at model load
     std::vector<float> y(static_cast<size_t>(M) * out), dx(static_cast<size_t>(M) * in);
     // y doubles as dY for the backward forms: the values do not matter for the time.
     struct Impl {
-      const char* name;
+      std::string name;
+      bool bf16;
       std::function<void()> run;
     };
-    const Impl impls[] = {
-        {"blas_forward",
+    std::vector<Impl> impls = {
+        {"blas_forward", false,
          [&] {
            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, out, in, 1.0f, x.data(), in,
                        w.data(), in, 0.0f, y.data(), out);
          }},
-        {"blas_backward",
+        {"blas_backward", false,
          [&] {
            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, in, out, 1.0f, y.data(), out,
                        w.data(), in, 0.0f, dx.data(), in);
          }},
-        {"own_forward", [&] { ops::linear_forward(y.data(), x.data(), packed, nullptr, M); }},
-        {"own_backward", [&] { ops::linear_backward(dx.data(), y.data(), packed, M, false); }},
     };
+    // loratune's kernels through ops::linear_*, each on its weight format, packed once as at
+    // model load: own = the AVX2 kernels, onednn_f32 / onednn_bf16 = oneDNN's matmul.
+    const std::pair<const char*, ops::WeightFormat> kernels[] = {
+        {"own", ops::WeightFormat::kBlocksF32},
+        {"onednn_f32", ops::WeightFormat::kRowsF32},
+        {"onednn_bf16", ops::WeightFormat::kRowsBF16}};
+    std::vector<std::unique_ptr<ops::PackedWeight>> packed;
+    for (const auto& [name, format] : kernels) {
+      packed.push_back(std::make_unique<ops::PackedWeight>(w.data(), out, in, format));
+      const ops::PackedWeight& pw = *packed.back();
+      const bool bf16 = format == ops::WeightFormat::kRowsBF16;
+      impls.push_back({std::string(name) + "_forward", bf16,
+                       [&] { ops::linear_forward(y.data(), x.data(), pw, nullptr, M); }});
+      impls.push_back({std::string(name) + "_backward", bf16,
+                       [&] { ops::linear_backward(dx.data(), y.data(), pw, M, false); }});
+    }
     const double flops = 2.0 * M * in * static_cast<double>(out);
     OJson line = {{"figure", "sgemm"}, {"shape", s.modules}, {"m", M}, {"k", in}, {"n", out}};
+    std::string fastest[2];
+    double best[2] = {0.0, 0.0};
     for (const Impl& impl : impls) {
       const double gflops = flops / best_seconds(impl.run) / 1e9;
-      line[std::string(impl.name) + "_gflops"] = gflops;
-      if (gflops > peak) {
-        peak = gflops;
-        peak_shape = s.modules;
-        peak_impl = impl.name;
-      }
+      line[impl.name + "_gflops"] = gflops;
+      const int mode = impl.bf16 ? 1 : 0;
+      if (gflops > best[mode]) best[mode] = gflops, fastest[mode] = impl.name;
+      if (gflops > peaks[mode].gflops) peaks[mode] = {gflops, s.modules, impl.name};
     }
+    // Whether the run-time choice (ops/backend.h) is this shape's fastest fp32 kernel.
+    line["fastest_f32"] = fastest[0];
+    line["fastest_bf16"] = fastest[1];
+    line["chosen_f32"] = ops::format_name(chosen);
     line["threads"] = threads;
     lines.push_back(line);
   }
   set_num_threads(threads);
-  lines.push_back({{"figure", "sgemm_peak"},
-                   {"gflops", peak},
-                   {"shape", peak_shape},
-                   {"implementation", peak_impl},
-                   {"m", M},
-                   {"threads", threads}});
+  const char* names[] = {"sgemm_peak", "bf16_peak"};
+  for (int mode = 0; mode < 2; ++mode)
+    lines.push_back({{"figure", names[mode]},
+                     {"gflops", peaks[mode].gflops},
+                     {"shape", peaks[mode].shape},
+                     {"implementation", peaks[mode].implementation},
+                     {"m", M},
+                     {"threads", threads}});
   return lines;
+}
+
+OJson cpu_figure() {
+  const CpuFeatures& f = cpu_features();
+  return {{"figure", "cpu"},
+          {"model", f.model},
+          {"flags", f.flags()},
+          {"bf16_hardware", f.bf16()},
+          {"onednn_isa", ops::onednn_isa()},
+          {"fp32_kernel", ops::format_name(ops::choose_backend(ops::Precision::kF32).format)},
+          {"bf16_kernel", ops::format_name(ops::choose_backend(ops::Precision::kBF16).format)},
+          {"threads", num_threads()}};
 }
 
 OJson bandwidth_figure() {
@@ -255,6 +312,8 @@ OJson train_figure(const std::string& model_dir, int B, int T, int steps) {
           {"loss", loss},
           {"lora_r", lc.r},
           {"target_modules", "q_proj,v_proj"},
+          {"precision", precision_name()},
+          {"kernel", ops::format_name(ops::backend().format)},
           {"threads", num_threads()}};
 }
 
@@ -303,31 +362,36 @@ OJson seed_figure(const SeedJob& job) {
   const auto t0 = Clock::now();
   if (run_training(t, args_json, &sum) != 0) throw Error("the seed job was interrupted", job.data);
   const double wall = std::max(seconds_since(t0), 1e-9);
-  // The Python peer's measured 4×512 step on this recipe: 58 s; an eval batch is forward only.
-  const double peer = static_cast<double>(sum.steps) * 58.0 + sum.eval_batches * 29.0;
-  return {{"figure", "seed"},
-          {"records", job.records},
-          {"wall_seconds", wall},
-          {"train_seconds", sum.train_seconds},
-          {"eval_seconds", sum.eval_seconds},
-          {"train_examples", sum.train_examples},
-          {"eval_examples", sum.eval_examples},
-          {"train_tokens", sum.train_tokens},
-          {"steps", sum.steps},
-          {"eval_batches", sum.eval_batches},
-          {"tokens_per_second",
-           static_cast<double>(sum.train_tokens) / std::max(sum.train_seconds, 1e-9)},
-          {"eval_loss", sum.last_eval_loss},
-          {"peer_seconds_estimate", peer},
-          {"peer_estimate",
-           "train steps x 58 s (the Python peer's measured 4x512 step) + eval batches x 29 s "
-           "(forward only, half a step)"},
-          {"speedup", peer / wall},
-          {"threads", num_threads()}};
+  OJson line = {{"figure", "seed"},
+                {"records", job.records},
+                {"precision", precision_name()},
+                {"wall_seconds", wall},
+                {"train_seconds", sum.train_seconds},
+                {"eval_seconds", sum.eval_seconds},
+                {"train_examples", sum.train_examples},
+                {"eval_examples", sum.eval_examples},
+                {"train_tokens", sum.train_tokens},
+                {"steps", sum.steps},
+                {"eval_batches", sum.eval_batches},
+                {"tokens_per_second",
+                 static_cast<double>(sum.train_tokens) / std::max(sum.train_seconds, 1e-9)},
+                {"eval_loss", sum.last_eval_loss},
+                {"threads", num_threads()}};
+  // The peer's own run of this job in this precision, where one was measured: its figure
+  // with where and when, never a ratio (the peer ran on its machine, not in this run).
+  for (const PeerRun& p : kPeerRuns)
+    if (p.records == job.records && precision_name() == std::string(p.precision))
+      line["peer"] = {{"wall_seconds", p.seconds},
+                      {"peak_rss_gb", p.peak_rss_gb},
+                      {"what", p.what},
+                      {"where", p.where},
+                      {"when", p.when}};
+  return line;
 }
 
 OJson generate_figure(const std::string& model_dir, int prompt_tokens, int new_tokens) {
   Transformer model(model_dir);
+  const int64_t weight_bytes = ops::backend().format == ops::WeightFormat::kRowsBF16 ? 2 : 4;
   const ModelConfig& c = model.config();
   Rng rng(3);
   std::vector<int> prompt(prompt_tokens);
@@ -355,7 +419,8 @@ OJson generate_figure(const std::string& model_dir, int prompt_tokens, int new_t
           {"prefill_tokens_per_second", prompt_tokens / prefill},
           {"decode_seconds", decode},
           {"decode_tokens_per_second", new_tokens / decode},
-          {"weight_bytes_per_token", linear_parameter_count(c) * int64_t{sizeof(float)}},
+          {"weight_bytes_per_token", linear_parameter_count(c) * weight_bytes},
+          {"precision", precision_name()},
           {"threads", num_threads()}};
 }
 

@@ -44,8 +44,12 @@ double train_flops_per_token(const ModelConfig& c, int T);
 extern const char* const kFlopCount;
 
 // sgemm: per-shape GFLOP/s of cblas_sgemm (X·Wᵀ, dY·W) and of ops::linear_forward /
-// linear_backward with M rows, then the "sgemm_peak" line (the max over all of them).
+// linear_backward with M rows on every weight format (own AVX2, oneDNN fp32, oneDNN bf16),
+// then the "sgemm_peak" line (the max over the fp32 ones) and "bf16_peak" (over the bf16 ones).
 std::vector<OJson> sgemm_figure(const ModelConfig& c, int M);
+
+// cpu: the CPU's brand and features, oneDNN's ISA, and the matrix kernel each mode chooses.
+OJson cpu_figure();
 
 // bandwidth: multithreaded streaming read of max(1 GiB, 4 × L3) bytes, best of 5 passes.
 OJson bandwidth_figure();
@@ -62,6 +66,7 @@ struct SeedJob {
 };
 OJson seed_figure(const SeedJob& job);
 
+// train, seed and generate run in the precision of the run's backend (ops/backend.h).
 // generate: greedy, batch 1: prefill of a random prompt, then `new_tokens` decode steps.
 OJson generate_figure(const std::string& model_dir, int prompt_tokens, int new_tokens);
 

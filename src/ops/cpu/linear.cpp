@@ -215,17 +215,12 @@ void gemv(float* y, const float* x, const PackedWeight& w, int N, bool acc) {
   }
 }
 
-// One product of a forward call: y[N, out] (+)= x · wᵀ.
-struct Product {
-  float* y;
-  const PackedWeight* w;
-  bool accumulate;
-};
+using onednn::Product;
 
 // The products of one input x[N, in] (q/k/v, gate/up: the same `in`): the rows are packed
 // once per slice and token block, and the team deals out every product's weight blocks
 // together, so that a small product (k, v) does not have a barrier of its own.
-void forward(const Product* ps, int n, const float* x, int N) {
+void blocks_forward(const Product* ps, int n, const float* x, int N) {
   if (N < kGemvRows) {
     for (int j = 0; j < n; ++j) gemv(ps[j].y, x, *ps[j].w, N, ps[j].accumulate);
     return;
@@ -370,7 +365,7 @@ void pack_dy_panel(float* dyp, const float* dy, int N, int out, int n0, int o0, 
 
 // dx[N, in] (+)= dy[N, out] · w. The kernel keeps 16 tokens per vector, so it accumulates the
 // transpose dxt[in, N'] (N' = N rounded up to 16) and the rows are transposed back at the end.
-void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {
+void blocks_backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {
   const int in = w.in(), out = w.out(), padded_out = w.blocks() * kW;
   const int NP = (N + kW - 1) / kW * kW, panels = NP / kW, tiles = (in + kRows - 1) / kRows;
   const long block_stride = w.block_stride();
@@ -448,19 +443,19 @@ void linear_forward_shared(const LinearOut* outs, int n, const float* x, int N) 
         std::memcpy(o.y + static_cast<long>(r) * o.w->out(), o.b, o.w->out() * sizeof(float));
     ps[j] = {o.y, o.w, o.b != nullptr};
   }
-  if (outs[0].w->format() == WeightFormat::kBlocksF32) return forward(ps, n, x, N);
-  for (int j = 0; j < n; ++j) onednn::forward(ps[j].y, x, *ps[j].w, N, ps[j].accumulate);
+  if (outs[0].w->format() == WeightFormat::kBlocksF32) return blocks_forward(ps, n, x, N);
+  onednn::forward(ps, n, x, N);
 }
 
 void linear_accumulate(float* y, const float* x, const PackedWeight& w, int N) {
-  if (w.format() != WeightFormat::kBlocksF32) return onednn::forward(y, x, w, N, true);
   const Product p{y, &w, true};
-  forward(&p, 1, x, N);
+  if (w.format() != WeightFormat::kBlocksF32) return onednn::forward(&p, 1, x, N);
+  blocks_forward(&p, 1, x, N);
 }
 
 void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {
   if (w.format() != WeightFormat::kBlocksF32) return onednn::backward(dx, dy, w, N, accumulate);
-  backward(dx, dy, w, N, accumulate);
+  blocks_backward(dx, dy, w, N, accumulate);
 }
 
 void lora_forward(float* y, float* u, const float* x, const float* A, const float* B, float scale,

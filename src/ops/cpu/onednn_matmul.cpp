@@ -7,7 +7,7 @@
 #include <tuple>
 #include <vector>
 
-#include "core/half.h"
+#include "ops/cpu/bf16_round.h"
 
 namespace loratune::ops::onednn {
 
@@ -57,33 +57,25 @@ const Primitive& primitive(const Key& k) {
   return cache[k] = {dnnl::matmul(pd), b, pd.scratchpad_desc().get_size()};
 }
 
-// dst[n] = src[n] rounded to bf16, as float_to_bf16 does.
-void round_to_bf16(uint16_t* dst, const float* src, long n) {
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-  for (long i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+// The calling thread's copy of a[n] in bf16, grown to the largest call and then reused.
+const uint16_t* bf16_copy(const float* a, size_t n) {
+  thread_local std::vector<uint16_t> buf;
+  if (buf.size() < n) buf.resize(n);
+  round_to_bf16(buf.data(), a, static_cast<long>(n));
+  return buf.data();
 }
 
-// c[N, Nout] (+)= a[N, K] · b for the weight w (see Key).
-void run(float* c, const float* a, const PackedWeight& w, int N, bool accumulate, bool backward) {
-  if (N == 0) return;
+// c[N, Nout] (+)= a[N, K] · b for the weight w (see Key); a is in w's precision.
+void run(float* c, const void* a, const PackedWeight& w, int N, bool accumulate, bool backward) {
   const bool bf16 = w.format() == WeightFormat::kRowsBF16;
   const Primitive& p = primitive({w.in(), w.out(), backward, accumulate, bf16});
   const memory::dim K = backward ? w.out() : w.in(), Nout = backward ? w.in() : w.out();
-  // Buffers of the calling thread, grown to the largest call and then reused.
-  thread_local std::vector<uint16_t> a_bf16;
-  thread_local std::vector<char> scratchpad;
-  const void* a_data = a;
-  if (bf16) {
-    const size_t n = static_cast<size_t>(N) * K;
-    if (a_bf16.size() < n) a_bf16.resize(n);
-    round_to_bf16(a_bf16.data(), a, static_cast<long>(n));
-    a_data = a_bf16.data();
-  }
+  thread_local std::vector<char> scratchpad;  // grown once, then reused
   if (scratchpad.size() < p.scratchpad_bytes) scratchpad.resize(p.scratchpad_bytes);
   const Dt dt = bf16 ? Dt::bf16 : Dt::f32;
   const void* w_data = bf16 ? static_cast<const void*>(w.rows_bf16()) : w.rows_f32();
   // oneDNN takes non-const handles; it only reads a and the weights.
-  memory a_mem({{N, K}, dt, {K, 1}}, engine(), const_cast<void*>(a_data));
+  memory a_mem({{N, K}, dt, {K, 1}}, engine(), const_cast<void*>(a));
   memory b_mem(p.weights, engine(), const_cast<void*>(w_data));
   memory c_mem({{N, Nout}, Dt::f32, {Nout, 1}}, engine(), c);
   memory s_mem({{static_cast<memory::dim>(p.scratchpad_bytes)}, Dt::u8, {1}}, engine(),
@@ -96,14 +88,22 @@ void run(float* c, const float* a, const PackedWeight& w, int N, bool accumulate
   stream.wait();
 }
 
+// a[n] as the weight's kernel reads it: itself (fp32) or its bf16 copy.
+const void* operand(const float* a, size_t n, const PackedWeight& w) {
+  return w.format() == WeightFormat::kRowsBF16 ? static_cast<const void*>(bf16_copy(a, n)) : a;
+}
+
 }  // namespace
 
-void forward(float* y, const float* x, const PackedWeight& w, int N, bool accumulate) {
-  run(y, x, w, N, accumulate, false);
+void forward(const Product* ps, int n, const float* x, int N) {
+  if (N == 0) return;
+  const void* a = operand(x, static_cast<size_t>(N) * ps[0].w->in(), *ps[0].w);
+  for (int j = 0; j < n; ++j) run(ps[j].y, a, *ps[j].w, N, ps[j].accumulate, false);
 }
 
 void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {
-  run(dx, dy, w, N, accumulate, true);
+  if (N == 0) return;
+  run(dx, operand(dy, static_cast<size_t>(N) * w.out(), w), w, N, accumulate, true);
 }
 
 }  // namespace loratune::ops::onednn

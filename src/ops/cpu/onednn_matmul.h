@@ -8,8 +8,14 @@
 
 namespace loratune::ops::onednn {
 
-// y[N, out] (+)= x[N, in] · wᵀ
-void forward(float* y, const float* x, const PackedWeight& w, int N, bool accumulate);
+// One product of a forward call: y[N, out] (+)= x · wᵀ.
+struct Product {
+  float* y;
+  const PackedWeight* w;
+  bool accumulate;
+};
+// The products of one input x[N, in] (q/k/v, gate/up), x rounded to bf16 once for all.
+void forward(const Product* ps, int n, const float* x, int N);
 // dx[N, in] (+)= dy[N, out] · w
 void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate);
 

@@ -1,0 +1,67 @@
+#include "ops/cpu/bf16_round.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "core/cpu_features.h"
+#include "core/half.h"
+
+namespace loratune::ops {
+
+namespace {
+
+// Compiled for AVX-512 and called only where cpu_features() says the CPU has it.
+__attribute__((target("avx512f,avx512bf16,avx512vl"))) void round_avx512_bf16(uint16_t* dst,
+                                                                              const float* src,
+                                                                              long n) {
+  long i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512bh two =
+        _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + i + 16), _mm512_loadu_ps(src + i));
+    _mm512_storeu_si512(dst + i, reinterpret_cast<__m512i>(two));
+  }
+  for (; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+}
+
+// Eight floats at a time: add 0x7fff plus the lowest kept bit, keep the high half; NaNs keep
+// their sign and high payload with the quiet bit set.
+void round_avx2(uint16_t* dst, const float* src, long n) {
+  const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff);
+  const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+  const __m256i quiet = _mm256_set1_epi32(0x00400000);
+  long i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m256i half[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i bits = _mm256_castps_si256(_mm256_loadu_ps(src + i + 8 * h));
+      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), one);
+      const __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(bias, lsb));
+      const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(bits, abs_mask), inf);
+      const __m256i v = _mm256_blendv_epi8(rounded, _mm256_or_si256(bits, quiet), nan);
+      half[h] = _mm256_srli_epi32(v, 16);
+    }
+    // packus works within 128-bit lanes: the permute puts the eight pairs back in order.
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(half[0], half[1]), 0xd8);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), packed);
+  }
+  for (; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+}
+
+}  // namespace
+
+void round_to_bf16(uint16_t* dst, const float* src, long n) {
+  const bool avx512_bf16 = cpu_features().avx512() && cpu_features().avx512_bf16;
+  constexpr long kChunk = 1 << 14;
+  const long chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (chunks > 4)
+  for (long c = 0; c < chunks; ++c) {
+    const long begin = c * kChunk, len = std::min(kChunk, n - begin);
+    if (avx512_bf16)
+      round_avx512_bf16(dst + begin, src + begin, len);
+    else
+      round_avx2(dst + begin, src + begin, len);
+  }
+}
+
+}  // namespace loratune::ops

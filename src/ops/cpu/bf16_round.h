@@ -1,0 +1,13 @@
+// fp32 → bf16 rounding of whole arrays for the bf16 matrix kernels, with AVX512-BF16's
+// conversion instruction where the CPU has it (chosen at run time) and AVX2 elsewhere.
+#pragma once
+
+#include <cstdint>
+
+namespace loratune::ops {
+
+// dst[n] = src[n] rounded to nearest even, as float_to_bf16 does (the AVX512-BF16 path also
+// flushes subnormals to zero, as AMX and vdpbf16ps read them anyway).
+void round_to_bf16(uint16_t* dst, const float* src, long n);
+
+}  // namespace loratune::ops
