@@ -2,6 +2,8 @@
 
 #include <immintrin.h>
 
+#include <omp.h>
+
 #include <algorithm>
 
 #include "core/cpu_features.h"
@@ -54,7 +56,7 @@ void round_to_bf16(uint16_t* dst, const float* src, long n) {
   const bool avx512_bf16 = cpu_features().avx512() && cpu_features().avx512_bf16;
   constexpr long kChunk = 1 << 14;
   const long chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (chunks > 4)
+#pragma omp parallel for schedule(static) if (chunks > 4 && !omp_in_parallel())
   for (long c = 0; c < chunks; ++c) {
     const long begin = c * kChunk, len = std::min(kChunk, n - begin);
     if (avx512_bf16)

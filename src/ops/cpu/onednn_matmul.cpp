@@ -106,4 +106,8 @@ void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool acc
   run(dx, operand(dy, static_cast<size_t>(N) * w.out(), w), w, N, accumulate, true);
 }
 
+void backward_bf16(float* dx, const uint16_t* dy, const PackedWeight& w, int N, bool accumulate) {
+  if (N > 0) run(dx, dy, w, N, accumulate, true);
+}
+
 }  // namespace loratune::ops::onednn
