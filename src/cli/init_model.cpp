@@ -18,11 +18,11 @@ namespace {
 
 const CommandSpec kSpec = {
     "init-model",
-    "--preset tiny|qwen2-0.5b|qwen2-1.5b --out DIR [options]",
+    "--preset tiny|qwen2-0.5b|qwen2-1.5b|qwen2-7b --out DIR [options]",
     "Writes config.json, generation_config.json and model.safetensors with deterministic random\n"
     "weights of exactly the preset's shape (overrides change single sizes).",
     {
-        {"--preset", "NAME", "tiny, qwen2-0.5b or qwen2-1.5b", "tiny"},
+        {"--preset", "NAME", "tiny, qwen2-0.5b, qwen2-1.5b or qwen2-7b", "tiny"},
         {"--out", "DIR", "output folder (created if needed)"},
         {"--seed", "S", "random seed", "0"},
         {"--dtype", "f32|bf16", "weight dtype in the file", "f32"},

@@ -1,4 +1,5 @@
 // loratune merge: a full Hugging Face folder with the adapter folded into the weights.
+#include <algorithm>
 #include <cstdio>
 
 #include "cli/commands.h"
@@ -39,7 +40,14 @@ int run_merge(const Args& args) {
   LoraAdapter adapter = LoraAdapter::load(a.required("--adapter"), config);
   weights.merge_lora(adapter, config);
   const std::vector<std::string> tok_files = tokenizer_files(model_dir);
-  write_model_folder(out, config, weights.tensors(), dtype == "f32" ? DType::F32 : DType::BF16);
+  const std::vector<const float*> tensors = weights.tensors();
+  const std::vector<TensorSpec> specs = qwen2_tensor_specs(config);
+  write_model_folder(
+      out, config,
+      [&](size_t i, float* values) {
+        std::copy_n(tensors[i], shape_numel(specs[i].shape), values);
+      },
+      dtype == "f32" ? DType::F32 : DType::BF16);
   copy_files(model_dir, out, tok_files);
   std::printf("wrote %s: %s merged with scale %g\n", out.c_str(), model_dir.c_str(),
               adapter.scale());

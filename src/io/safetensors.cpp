@@ -226,7 +226,16 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
   AtomicFile out(path);
   out.write(len_bytes, 8);
   out.write(json);
-  for (size_t i = 0; i < tensors.size(); ++i) out.write(tensors[i].data, sizes[i]);
+  std::vector<char> made;  // one tensor made on demand at a time
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const void* data = tensors[i].data;
+    if (!data) {
+      made.resize(sizes[i]);
+      tensors[i].fill(made.data());
+      data = made.data();
+    }
+    out.write(data, sizes[i]);
+  }
   out.commit();
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -83,7 +84,8 @@ struct TensorToWrite {
   std::string name;
   DType dtype;
   std::vector<int64_t> shape;
-  const void* data;  // numel x dtype_size bytes
+  const void* data;  // numel x dtype_size bytes, or null: `fill` writes them when their turn comes
+  std::function<void(void* bytes)> fill = nullptr;
 };
 
 // Writes tensors (in the given order) with the __metadata__ map, atomically.

@@ -52,8 +52,20 @@ ModelConfig model_preset(const std::string& name) {
     c.max_position_embeddings = 131072;
     c.bos_token_id = 151643;
     c.eos_token_ids = {151643};
+  } else if (name == "qwen2-7b") {
+    c.hidden_size = 3584;
+    c.intermediate_size = 18944;
+    c.num_hidden_layers = 28;
+    c.num_attention_heads = 28;
+    c.num_key_value_heads = 4;
+    c.vocab_size = 152064;
+    c.max_position_embeddings = 131072;
+    c.tie_word_embeddings = false;
+    c.bos_token_id = 151643;
+    c.eos_token_ids = {151643};
   } else {
-    throw UsageError("unknown preset '" + name + "'", "", "use tiny, qwen2-0.5b or qwen2-1.5b");
+    throw UsageError("unknown preset '" + name + "'", "",
+                     "use tiny, qwen2-0.5b, qwen2-1.5b or qwen2-7b");
   }
   c.generation.eos_token_ids = c.eos_token_ids;
   return c;
@@ -120,15 +132,9 @@ InitScheme parse_init_scheme(const std::string& name) {
 void write_random_model(const std::string& dir, const ModelConfig& config, uint64_t seed,
                         DType dtype, InitScheme scheme) {
   config.validate("model shape");
-  std::vector<std::vector<float>> buffers;
-  std::vector<const float*> tensors;
-  for (const TensorSpec& spec : qwen2_tensor_specs(config)) {
-    const int64_t n = shape_numel(spec.shape);
-    buffers.emplace_back(static_cast<size_t>(n));
-    fill_tensor(buffers.back().data(), spec, seed, scheme);
-    tensors.push_back(buffers.back().data());
-  }
-  write_model_folder(dir, config, tensors, dtype);
+  const std::vector<TensorSpec> specs = qwen2_tensor_specs(config);
+  write_model_folder(
+      dir, config, [&](size_t i, float* out) { fill_tensor(out, specs[i], seed, scheme); }, dtype);
 }
 
 }  // namespace loratune

@@ -13,25 +13,24 @@
 namespace loratune {
 
 void write_model_folder(const std::string& dir, const ModelConfig& config,
-                        const std::vector<const float*>& tensors, DType dtype) {
+                        const TensorValues& values, DType dtype) {
   if (dtype != DType::F32 && dtype != DType::BF16) throw UsageError("--dtype must be f32 or bf16");
   const std::vector<TensorSpec> specs = qwen2_tensor_specs(config);
-  if (specs.size() != tensors.size())
-    throw Error("internal: tensor list does not match the config");
   make_dirs(dir);
   ModelConfig c = config;
   c.torch_dtype = dtype == DType::F32 ? "float32" : "bfloat16";
-  std::vector<std::vector<uint16_t>> bf16_buffers;
   std::vector<TensorToWrite> out;
   for (size_t i = 0; i < specs.size(); ++i) {
-    const void* data = tensors[i];
-    if (dtype == DType::BF16) {
-      std::vector<uint16_t> half(static_cast<size_t>(shape_numel(specs[i].shape)));
-      for (size_t k = 0; k < half.size(); ++k) half[k] = float_to_bf16(tensors[i][k]);
-      bf16_buffers.push_back(std::move(half));
-      data = bf16_buffers.back().data();
-    }
-    out.push_back({specs[i].name, dtype, specs[i].shape, data});
+    const size_t n = static_cast<size_t>(shape_numel(specs[i].shape));
+    auto fill = [&values, i, n, dtype](void* bytes) {
+      if (dtype == DType::F32) return values(i, static_cast<float*>(bytes));
+      std::vector<float> f32(n);
+      values(i, f32.data());
+      uint16_t* half = static_cast<uint16_t*>(bytes);
+#pragma omp parallel for schedule(static)
+      for (size_t k = 0; k < n; ++k) half[k] = float_to_bf16(f32[k]);
+    };
+    out.push_back({specs[i].name, dtype, specs[i].shape, nullptr, fill});
   }
   write_safetensors(dir + "/model.safetensors", out, {{"format", "pt"}});
   write_file_atomic(dir + "/config.json", model_config_to_json(c).dump(2) + "\n");

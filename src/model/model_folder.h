@@ -2,6 +2,7 @@
 // and the tokenizer files copied from another folder.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -10,10 +11,14 @@
 
 namespace loratune {
 
-// `tensors` holds the f32 data of every tensor of qwen2_tensor_specs(config), in that order;
-// they are written as `dtype` (F32 or BF16) and config.json records it.
+// Tensor `index` of qwen2_tensor_specs(config) in f32 into `out` (its numel floats).
+using TensorValues = std::function<void(size_t index, float* out)>;
+
+// Writes every tensor of qwen2_tensor_specs(config), in that order, as `dtype` (F32 or BF16),
+// each made by `values` when it is written (so a 7B model never sits whole in memory), and
+// config.json recording the dtype.
 void write_model_folder(const std::string& dir, const ModelConfig& config,
-                        const std::vector<const float*>& tensors, DType dtype);
+                        const TensorValues& values, DType dtype);
 
 // The tokenizer files (tokenizer.json, vocab.json, merges.txt, ...) present in `dir`.
 std::vector<std::string> tokenizer_files(const std::string& dir);

@@ -131,8 +131,6 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
   grow(a.lse, static_cast<size_t>(N) * H);
   grow(a.x_mid, NC);
   grow(a.rstd2, N);
-  grow(a.gate, static_cast<size_t>(N) * F);
-  grow(a.up, static_cast<size_t>(N) * F);
   grow(xn_, std::max(NC, static_cast<size_t>(N) * F));  // normed input, later silu(gate)·up
 
   std::memcpy(a.x_in.data(), x_.data(), NC * sizeof(float));
@@ -170,12 +168,15 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
   std::memcpy(a.x_mid.data(), x_.data(), NC * sizeof(float));
 
   ops::rmsnorm_forward(xn_.data(), a.rstd2.data(), x_.data(), lw.post_norm, N, C, eps);
-  const ops::LinearOut gate_up[] = {{a.gate.data(), &lw.w_gate, nullptr},
-                                    {a.up.data(), &lw.w_up, nullptr}};
+  const size_t NF = static_cast<size_t>(N) * F;
+  float* gate = a.gate.write(NF, gate_);
+  float* up = a.up.write(NF, up_);
+  const ops::LinearOut gate_up[] = {{gate, &lw.w_gate, nullptr}, {up, &lw.w_up, nullptr}};
   ops::linear_forward_shared(gate_up, 2, xn_.data(), N);
-  lora_forward(l, LoraModule::kGate, a, a.gate.data(), xn_.data(), N, dropout, training);
-  lora_forward(l, LoraModule::kUp, a, a.up.data(), xn_.data(), N, dropout, training);
-  ops::swiglu_forward(xn_.data(), a.gate.data(), a.up.data(), static_cast<long>(N) * F);
+  lora_forward(l, LoraModule::kGate, a, gate, xn_.data(), N, dropout, training);
+  lora_forward(l, LoraModule::kUp, a, up, xn_.data(), N, dropout, training);
+  if (training) a.gate.keep(), a.up.keep();
+  ops::swiglu_forward(xn_.data(), gate, up, static_cast<long>(NF));
   ops::linear_accumulate(x_.data(), xn_.data(), lw.w_down, N);
   lora_forward(l, LoraModule::kDown, a, x_.data(), xn_.data(), N, dropout, training);
 }

@@ -28,14 +28,14 @@ struct SequenceSpan {
 // What one layer's forward leaves behind: the backward reads it (training keeps one per
 // layer; inference reuses one for every layer).
 struct LayerActivations {
-  std::vector<float> x_in;      // [N, C] residual stream entering the layer
-  std::vector<float> rstd1;     // [N]
-  std::vector<float> q, k, v;   // [N, H·D], [N, Hkv·D] ×2, after RoPE
-  std::vector<float> att;       // [N, H·D] attention output (o_proj input)
-  std::vector<float> lse;       // [N, H] softmax log-sum-exp
-  std::vector<float> x_mid;     // [N, C] residual stream after attention
-  std::vector<float> rstd2;     // [N]
-  std::vector<float> gate, up;  // [N, F] MLP pre-activations
+  std::vector<float> x_in;        // [N, C] residual stream entering the layer
+  std::vector<float> rstd1;       // [N]
+  std::vector<float> q, k, v;     // [N, H·D], [N, Hkv·D] ×2, after RoPE
+  std::vector<float> att;         // [N, H·D] attention output (o_proj input)
+  std::vector<float> lse;         // [N, H] softmax log-sum-exp
+  std::vector<float> x_mid;       // [N, C] residual stream after attention
+  std::vector<float> rstd2;       // [N]
+  ops::SavedActivation gate, up;  // [N, F] MLP pre-activations (bf16 in bf16 mode)
   std::array<std::vector<float>, kNumLoraModules> lora_u;  // [N, r] x·Aᵀ per LoRA module
   // Training with LoRA dropout: the kept features of each module's input, bit i % 64 of word
   // [n · ⌈in/64⌉ + i / 64] for feature i of token n (the backward reuses the forward's mask).
@@ -143,6 +143,7 @@ class Transformer {
   std::vector<float> inv_freq_;  // [D/2]
   // Working memory, grown on demand and reused between calls.
   std::vector<float> x_, xn_, rows_, dropped_, dlora_, rstd_final_;
+  std::vector<float> gate_, up_;  // [N, F] the forward's gate/up where they are kept in bf16
   std::vector<int> pos_;
   std::vector<ops::AttentionSpan> spans_;
   std::vector<LayerActivations> acts_;  // one per layer in training, one shared otherwise

@@ -82,12 +82,10 @@ void Transformer::layer_backward(int l, LayerActivations& a, const std::vector<S
   auto has_lora = [&](LoraModule m) { return adapter_->at(l, m) != nullptr; };
   float* h = xn_.data();     // silu(gate)·up [N, F]
   float* xn = rows_.data();  // norm(x_mid) [N, C]
-  if (has_lora(LoraModule::kDown))
-    ops::swiglu_forward(h, a.gate.data(), a.up.data(), static_cast<long>(N) * F);
+  if (has_lora(LoraModule::kDown)) ops::swiglu_forward(h, a.gate, a.up, static_cast<long>(N) * F);
   ops::linear_backward(dh_.data(), dx_.data(), lw.w_down, N, false);
   lora_backward(l, LoraModule::kDown, a, dh_.data(), dx_.data(), h, N, dropout);
-  ops::swiglu_backward(dh_.data(), dup_.data(), dh_.data(), a.gate.data(), a.up.data(),
-                       static_cast<long>(N) * F);
+  ops::swiglu_backward(dh_.data(), dup_.data(), dh_.data(), a.gate, a.up, static_cast<long>(N) * F);
   if (has_lora(LoraModule::kGate) || has_lora(LoraModule::kUp))
     ops::rmsnorm_forward(xn, nullptr, a.x_mid.data(), lw.post_norm, N, C, eps);
   ops::linear_backward(dxn_.data(), dh_.data(), lw.w_gate, N, false);

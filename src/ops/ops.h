@@ -6,6 +6,7 @@
 #pragma once
 
 #include "ops/packed_weight.h"
+#include "ops/saved_activation.h"
 
 namespace loratune::ops {
 
@@ -77,6 +78,10 @@ void swiglu_forward(float* h, const float* gate, const float* up, long n);
 // dgate, dup from dh (dgate may alias gate and dup may alias up: elementwise in place).
 void swiglu_backward(float* dgate, float* dup, const float* dh, const float* gate, const float* up,
                      long n);
+// The same from the forward's saved gate and up (fp32 or bf16).
+void swiglu_forward(float* h, const SavedActivation& gate, const SavedActivation& up, long n);
+void swiglu_backward(float* dgate, float* dup, const float* dh, const SavedActivation& gate,
+                     const SavedActivation& up, long n);
 
 // Fused lm_head + softmax + cross-entropy and its backward, `chunk` rows at a time so that
 // [R, V] logits never exist: for rows h[R, C] with targets[R], returns Σ −log p(target) and

@@ -1,22 +1,65 @@
+#include <bit>
+#include <cstdint>
+
 #include "ops/cpu/fast_exp.h"
 #include "ops/ops.h"
 
 namespace loratune::ops {
 
-void swiglu_forward(float* h, const float* gate, const float* up, long n) {
-#pragma omp parallel for simd schedule(static) if (n > 4096)
-  for (long i = 0; i < n; ++i) h[i] = gate[i] / (1.0f + fast_exp(-gate[i])) * up[i];
+namespace {
+
+// Element i of a saved activation, widened where it is bf16.
+inline float load(const float* p, long i) {
+  return p[i];
+}
+inline float load(const uint16_t* p, long i) {
+  return std::bit_cast<float>(static_cast<uint32_t>(p[i]) << 16);
 }
 
-void swiglu_backward(float* dgate, float* dup, const float* dh, const float* gate, const float* up,
-                     long n) {
+template <typename G, typename U>
+void forward(float* h, G gate, U up, long n) {
 #pragma omp parallel for simd schedule(static) if (n > 4096)
   for (long i = 0; i < n; ++i) {
-    const float g = gate[i], u = up[i], d = dh[i];
+    const float g = load(gate, i);
+    h[i] = g / (1.0f + fast_exp(-g)) * load(up, i);
+  }
+}
+
+template <typename G, typename U>
+void backward(float* dgate, float* dup, const float* dh, G gate, U up, long n) {
+#pragma omp parallel for simd schedule(static) if (n > 4096)
+  for (long i = 0; i < n; ++i) {
+    const float g = load(gate, i), u = load(up, i), d = dh[i];
     const float sig = 1.0f / (1.0f + fast_exp(-g));
     dup[i] = d * g * sig;
     dgate[i] = d * u * sig * (1.0f + g * (1.0f - sig));
   }
+}
+
+}  // namespace
+
+void swiglu_forward(float* h, const float* gate, const float* up, long n) {
+  forward(h, gate, up, n);
+}
+
+void swiglu_forward(float* h, const SavedActivation& gate, const SavedActivation& up, long n) {
+  if (gate.is_bf16())
+    forward(h, gate.bf16(), up.bf16(), n);
+  else
+    forward(h, gate.f32(), up.f32(), n);
+}
+
+void swiglu_backward(float* dgate, float* dup, const float* dh, const float* gate, const float* up,
+                     long n) {
+  backward(dgate, dup, dh, gate, up, n);
+}
+
+void swiglu_backward(float* dgate, float* dup, const float* dh, const SavedActivation& gate,
+                     const SavedActivation& up, long n) {
+  if (gate.is_bf16())
+    backward(dgate, dup, dh, gate.bf16(), up.bf16(), n);
+  else
+    backward(dgate, dup, dh, gate.f32(), up.f32(), n);
 }
 
 }  // namespace loratune::ops
