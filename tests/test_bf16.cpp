@@ -186,3 +186,46 @@ TEST(Bf16, TenAdamWStepsTrackFp32WithinAutocastError) {
 
 }  // namespace
 }  // namespace loratune
+
+namespace loratune {
+namespace {
+
+// --bf16 on the command line: alone (true), with a value, in a config file; bad values are
+// usage errors. eval reports the mode it ran.
+TEST(Bf16, CommandLineOption) {
+  const std::string eval = "eval --model '" + test::tiny_model_dir() + "' --data '" +
+                           test::source_dir() + "/examples/data/sample_seed.json' --json";
+  struct Case {
+    std::string flags, precision;
+  };
+  for (const Case& c :
+       {Case{"--bf16", "bf16"}, Case{"--bf16 true", "bf16"}, Case{"--bf16=false", "fp32"},
+        Case{"--bf16 false", "fp32"}, Case{"--bf16 --threads 1", "bf16"}}) {
+    const test::CommandResult r = test::run_cli(eval + " " + c.flags);
+    ASSERT_EQ(r.status, 0) << c.flags << "\n" << r.output;
+    EXPECT_EQ(nlohmann::json::parse(r.output)["precision"], c.precision) << c.flags;
+  }
+  const test::CommandResult bad = test::run_cli(eval + " --bf16 maybe");
+  EXPECT_EQ(bad.status, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--bf16 takes auto, true or false"), std::string::npos) << bad.output;
+  EXPECT_EQ(std::count(bad.output.begin(), bad.output.end(), '\n'), 1) << bad.output;
+}
+
+// train names the mode in its log, and records the effective one in training_args.json.
+TEST(Bf16, TrainSaysWhichModeRuns) {
+  test::TempDir dir;
+  const test::CommandResult r = test::run_cli(
+      "train --model '" + test::tiny_model_dir() + "' --data '" + test::source_dir() +
+      "/examples/data/sample_seed.json' --output-dir '" + (dir / "out") +
+      "' --max-steps 1 --save-steps 1 --per-device-train-batch-size 4 --threads 1 --bf16 true");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("loratune: bf16 mixed precision (matrix kernels onednn-bf16"),
+            std::string::npos)
+      << r.output;
+  const auto args =
+      nlohmann::json::parse(test::read_file(dir / "out/checkpoint-1/training_args.json"));
+  EXPECT_EQ(args["bf16"], true) << args.dump();
+}
+
+}  // namespace
+}  // namespace loratune
