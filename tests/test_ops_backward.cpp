@@ -458,5 +458,31 @@ TEST(OpsBackward, CrossEntropyFastMatchesRef) {
     }
 }
 
+// The bf16 lm_head: logits from bf16 operands with fp32 accumulation (as the reference on the
+// rounded h and w), its input gradient from the softmax gradient rounded to bf16 in place, so
+// dh is checked to bf16's precision.
+TEST(OpsBackward, CrossEntropyBf16MatchesRefOnRoundedOperands) {
+  const int R = 7, C = 13, V = 37;
+  const std::vector<int> targets = {0, 36, 5, 5, 17, 2, 30};
+  for (int chunk : {2, 7}) {
+    const auto h = test::bf16_operands(random_vec<float>(R * C, 94), ops::WeightFormat::kRowsBF16);
+    const auto w = test::bf16_operands(random_vec<float>(V * C, 95), ops::WeightFormat::kRowsBF16);
+    std::vector<float> dh(R * C, kGarbage), dh_ref(R * C), scratch(static_cast<size_t>(chunk) * V);
+    const ops::PackedWeight packed(w.data(), V, C, ops::WeightFormat::kRowsBF16);
+    const double loss = ops::cross_entropy_forward_backward(
+        dh.data(), h.data(), packed, targets.data(), R, 0.5f, scratch.data(), chunk);
+    const double loss_ref = ref::cross_entropy_forward_backward(dh_ref.data(), h.data(), w.data(),
+                                                                targets.data(), R, C, V, 0.5f);
+    EXPECT_NEAR(loss, loss_ref, 1e-5 * std::fabs(loss_ref)) << "chunk " << chunk;
+    double diff = 0, norm = 0;
+    for (int i = 0; i < R * C; ++i) {
+      diff += (dh[i] - dh_ref[i]) * double(dh[i] - dh_ref[i]);
+      norm += dh_ref[i] * double(dh_ref[i]);
+    }
+    EXPECT_LT(std::sqrt(diff / norm), 8e-3) << "chunk " << chunk;  // bf16: 2^-8 per value
+    EXPECT_GT(std::sqrt(diff / norm), 0.0) << "the gradient went through bf16";
+  }
+}
+
 }  // namespace
 }  // namespace loratune

@@ -169,8 +169,10 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
 
   ops::rmsnorm_forward(xn_.data(), a.rstd2.data(), x_.data(), lw.post_norm, N, C, eps);
   const size_t NF = static_cast<size_t>(N) * F;
-  float* gate = a.gate.write(NF, gate_);
-  float* up = a.up.write(NF, up_);
+  // Where gate/up are kept in bf16, their fp32 values go through the backward's dh_ and dup_
+  // (unused until the backward).
+  float* gate = a.gate.write(NF, dh_);
+  float* up = a.up.write(NF, dup_);
   const ops::LinearOut gate_up[] = {{gate, &lw.w_gate, nullptr}, {up, &lw.w_up, nullptr}};
   ops::linear_forward_shared(gate_up, 2, xn_.data(), N);
   lora_forward(l, LoraModule::kGate, a, gate, xn_.data(), N, dropout, training);

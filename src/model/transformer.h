@@ -143,7 +143,6 @@ class Transformer {
   std::vector<float> inv_freq_;  // [D/2]
   // Working memory, grown on demand and reused between calls.
   std::vector<float> x_, xn_, rows_, dropped_, dlora_, rstd_final_;
-  std::vector<float> gate_, up_;  // [N, F] the forward's gate/up where they are kept in bf16
   std::vector<int> pos_;
   std::vector<ops::AttentionSpan> spans_;
   std::vector<LayerActivations> acts_;  // one per layer in training, one shared otherwise

@@ -52,6 +52,15 @@ void round_avx2(uint16_t* dst, const float* src, long n) {
 
 }  // namespace
 
+uint16_t* round_to_bf16_in_place(float* x, long n) {
+  uint16_t* dst = reinterpret_cast<uint16_t*>(x);
+  if (cpu_features().avx512() && cpu_features().avx512_bf16)
+    round_avx512_bf16(dst, x, n);
+  else
+    round_avx2(dst, x, n);
+  return dst;
+}
+
 void round_to_bf16(uint16_t* dst, const float* src, long n) {
   const bool avx512_bf16 = cpu_features().avx512() && cpu_features().avx512_bf16;
   constexpr long kChunk = 1 << 14;

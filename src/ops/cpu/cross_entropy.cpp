@@ -1,6 +1,5 @@
 #include <cmath>
 #include <limits>
-#include <vector>
 
 #include "ops/cpu/bf16_round.h"
 #include "ops/cpu/fast_exp.h"
@@ -51,13 +50,10 @@ double cross_entropy_forward_backward(float* dh, const float* h, const PackedWei
                                       const int* targets, int R, float grad_scale, float* scratch,
                                       int chunk) {
   const int C = w.in(), V = w.out();
-  // A bf16 lm_head reads its input gradient in bf16: each row is rounded right after it is
-  // written, while it is still in cache, instead of in a pass of its own.
+  // A bf16 lm_head reads its input gradient in bf16: each row is rounded in place right after
+  // it is written, while it is still in cache, into the first half of its own bytes (so the
+  // bf16 rows lie 2V values apart and need no buffer of their own).
   const bool bf16 = dh && w.format() == WeightFormat::kRowsBF16;
-  thread_local std::vector<uint16_t> grad16;  // [chunk, V], grown once
-  if (bf16 && grad16.size() < static_cast<size_t>(chunk) * V)
-    grad16.resize(static_cast<size_t>(chunk) * V);
-  uint16_t* g16 = grad16.data();  // the caller's buffer: the team's threads have their own
   double loss = 0.0;
   for (int r0 = 0; r0 < R; r0 += chunk) {
     const int rows = std::min(chunk, R - r0);
@@ -67,12 +63,13 @@ double cross_entropy_forward_backward(float* dh, const float* h, const PackedWei
     for (int i = 0; i < rows; ++i) {
       float* row = logits + static_cast<long>(i) * V;
       loss += softmax_row(row, V, targets[r0 + i], grad_scale, dh != nullptr);
-      if (bf16) round_to_bf16(g16 + static_cast<long>(i) * V, row, V);
+      if (bf16) round_to_bf16_in_place(row, V);
     }
     if (!dh) continue;
     float* dh_rows = dh + static_cast<long>(r0) * C;
     if (bf16)
-      onednn::backward_bf16(dh_rows, g16, w, rows, false);
+      onednn::backward_bf16(dh_rows, reinterpret_cast<const uint16_t*>(logits), 2L * V, w, rows,
+                            false);
     else
       linear_backward(dh_rows, logits, w, rows, false);
   }

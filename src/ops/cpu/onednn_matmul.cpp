@@ -26,7 +26,8 @@ dnnl::engine& engine() {
 struct Key {
   int in, out;
   bool backward, accumulate, bf16;
-  auto tie() const { return std::tie(in, out, backward, accumulate, bf16); }
+  long lda;  // values from one row of a to the next
+  auto tie() const { return std::tie(in, out, backward, accumulate, bf16, lda); }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
 
@@ -43,7 +44,7 @@ const Primitive& primitive(const Key& k) {
   if (auto it = cache.find(k); it != cache.end()) return it->second;
   const memory::dim K = k.backward ? k.out : k.in, Nout = k.backward ? k.in : k.out;
   const Dt dt = k.bf16 ? Dt::bf16 : Dt::f32;
-  const memory::desc a({DNNL_RUNTIME_DIM_VAL, K}, dt, {K, 1});
+  const memory::desc a({DNNL_RUNTIME_DIM_VAL, K}, dt, {k.lda, 1});
   const memory::desc b({K, Nout}, dt, k.backward ? memory::dims{Nout, 1} : memory::dims{1, K});
   const memory::desc c({DNNL_RUNTIME_DIM_VAL, Nout}, Dt::f32, {Nout, 1});
   dnnl::primitive_attr attr;
@@ -66,16 +67,18 @@ const uint16_t* bf16_copy(const float* a, size_t n) {
 }
 
 // c[N, Nout] (+)= a[N, K] · b for the weight w (see Key); a is in w's precision.
-void run(float* c, const void* a, const PackedWeight& w, int N, bool accumulate, bool backward) {
+void run(float* c, const void* a, const PackedWeight& w, int N, bool accumulate, bool backward,
+         long lda = 0) {
   const bool bf16 = w.format() == WeightFormat::kRowsBF16;
-  const Primitive& p = primitive({w.in(), w.out(), backward, accumulate, bf16});
   const memory::dim K = backward ? w.out() : w.in(), Nout = backward ? w.in() : w.out();
+  if (lda == 0) lda = K;
+  const Primitive& p = primitive({w.in(), w.out(), backward, accumulate, bf16, lda});
   thread_local std::vector<char> scratchpad;  // grown once, then reused
   if (scratchpad.size() < p.scratchpad_bytes) scratchpad.resize(p.scratchpad_bytes);
   const Dt dt = bf16 ? Dt::bf16 : Dt::f32;
   const void* w_data = bf16 ? static_cast<const void*>(w.rows_bf16()) : w.rows_f32();
   // oneDNN takes non-const handles; it only reads a and the weights.
-  memory a_mem({{N, K}, dt, {K, 1}}, engine(), const_cast<void*>(a));
+  memory a_mem({{N, K}, dt, {lda, 1}}, engine(), const_cast<void*>(a));
   memory b_mem(p.weights, engine(), const_cast<void*>(w_data));
   memory c_mem({{N, Nout}, Dt::f32, {Nout, 1}}, engine(), c);
   memory s_mem({{static_cast<memory::dim>(p.scratchpad_bytes)}, Dt::u8, {1}}, engine(),
@@ -106,8 +109,9 @@ void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool acc
   run(dx, operand(dy, static_cast<size_t>(N) * w.out(), w), w, N, accumulate, true);
 }
 
-void backward_bf16(float* dx, const uint16_t* dy, const PackedWeight& w, int N, bool accumulate) {
-  if (N > 0) run(dx, dy, w, N, accumulate, true);
+void backward_bf16(float* dx, const uint16_t* dy, long ld_dy, const PackedWeight& w, int N,
+                   bool accumulate) {
+  if (N > 0) run(dx, dy, w, N, accumulate, true, ld_dy);
 }
 
 }  // namespace loratune::ops::onednn

@@ -18,7 +18,8 @@ struct Product {
 void forward(const Product* ps, int n, const float* x, int N);
 // dx[N, in] (+)= dy[N, out] · w
 void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate);
-// The same with dy already in bf16, for a kRowsBF16 weight.
-void backward_bf16(float* dx, const uint16_t* dy, const PackedWeight& w, int N, bool accumulate);
+// The same with dy already in bf16, for a kRowsBF16 weight, its rows ld_dy values apart.
+void backward_bf16(float* dx, const uint16_t* dy, long ld_dy, const PackedWeight& w, int N,
+                   bool accumulate);
 
 }  // namespace loratune::ops::onednn
