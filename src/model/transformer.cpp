@@ -124,10 +124,10 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
   const size_t NC = static_cast<size_t>(N) * C;
   grow(a.x_in, NC);
   grow(a.rstd1, N);
-  grow(a.q, static_cast<size_t>(N) * QD);
-  grow(a.k, static_cast<size_t>(N) * KVD);
-  grow(a.v, static_cast<size_t>(N) * KVD);
-  grow(a.att, static_cast<size_t>(N) * QD);
+  float* q = a.q.write(static_cast<size_t>(N) * QD, q_);
+  float* k = a.k.write(static_cast<size_t>(N) * KVD, k_);
+  float* v = a.v.write(static_cast<size_t>(N) * KVD, v_);
+  float* att = a.att.write(static_cast<size_t>(N) * QD, att_);
   grow(a.lse, static_cast<size_t>(N) * H);
   grow(a.x_mid, NC);
   grow(a.rstd2, N);
@@ -135,36 +135,36 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
 
   std::memcpy(a.x_in.data(), x_.data(), NC * sizeof(float));
   ops::rmsnorm_forward(xn_.data(), a.rstd1.data(), x_.data(), lw.input_norm, N, C, eps);
-  const ops::LinearOut qkv[] = {
-      {a.q.data(), &lw.wq, lw.bq}, {a.k.data(), &lw.wk, lw.bk}, {a.v.data(), &lw.wv, lw.bv}};
+  const ops::LinearOut qkv[] = {{q, &lw.wq, lw.bq}, {k, &lw.wk, lw.bk}, {v, &lw.wv, lw.bv}};
   ops::linear_forward_shared(qkv, 3, xn_.data(), N);
-  lora_forward(l, LoraModule::kQ, a, a.q.data(), xn_.data(), N, dropout, training);
-  lora_forward(l, LoraModule::kK, a, a.k.data(), xn_.data(), N, dropout, training);
-  lora_forward(l, LoraModule::kV, a, a.v.data(), xn_.data(), N, dropout, training);
-  ops::rope_forward(a.q.data(), pos_.data(), inv_freq_.data(), N, H, D);
-  ops::rope_forward(a.k.data(), pos_.data(), inv_freq_.data(), N, Hkv, D);
+  lora_forward(l, LoraModule::kQ, a, q, xn_.data(), N, dropout, training);
+  lora_forward(l, LoraModule::kK, a, k, xn_.data(), N, dropout, training);
+  lora_forward(l, LoraModule::kV, a, v, xn_.data(), N, dropout, training);
+  ops::rope_forward(q, pos_.data(), inv_freq_.data(), N, H, D);
+  ops::rope_forward(k, pos_.data(), inv_freq_.data(), N, Hkv, D);
 
   spans_.resize(seqs.size());
   for (size_t i = 0; i < seqs.size(); ++i) {
     const SequenceSpan& s = seqs[i];
-    const float* k = &a.k[static_cast<size_t>(s.start) * KVD];
-    const float* v = &a.v[static_cast<size_t>(s.start) * KVD];
-    spans_[i] = {s.start, s.length, 0, k, v};
+    const float* ks = k + static_cast<size_t>(s.start) * KVD;
+    const float* vs = v + static_cast<size_t>(s.start) * KVD;
+    spans_[i] = {s.start, s.length, 0, ks, vs};
     if (cache) {
       // Append this step's keys/values to the slot, then attend over the whole slot.
       const int past = cache->length(s.slot);
       float* kc = cache->keys(l, s.slot);
       float* vc = cache->values(l, s.slot);
       const size_t bytes = static_cast<size_t>(s.length) * KVD * sizeof(float);
-      std::memcpy(kc + static_cast<size_t>(past) * KVD, k, bytes);
-      std::memcpy(vc + static_cast<size_t>(past) * KVD, v, bytes);
+      std::memcpy(kc + static_cast<size_t>(past) * KVD, ks, bytes);
+      std::memcpy(vc + static_cast<size_t>(past) * KVD, vs, bytes);
       spans_[i] = {s.start, s.length, past, kc, vc};
     }
   }
-  ops::attention_forward(a.att.data(), a.lse.data(), a.q.data(), spans_.data(),
-                         static_cast<int>(spans_.size()), H, Hkv, D, KVD);
-  ops::linear_accumulate(x_.data(), a.att.data(), lw.wo, N);
-  lora_forward(l, LoraModule::kO, a, x_.data(), a.att.data(), N, dropout, training);
+  ops::attention_forward(att, a.lse.data(), q, spans_.data(), static_cast<int>(spans_.size()), H,
+                         Hkv, D, KVD);
+  ops::linear_accumulate(x_.data(), att, lw.wo, N);
+  lora_forward(l, LoraModule::kO, a, x_.data(), att, N, dropout, training);
+  if (training) a.q.keep(), a.k.keep(), a.v.keep(), a.att.keep();
   std::memcpy(a.x_mid.data(), x_.data(), NC * sizeof(float));
 
   ops::rmsnorm_forward(xn_.data(), a.rstd2.data(), x_.data(), lw.post_norm, N, C, eps);

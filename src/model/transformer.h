@@ -30,8 +30,8 @@ struct SequenceSpan {
 struct LayerActivations {
   std::vector<float> x_in;        // [N, C] residual stream entering the layer
   std::vector<float> rstd1;       // [N]
-  std::vector<float> q, k, v;     // [N, H·D], [N, Hkv·D] ×2, after RoPE
-  std::vector<float> att;         // [N, H·D] attention output (o_proj input)
+  ops::SavedActivation q, k, v;   // [N, H·D], [N, Hkv·D] ×2, after RoPE
+  ops::SavedActivation att;       // [N, H·D] attention output (o_proj input)
   std::vector<float> lse;         // [N, H] softmax log-sum-exp
   std::vector<float> x_mid;       // [N, C] residual stream after attention
   std::vector<float> rstd2;       // [N]
@@ -143,6 +143,9 @@ class Transformer {
   std::vector<float> inv_freq_;  // [D/2]
   // Working memory, grown on demand and reused between calls.
   std::vector<float> x_, xn_, rows_, dropped_, dlora_, rstd_final_;
+  // q/k/v and the attention output in fp32 where they are kept in bf16 (forward), widened
+  // again (backward).
+  std::vector<float> q_, k_, v_, att_;
   std::vector<int> pos_;
   std::vector<ops::AttentionSpan> spans_;
   std::vector<LayerActivations> acts_;  // one per layer in training, one shared otherwise

@@ -96,13 +96,14 @@ void Transformer::layer_backward(int l, LayerActivations& a, const std::vector<S
                         C);
 
   // Attention: x_mid = x_in + o(attn(rope(q(xn)), rope(k(xn)), v(xn))), xn = norm(x_in)
+  const float* att = a.att.widened(att_);
   ops::linear_backward(datt_.data(), dx_.data(), lw.wo, N, false);
-  lora_backward(l, LoraModule::kO, a, datt_.data(), dx_.data(), a.att.data(), N, dropout);
+  lora_backward(l, LoraModule::kO, a, datt_.data(), dx_.data(), att, N, dropout);
   spans_.resize(seqs.size());
   for (size_t i = 0; i < seqs.size(); ++i)
     spans_[i] = {seqs[i].start, seqs[i].length, 0, nullptr, nullptr};
-  ops::attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.att.data(),
-                          a.lse.data(), a.q.data(), a.k.data(), a.v.data(), spans_.data(),
+  ops::attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), att, a.lse.data(),
+                          a.q.widened(q_), a.k.widened(k_), a.v.widened(v_), spans_.data(),
                           static_cast<int>(spans_.size()), H, Hkv, D);
   ops::rope_backward(dq_.data(), pos_.data(), inv_freq_.data(), N, H, D);
   ops::rope_backward(dk_.data(), pos_.data(), inv_freq_.data(), N, Hkv, D);

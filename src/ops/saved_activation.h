@@ -1,8 +1,8 @@
 // An activation that the forward keeps for the backward, in the run's precision: fp32, or in
-// bf16 mode bf16, as autocast keeps the bf16 outputs of its matrix products. The MLP's
-// gate/up pair [N, F] ×2 is the largest part of training memory; in bf16 it takes half.
-// The forward writes fp32 (write()), uses it, then keep() stores it; the backward reads it
-// through the ops that take a SavedActivation.
+// bf16 mode bf16, as autocast keeps the bf16 outputs of its matrix products (the MLP's
+// gate/up pair [N, F] ×2 is the largest part of training memory; q/k/v and the attention
+// output follow). The forward writes fp32 (write()), uses it, then keep() stores it; the
+// backward reads it through the ops that take a SavedActivation, or widened().
 #pragma once
 
 #include <cstddef>
@@ -17,6 +17,9 @@ class SavedActivation {
   float* write(size_t n, std::vector<float>& scratch);
   // After write(): in bf16 mode, rounds what was written into the store.
   void keep();
+
+  // The kept values in fp32: the store itself, or widened into `scratch` (grown to fit).
+  const float* widened(std::vector<float>& scratch) const;
 
   bool is_bf16() const { return bf16_; }
   const float* f32() const { return f32_.data(); }
