@@ -465,10 +465,11 @@ TEST(OpsBackward, CrossEntropyBf16MatchesRefOnRoundedOperands) {
   const int R = 7, C = 13, V = 37;
   const std::vector<int> targets = {0, 36, 5, 5, 17, 2, 30};
   for (int chunk : {2, 7}) {
-    const auto h = test::bf16_operands(random_vec<float>(R * C, 94), ops::WeightFormat::kRowsBF16);
-    const auto w = test::bf16_operands(random_vec<float>(V * C, 95), ops::WeightFormat::kRowsBF16);
+    const ops::WeightFormat format = ops::choose_backend(ops::Precision::kBF16).format;
+    const auto h = test::bf16_operands(random_vec<float>(R * C, 94), format);
+    const auto w = test::bf16_operands(random_vec<float>(V * C, 95), format);
     std::vector<float> dh(R * C, kGarbage), dh_ref(R * C), scratch(static_cast<size_t>(chunk) * V);
-    const ops::PackedWeight packed(w.data(), V, C, ops::WeightFormat::kRowsBF16);
+    const ops::PackedWeight packed(w.data(), V, C, format);
     const double loss = ops::cross_entropy_forward_backward(
         dh.data(), h.data(), packed, targets.data(), R, 0.5f, scratch.data(), chunk);
     const double loss_ref = ref::cross_entropy_forward_backward(dh_ref.data(), h.data(), w.data(),

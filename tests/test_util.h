@@ -53,9 +53,7 @@ class BackendScope {
     ops::set_backend({precision, format});
   }
   explicit BackendScope(ops::WeightFormat format)
-      : BackendScope(
-            format == ops::WeightFormat::kRowsBF16 ? ops::Precision::kBF16 : ops::Precision::kF32,
-            format) {}
+      : BackendScope(ops::is_bf16(format) ? ops::Precision::kBF16 : ops::Precision::kF32, format) {}
   ~BackendScope() { ops::set_backend(saved_); }
   BackendScope(const BackendScope&) = delete;
   BackendScope& operator=(const BackendScope&) = delete;
@@ -67,7 +65,7 @@ class BackendScope {
 // x rounded to bf16 where `format` multiplies in bf16 (its kernels round their inputs), so
 // that an fp32 reference sees the same operands.
 inline std::vector<float> bf16_operands(std::vector<float> x, ops::WeightFormat format) {
-  if (format == ops::WeightFormat::kRowsBF16)
+  if (ops::is_bf16(format))
     for (float& v : x) v = bf16_to_float(float_to_bf16(v));
   return x;
 }

@@ -171,17 +171,18 @@ std::vector<OJson> sgemm_figure(const ModelConfig& c, int M) {
                        w.data(), in, 0.0f, dx.data(), in);
          }},
     };
-    // loratune's kernels through ops::linear_*, each on its weight format, packed once as at
-    // model load: own = the AVX2 kernels, onednn_f32 / onednn_bf16 = oneDNN's matmul.
-    const std::pair<const char*, ops::WeightFormat> kernels[] = {
-        {"own", ops::WeightFormat::kBlocksF32},
-        {"onednn_f32", ops::WeightFormat::kRowsF32},
-        {"onednn_bf16", ops::WeightFormat::kRowsBF16}};
+    // loratune's kernels through ops::linear_*, on every weight format this CPU runs, packed
+    // once as at model load: own = the AVX2 kernels (own_bf16: on bf16-rounded operands),
+    // onednn_f32 / onednn_bf16 = oneDNN's matmul.
     std::vector<std::unique_ptr<ops::PackedWeight>> packed;
-    for (const auto& [name, format] : kernels) {
+    for (const ops::WeightFormat format : ops::available_formats()) {
+      const char* name = format == ops::WeightFormat::kBlocksF32  ? "own"
+                         : format == ops::WeightFormat::kRowsF32  ? "onednn_f32"
+                         : format == ops::WeightFormat::kRowsBF16 ? "onednn_bf16"
+                                                                  : "own_bf16";
       packed.push_back(std::make_unique<ops::PackedWeight>(w.data(), out, in, format));
       const ops::PackedWeight& pw = *packed.back();
-      const bool bf16 = format == ops::WeightFormat::kRowsBF16;
+      const bool bf16 = ops::is_bf16(format);
       impls.push_back({std::string(name) + "_forward", bf16,
                        [&] { ops::linear_forward(y.data(), x.data(), pw, nullptr, M); }});
       impls.push_back({std::string(name) + "_backward", bf16,
@@ -391,6 +392,7 @@ OJson seed_figure(const SeedJob& job) {
 
 OJson generate_figure(const std::string& model_dir, int prompt_tokens, int new_tokens) {
   Transformer model(model_dir);
+  // Bytes a weight takes in memory (the emulated bf16 format holds fp32).
   const int64_t weight_bytes = ops::backend().format == ops::WeightFormat::kRowsBF16 ? 2 : 4;
   const ModelConfig& c = model.config();
   Rng rng(3);

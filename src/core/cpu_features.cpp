@@ -3,6 +3,7 @@
 #include <cpuid.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 namespace loratune {
@@ -77,11 +78,20 @@ std::string CpuFeatures::flags() const {
   std::string s;
   for (const auto& [present, name] : all)
     if (present) s += (s.empty() ? "" : " ") + std::string(name);
-  return s;
+  return capped_to_avx2 ? s + " (capped by LORATUNE_MAX_ISA=avx2)" : s;
 }
 
 const CpuFeatures& cpu_features() {
-  static const CpuFeatures features = detect();
+  static const CpuFeatures features = [] {
+    CpuFeatures f = detect();
+    const char* cap = std::getenv("LORATUNE_MAX_ISA");
+    if (cap && std::string(cap) == "avx2") {
+      f.avx512f = f.avx512bw = f.avx512vl = f.avx512_bf16 = false;
+      f.amx_tile = f.amx_bf16 = false;
+      f.capped_to_avx2 = true;
+    }
+    return f;
+  }();
   return features;
 }
 

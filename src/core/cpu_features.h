@@ -1,5 +1,7 @@
 // What the running CPU can do, read once from cpuid (and the OS's saved-state mask, so that
-// an AVX-512 or AMX unit the kernel does not enable counts as absent).
+// an AVX-512 or AMX unit the kernel does not enable counts as absent). LORATUNE_MAX_ISA=avx2
+// in the environment hides AVX-512 and AMX: the program then runs as on an AVX2-only CPU
+// (to test that path, or to compare kernels on one machine).
 #pragma once
 
 #include <string>
@@ -11,6 +13,7 @@ struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512_bf16 = false;
   bool amx_tile = false, amx_bf16 = false;
+  bool capped_to_avx2 = false;  // LORATUNE_MAX_ISA=avx2 hid what is above AVX2
 
   // AVX-512 F, BW and VL: what oneDNN's AVX-512 kernels need.
   bool avx512() const { return avx512f && avx512bw && avx512vl; }

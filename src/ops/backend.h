@@ -3,8 +3,11 @@
 //   fp32, CPU without AVX-512: loratune's own AVX2 kernels (ops/cpu/linear.cpp);
 //   fp32, CPU with AVX-512: oneDNN's fp32 matmul (it JITs AVX-512 code; on such a CPU it
 //        ran 1.9-3x the own kernel on the Qwen2-0.5B shapes: docs/performance.md);
-//   bf16: oneDNN's bf16 matmul with fp32 accumulation (AMX or AVX512-BF16 where present,
-//        emulated on plainer CPUs: correct, slow).
+//   bf16, CPU with AVX-512: oneDNN's bf16 matmul with fp32 accumulation (AMX or AVX512-BF16
+//        where present, oneDNN's own emulation on plain AVX-512);
+//   bf16, CPU without AVX-512 (oneDNN 2.6 has no bf16 matmul there): the own AVX2 kernels on
+//        bf16-rounded weights and inputs, the same arithmetic (a product of two bf16 values
+//        is exact in fp32) at fp32 speed and memory.
 #pragma once
 
 #include <string>
@@ -16,10 +19,19 @@ enum class Precision { kF32, kBF16 };
 
 // How a PackedWeight holds its matrix w[out, in], which names the kernel that reads it.
 enum class WeightFormat {
-  kBlocksF32,  // fp32 blocks of 16 output rows for the own AVX2 kernels
-  kRowsF32,    // fp32 rows [out, in] for oneDNN
-  kRowsBF16,   // bf16 rows [out, in] for oneDNN (inputs rounded to bf16, fp32 accumulation)
+  kBlocksF32,   // fp32 blocks of 16 output rows for the own AVX2 kernels
+  kRowsF32,     // fp32 rows [out, in] for oneDNN
+  kRowsBF16,    // bf16 rows [out, in] for oneDNN (inputs rounded to bf16, fp32 accumulation)
+  kBlocksBF16,  // kBlocksF32 holding bf16-rounded values; inputs rounded too (bf16 emulated)
 };
+
+// Whether a format multiplies in bf16 (rounds its inputs), and whether oneDNN reads it.
+inline bool is_bf16(WeightFormat f) {
+  return f == WeightFormat::kRowsBF16 || f == WeightFormat::kBlocksBF16;
+}
+inline bool is_blocks(WeightFormat f) {
+  return f == WeightFormat::kBlocksF32 || f == WeightFormat::kBlocksBF16;
+}
 
 struct Backend {
   Precision precision = Precision::kF32;
@@ -34,7 +46,7 @@ const Backend& backend();
 
 // Every format that runs on this CPU, the run's own first: tests and the bench try each.
 std::vector<WeightFormat> available_formats();
-// "own-avx2-f32", "onednn-f32", "onednn-bf16".
+// "own-avx2-f32", "onednn-f32", "onednn-bf16", "own-avx2-bf16-emulated".
 const char* format_name(WeightFormat format);
 // The instruction set oneDNN's JIT targets on this CPU ("avx512_core_amx", "avx2", ...).
 std::string onednn_isa();

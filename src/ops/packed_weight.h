@@ -4,7 +4,8 @@
 //   [in][kWidth] (the output index fastest), the last block zero-padded. The forward (x·wᵀ)
 //   loads kWidth outputs of one input feature as two vectors; the input gradient (dy·w)
 //   broadcasts single elements. Neither repacks the weight, which a general sgemm does on
-//   every call.
+//   every call. kBlocksBF16: the same layout holding bf16-rounded values (bf16 emulated where
+//   oneDNN has no bf16 kernel).
 // - kRowsF32 / kRowsBF16, for oneDNN: the rows [out, in] as the file holds them, in fp32 or
 //   bf16 (rounded to nearest even); the same rows serve x·wᵀ and dy·w.
 #pragma once
@@ -36,7 +37,7 @@ class PackedWeight {
   // Bytes the matrix takes in memory.
   size_t bytes() const { return bytes_; }
 
-  // kBlocksF32 only.
+  // kBlocksF32 / kBlocksBF16 only.
   int blocks() const { return (out_ + kWidth - 1) / kWidth; }
   // Floats from one block to the next: the block plus one cache line, so that the same row of
   // consecutive blocks falls in different cache sets (the input gradient reads down a column

@@ -8,6 +8,15 @@ namespace loratune::ops {
 
 namespace {
 
+// LORATUNE_MAX_ISA=avx2 (core/cpu_features.h) caps oneDNN's JIT as well.
+void cap_onednn_isa() {
+  static const bool capped = [] {
+    if (cpu_features().capped_to_avx2) dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx2);
+    return true;
+  }();
+  (void)capped;
+}
+
 Backend& current() {
   static Backend b = choose_backend(Precision::kF32);
   return b;
@@ -15,8 +24,31 @@ Backend& current() {
 
 }  // namespace
 
+// Whether oneDNN has a bf16 matmul for this CPU (none below AVX-512 in 2.6): a small one is
+// made once to see.
+bool onednn_has_bf16() {
+  static const bool has = [] {
+    cap_onednn_isa();
+    if (!cpu_features().avx512()) return false;
+    try {
+      using dnnl::memory;
+      const memory::desc a({4, 32}, memory::data_type::bf16, memory::format_tag::ab);
+      const memory::desc b({32, 16}, memory::data_type::bf16, memory::format_tag::ab);
+      const memory::desc c({4, 16}, memory::data_type::f32, memory::format_tag::ab);
+      dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, b, c),
+                                   dnnl::engine(dnnl::engine::kind::cpu, 0));
+      return true;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }();
+  return has;
+}
+
 Backend choose_backend(Precision precision) {
-  if (precision == Precision::kBF16) return {precision, WeightFormat::kRowsBF16};
+  cap_onednn_isa();
+  if (precision == Precision::kBF16)
+    return {precision, onednn_has_bf16() ? WeightFormat::kRowsBF16 : WeightFormat::kBlocksBF16};
   return {precision, cpu_features().avx512() ? WeightFormat::kRowsF32 : WeightFormat::kBlocksF32};
 }
 
@@ -30,8 +62,10 @@ const Backend& backend() {
 
 std::vector<WeightFormat> available_formats() {
   std::vector<WeightFormat> formats = {backend().format};
-  for (WeightFormat f : {WeightFormat::kBlocksF32, WeightFormat::kRowsF32, WeightFormat::kRowsBF16})
-    if (f != backend().format) formats.push_back(f);
+  for (WeightFormat f : {WeightFormat::kBlocksF32, WeightFormat::kRowsF32, WeightFormat::kRowsBF16,
+                         WeightFormat::kBlocksBF16})
+    if (f != backend().format && (f != WeightFormat::kRowsBF16 || onednn_has_bf16()))
+      formats.push_back(f);
   return formats;
 }
 
@@ -43,6 +77,8 @@ const char* format_name(WeightFormat format) {
       return "onednn-f32";
     case WeightFormat::kRowsBF16:
       return "onednn-bf16";
+    case WeightFormat::kBlocksBF16:
+      return "own-avx2-bf16-emulated";
   }
   return "?";
 }

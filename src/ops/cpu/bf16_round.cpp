@@ -52,6 +52,11 @@ void round_avx2(uint16_t* dst, const float* src, long n) {
 
 }  // namespace
 
+void round_to_bf16_precision(float* dst, const float* src, long n) {
+#pragma omp parallel for simd schedule(static) if (n > 65536 && !omp_in_parallel())
+  for (long i = 0; i < n; ++i) dst[i] = bf16_to_float(float_to_bf16(src[i]));
+}
+
 uint16_t* round_to_bf16_in_place(float* x, long n) {
   uint16_t* dst = reinterpret_cast<uint16_t*>(x);
   if (cpu_features().avx512() && cpu_features().avx512_bf16)

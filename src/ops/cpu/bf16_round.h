@@ -9,6 +9,8 @@ namespace loratune::ops {
 // dst[n] = src[n] rounded to nearest even, as float_to_bf16 does (the AVX512-BF16 path also
 // flushes subnormals to zero, as AMX and vdpbf16ps read them anyway).
 void round_to_bf16(uint16_t* dst, const float* src, long n);
+// dst[n] = src[n] rounded to bf16 and widened back to fp32 (the emulated bf16 kernels' input).
+void round_to_bf16_precision(float* dst, const float* src, long n);
 // The same in place, on the calling thread: the n bf16 values take the first half of x's bytes
 // (each store lands on values already read).
 uint16_t* round_to_bf16_in_place(float* x, long n);

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "ops/cpu/bf16_round.h"
 #include "ops/cpu/onednn_matmul.h"
 #include "ops/ops.h"
 
@@ -422,6 +423,16 @@ void blocks_backward(float* dx, const float* dy, const PackedWeight& w, int N, b
   }
 }
 
+// The input as w's kernel multiplies it: x itself, or for kBlocksBF16 a copy rounded to bf16
+// (the calling thread's buffer, grown to the largest call and then reused).
+const float* emulated_input(const float* x, size_t n, const PackedWeight& w) {
+  if (w.format() != WeightFormat::kBlocksBF16) return x;
+  thread_local std::vector<float> rounded;
+  if (rounded.size() < n) rounded.resize(n);
+  round_to_bf16_precision(rounded.data(), x, static_cast<long>(n));
+  return rounded.data();
+}
+
 }  // namespace
 
 void linear_forward(float* y, const float* x, const PackedWeight& w, const float* b, int N) {
@@ -443,19 +454,21 @@ void linear_forward_shared(const LinearOut* outs, int n, const float* x, int N) 
         std::memcpy(o.y + static_cast<long>(r) * o.w->out(), o.b, o.w->out() * sizeof(float));
     ps[j] = {o.y, o.w, o.b != nullptr};
   }
-  if (outs[0].w->format() == WeightFormat::kBlocksF32) return blocks_forward(ps, n, x, N);
+  if (is_blocks(outs[0].w->format()))
+    return blocks_forward(
+        ps, n, emulated_input(x, static_cast<size_t>(N) * outs[0].w->in(), *outs[0].w), N);
   onednn::forward(ps, n, x, N);
 }
 
 void linear_accumulate(float* y, const float* x, const PackedWeight& w, int N) {
   const Product p{y, &w, true};
-  if (w.format() != WeightFormat::kBlocksF32) return onednn::forward(&p, 1, x, N);
-  blocks_forward(&p, 1, x, N);
+  if (!is_blocks(w.format())) return onednn::forward(&p, 1, x, N);
+  blocks_forward(&p, 1, emulated_input(x, static_cast<size_t>(N) * w.in(), w), N);
 }
 
 void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {
-  if (w.format() != WeightFormat::kBlocksF32) return onednn::backward(dx, dy, w, N, accumulate);
-  blocks_backward(dx, dy, w, N, accumulate);
+  if (!is_blocks(w.format())) return onednn::backward(dx, dy, w, N, accumulate);
+  blocks_backward(dx, emulated_input(dy, static_cast<size_t>(N) * w.out(), w), w, N, accumulate);
 }
 
 void lora_forward(float* y, float* u, const float* x, const float* A, const float* B, float scale,

@@ -14,11 +14,11 @@ namespace loratune::ops {
 
 PackedWeight::PackedWeight(int out, int in, WeightFormat format)
     : in_(in), out_(out), format_(format) {
-  if (format == WeightFormat::kBlocksF32 && (!cpu_features().avx2 || !cpu_features().fma))
+  if (is_blocks(format) && (!cpu_features().avx2 || !cpu_features().fma))
     throw Error("this CPU lacks AVX2 or FMA", "",
                 "loratune's matrix kernels need an x86-64-v3 CPU");
   const size_t rows = static_cast<size_t>(out) * in;
-  const size_t raw = format == WeightFormat::kBlocksF32
+  const size_t raw = is_blocks(format)
                          ? static_cast<size_t>(blocks()) * block_stride() * sizeof(float)
                      : format == WeightFormat::kRowsF32 ? rows * sizeof(float)
                                                         : rows * sizeof(uint16_t);
@@ -82,8 +82,10 @@ void PackedWeight::fill_from(const float* w) {
       return;
     }
     case WeightFormat::kBlocksF32:
+    case WeightFormat::kBlocksBF16:
       break;
   }
+  const bool round = format_ == WeightFormat::kBlocksBF16;
   float* data = static_cast<float*>(data_.get());
 #pragma omp parallel for schedule(static)
   for (int b = 0; b < blocks(); ++b) {
@@ -91,7 +93,10 @@ void PackedWeight::fill_from(const float* w) {
     for (int j = 0; j < kWidth; ++j) {
       const int o = b * kWidth + j;
       const float* row = o < out_ ? w + static_cast<size_t>(o) * in_ : nullptr;  // null: padding
-      for (int i = 0; i < in_; ++i) dst[static_cast<size_t>(i) * kWidth + j] = row ? row[i] : 0.0f;
+      for (int i = 0; i < in_; ++i) {
+        const float v = row ? row[i] : 0.0f;
+        dst[static_cast<size_t>(i) * kWidth + j] = round ? bf16_to_float(float_to_bf16(v)) : v;
+      }
     }
   }
 }
@@ -104,6 +109,7 @@ float PackedWeight::at(int o, int i) const {
     case WeightFormat::kRowsBF16:
       return bf16_to_float(rows_bf16()[row]);
     case WeightFormat::kBlocksF32:
+    case WeightFormat::kBlocksBF16:
       break;
   }
   return block(o / kWidth)[static_cast<size_t>(i) * kWidth + o % kWidth];
