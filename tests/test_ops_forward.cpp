@@ -77,8 +77,9 @@ TEST(OpsForward, PackedWeightFromBf16KeepsTheFileValues) {
     packed.unpack(back.data());
     for (int i = 0; i < out * in; ++i)
       ASSERT_EQ(back[i], bf16_to_float(w16[i])) << ops::format_name(format) << " at " << i;
-    if (format == ops::WeightFormat::kRowsBF16)  // held as 2 bytes a value, not widened
+    if (format == ops::WeightFormat::kRowsBF16) {  // held as 2 bytes a value, not widened
       EXPECT_LT(packed.bytes(), out * in * sizeof(float));
+    }
   }
 }
 
