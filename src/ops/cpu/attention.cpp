@@ -1,11 +1,10 @@
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "ops/cpu/fast_exp.h"
+#include "ops/cpu/small_gemm.h"
 #include "ops/ops.h"
 
 namespace loratune::ops {
@@ -19,8 +18,8 @@ constexpr int kRowBlock = 64;
 // scores[q_len, n_keys] = scale · Q_h · K_gᵀ
 void head_scores(float* scores, const float* qh, long q_stride, const float* kg, int kv_stride,
                  int q_len, int n_keys, int D, float scale) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, q_len, n_keys, D, scale, qh, q_stride, kg,
-              kv_stride, 0.0f, scores, n_keys);
+  small_sgemm(false, true, q_len, n_keys, D, scale, qh, q_stride, kg, kv_stride, 0.0f, scores,
+              n_keys);
 }
 
 // row[0, visible) = softmax of itself, row[visible, n) = 0; returns the log-sum-exp.
@@ -74,9 +73,8 @@ void attention_forward(float* out, float* lse, const float* q, const AttentionSp
                                            sp.past + i0 + i + 1, n_keys);
             if (lse) lse[(q_row + i) * H + h] = l;
           }
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, n_keys, 1.0f,
-                      scores.data(), n_keys, sp.v + g * D, kv_stride, 0.0f,
-                      out + q_row * q_stride + h * D, q_stride);
+          small_sgemm(false, false, rows, D, n_keys, 1.0f, scores.data(), n_keys, sp.v + g * D,
+                      kv_stride, 0.0f, out + q_row * q_stride + h * D, q_stride);
         }
   }
 }
@@ -115,8 +113,8 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
             // P = exp(scale·Q·Kᵀ − lse) over the visible keys.
             head_scores(p.data(), q + off, q_stride, kg, kv_stride, rows, n_keys, D, scale);
             // dP = dO·Vᵀ
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n_keys, D, 1.0f, dout + off,
-                        q_stride, vg, kv_stride, 0.0f, dp.data(), n_keys);
+            small_sgemm(false, true, rows, n_keys, D, 1.0f, dout + off, q_stride, vg, kv_stride,
+                        0.0f, dp.data(), n_keys);
             for (int i = 0; i < rows; ++i) {
               const float l = lse[(static_cast<long>(start) + i0 + i) * H + h];
               float* prow = p.data() + static_cast<long>(i) * n_keys;
@@ -134,12 +132,12 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
               for (int j = 0; j < n_keys; ++j) dprow[j] = prow[j] * (dprow[j] - dot);
             }
             // dV += Pᵀ·dO; dQ = scale·dS·K; dK += scale·dSᵀ·Q
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_keys, D, rows, 1.0f, p.data(),
-                        n_keys, dout + off, q_stride, 1.0f, dvg, kv_stride);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, n_keys, scale,
-                        dp.data(), n_keys, kg, kv_stride, 0.0f, dq + off, q_stride);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_keys, D, rows, scale, dp.data(),
-                        n_keys, q + off, q_stride, 1.0f, dkg, kv_stride);
+            small_sgemm(true, false, n_keys, D, rows, 1.0f, p.data(), n_keys, dout + off, q_stride,
+                        1.0f, dvg, kv_stride);
+            small_sgemm(false, false, rows, D, n_keys, scale, dp.data(), n_keys, kg, kv_stride,
+                        0.0f, dq + off, q_stride);
+            small_sgemm(true, false, n_keys, D, rows, scale, dp.data(), n_keys, q + off, q_stride,
+                        1.0f, dkg, kv_stride);
           }
       }
   }
