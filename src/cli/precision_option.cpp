@@ -35,7 +35,7 @@ void announce_backend() {
   const bool bf16 = ops::backend().precision == ops::Precision::kBF16;
   std::string hint;
   if (bf16 && !cpu_features().bf16())
-    hint = "; this CPU has no bf16 hardware, so bf16 runs emulated and slowly";
+    hint = "; this CPU has no bf16 hardware: bf16 is emulated, no faster than fp32";
   else if (!bf16 && cpu_features().bf16())
     hint = "; this CPU has bf16 hardware: --bf16 true is faster";
   std::fprintf(stderr, "loratune: %s on %s%s\n", describe_backend().c_str(),

@@ -22,8 +22,6 @@ Backend& current() {
   return b;
 }
 
-}  // namespace
-
 // Whether oneDNN has a bf16 matmul for this CPU (none below AVX-512 in 2.6): a small one is
 // made once to see.
 bool onednn_has_bf16() {
@@ -44,6 +42,8 @@ bool onednn_has_bf16() {
   }();
   return has;
 }
+
+}  // namespace
 
 Backend choose_backend(Precision precision) {
   cap_onednn_isa();
