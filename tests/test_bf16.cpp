@@ -40,14 +40,29 @@ struct GradRun {
   std::vector<std::string> names;
 };
 
+// A budget case's model (its weights in `format`), adapter and batch.
+struct Case {
+  Case(const nlohmann::json& c, WeightFormat format)
+      : scope(format),
+        m(path(c, "model")),
+        lora(LoraAdapter::load(path(c, "adapter"), m.config())),
+        b(test::read_golden_batch(SafetensorsFile(path(c, "golden")))) {
+    m.set_adapter(&lora);
+  }
+  static std::string path(const nlohmann::json& c, const char* key) {
+    return test::source_dir() + "/" + c[key].get<std::string>();
+  }
+  test::BackendScope scope;  // first: the weights below are packed in `format`
+  Transformer m;
+  LoraAdapter lora;
+  test::GoldenBatch b;
+};
+
 GradRun run_grads(const nlohmann::json& c, WeightFormat format) {
-  const test::BackendScope scope(format);
-  SafetensorsFile g(test::source_dir() + "/" + c["golden"].get<std::string>());
-  Transformer m(test::source_dir() + "/" + c["model"].get<std::string>());
-  LoraAdapter lora =
-      LoraAdapter::load(test::source_dir() + "/" + c["adapter"].get<std::string>(), m.config());
-  m.set_adapter(&lora);
-  const test::GoldenBatch b = test::read_golden_batch(g);
+  Case k(c, format);
+  Transformer& m = k.m;
+  LoraAdapter& lora = k.lora;
+  const test::GoldenBatch& b = k.b;
   const int64_t count = count_loss_targets(b.labels, b.seqs);
   const LossSum loss = m.forward_backward(b.tokens, b.seqs, b.labels, 1.0f / count);
   GradRun r;
@@ -132,13 +147,10 @@ TEST(Bf16, GradsSharpAttentionWithinAutocastError) {
 // Ten AdamW steps on one batch (the golden run's settings), fp32 and bf16 side by side.
 std::vector<double> adamw_losses(const nlohmann::json& c, WeightFormat format,
                                  std::vector<std::vector<float>>* final_weights) {
-  const test::BackendScope scope(format);
-  SafetensorsFile g(test::source_dir() + "/" + c["golden"].get<std::string>());
-  Transformer m(test::source_dir() + "/" + c["model"].get<std::string>());
-  LoraAdapter lora =
-      LoraAdapter::load(test::source_dir() + "/" + c["adapter"].get<std::string>(), m.config());
-  m.set_adapter(&lora);
-  const test::GoldenBatch b = test::read_golden_batch(g);
+  Case k(c, format);
+  Transformer& m = k.m;
+  LoraAdapter& lora = k.lora;
+  const test::GoldenBatch& b = k.b;
   AdamWOptions opt;
   opt.weight_decay = c["weight_decay"].get<double>();
   std::vector<LoraParam> params = lora.parameters();

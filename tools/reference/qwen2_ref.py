@@ -327,57 +327,44 @@ def forward(m, ids, adapter=None):
     return x @ m.lm_head.T  # [T, V]
 
 
+def sequence_nll(m, ids, lab, adapter=None):
+    """One sequence on its own: (logits [T, V] as float32, positions t with labels[t+1] != -100
+    [n] int64, -log p(labels[t+1]) at those positions [n], log_softmax in float32)."""
+    if len(lab) != len(ids):
+        raise RefError(f"labels length {len(lab)} != ids length {len(ids)}")
+    logits = forward(m, ids, adapter)
+    if torch.is_autocast_cpu_enabled() and logits.dtype != torch.get_autocast_cpu_dtype():
+        raise RefError(f"autocast: lm_head ran in {logits.dtype}")
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        # autocast: lm_head ran in bf16; the loss is taken in float32 as HF does
+        # (CPU autocast in torch 1.13 would leave log_softmax in bf16)
+        logits = logits.float()
+    tgt = torch.tensor(lab[1:], dtype=torch.int64)
+    keep = tgt != -100
+    if bool(((tgt[keep] < 0) | (tgt[keep] >= m.cfg.V)).any()):
+        raise RefError("label out of range")
+    lp = torch.log_softmax(logits[:-1][keep], dim=-1)
+    return logits, torch.nonzero(keep)[:, 0], -lp.gather(1, tgt[keep][:, None])[:, 0]
+
+
 def batch_loss(m, seqs, labels, adapter=None):
     """Causal-LM cross entropy: logits at t predict labels[t+1]; -100 ignored; mean over all
     labelled tokens of all sequences together. Returns (loss, labelled count)."""
     total, count = None, 0
     for ids, lab in zip(seqs, labels):
-        if len(lab) != len(ids):
-            raise RefError(f"labels length {len(lab)} != ids length {len(ids)}")
-        logits = forward(m, ids, adapter)
-        if torch.is_autocast_cpu_enabled() and logits.dtype != torch.get_autocast_cpu_dtype():
-            raise RefError(f"autocast: lm_head ran in {logits.dtype}")
-        if logits.dtype in (torch.bfloat16, torch.float16):
-            # autocast: lm_head ran in bf16; the loss is taken in float32 as HF does
-            # (CPU autocast in torch 1.13 would leave log_softmax in bf16)
-            logits = logits.float()
-        tgt = torch.tensor(lab[1:], dtype=torch.int64)
-        keep = tgt != -100
-        if bool(((tgt[keep] < 0) | (tgt[keep] >= m.cfg.V)).any()):
-            raise RefError("label out of range")
-        if not bool(keep.any()):
+        _, positions, nll = sequence_nll(m, ids, lab, adapter)
+        if len(positions) == 0:
             continue
-        lp = torch.log_softmax(logits[:-1][keep], dim=-1)
-        nll = -lp.gather(1, tgt[keep][:, None]).sum()
-        total = nll if total is None else total + nll
-        count += int(keep.sum())
+        total = nll.sum() if total is None else total + nll.sum()
+        count += len(positions)
     if count == 0:
         raise RefError("no labelled token in the batch")
     return total / count, count
 
 
 def token_nll(m, seqs, labels, adapter=None):
-    """Forward-only companion of batch_loss, same arithmetic per token: for each sequence on
-    its own, (logits [T, V] as float32, positions t with labels[t+1] != -100 [n] int64,
-    -log p(labels[t+1]) at those positions [n] float32, log_softmax in float32 from the
-    float32-cast logits as in batch_loss)."""
-    out = []
-    for ids, lab in zip(seqs, labels):
-        if len(lab) != len(ids):
-            raise RefError(f"labels length {len(lab)} != ids length {len(ids)}")
-        logits = forward(m, ids, adapter)
-        if torch.is_autocast_cpu_enabled() and logits.dtype != torch.get_autocast_cpu_dtype():
-            raise RefError(f"autocast: lm_head ran in {logits.dtype}")
-        if logits.dtype in (torch.bfloat16, torch.float16):
-            logits = logits.float()
-        tgt = torch.tensor(lab[1:], dtype=torch.int64)
-        keep = tgt != -100
-        if bool(((tgt[keep] < 0) | (tgt[keep] >= m.cfg.V)).any()):
-            raise RefError("label out of range")
-        lp = torch.log_softmax(logits[:-1][keep], dim=-1)
-        nll = -lp.gather(1, tgt[keep][:, None])[:, 0]
-        out.append((logits, torch.nonzero(keep)[:, 0], nll))
-    return out
+    """Forward-only companion of batch_loss: sequence_nll of each sequence."""
+    return [sequence_nll(m, ids, lab, adapter) for ids, lab in zip(seqs, labels)]
 
 
 # ----------------------------------------------------------------------------- CLI helpers

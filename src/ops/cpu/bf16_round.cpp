@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "core/cpu_features.h"
 #include "core/half.h"
@@ -50,6 +51,14 @@ void round_avx2(uint16_t* dst, const float* src, long n) {
   for (; i < n; ++i) dst[i] = float_to_bf16(src[i]);
 }
 
+// One range on the calling thread, with the widest conversion this CPU has.
+void round_range(uint16_t* dst, const float* src, long n) {
+  if (cpu_features().avx512() && cpu_features().avx512_bf16)
+    round_avx512_bf16(dst, src, n);
+  else
+    round_avx2(dst, src, n);
+}
+
 }  // namespace
 
 void round_to_bf16_precision(float* dst, const float* src, long n) {
@@ -59,24 +68,26 @@ void round_to_bf16_precision(float* dst, const float* src, long n) {
 
 uint16_t* round_to_bf16_in_place(float* x, long n) {
   uint16_t* dst = reinterpret_cast<uint16_t*>(x);
-  if (cpu_features().avx512() && cpu_features().avx512_bf16)
-    round_avx512_bf16(dst, x, n);
-  else
-    round_avx2(dst, x, n);
+  round_range(dst, x, n);
   return dst;
 }
 
 void round_to_bf16(uint16_t* dst, const float* src, long n) {
-  const bool avx512_bf16 = cpu_features().avx512() && cpu_features().avx512_bf16;
   constexpr long kChunk = 1 << 14;
   const long chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) if (chunks > 4 && !omp_in_parallel())
   for (long c = 0; c < chunks; ++c) {
-    const long begin = c * kChunk, len = std::min(kChunk, n - begin);
-    if (avx512_bf16)
-      round_avx512_bf16(dst + begin, src + begin, len);
-    else
-      round_avx2(dst + begin, src + begin, len);
+    const long begin = c * kChunk;
+    round_range(dst + begin, src + begin, std::min(kChunk, n - begin));
+  }
+}
+
+void widen_bf16(float* dst, const void* src, long n) {
+#pragma omp parallel for simd schedule(static) if (n > 65536 && !omp_in_parallel())
+  for (long i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, static_cast<const char*>(src) + 2 * i, 2);
+    dst[i] = bf16_to_float(h);
   }
 }
 

@@ -1,5 +1,6 @@
-// fp32 → bf16 rounding of whole arrays for the bf16 matrix kernels, with AVX512-BF16's
-// conversion instruction where the CPU has it (chosen at run time) and AVX2 elsewhere.
+// fp32 ↔ bf16 conversion of whole arrays for the bf16 matrix kernels and the bf16 store of
+// activations: rounding with AVX512-BF16's conversion instruction where the CPU has it (chosen
+// at run time) and AVX2 elsewhere; widening is exact.
 #pragma once
 
 #include <cstdint>
@@ -14,5 +15,7 @@ void round_to_bf16_precision(float* dst, const float* src, long n);
 // The same in place, on the calling thread: the n bf16 values take the first half of x's bytes
 // (each store lands on values already read).
 uint16_t* round_to_bf16_in_place(float* x, long n);
+// dst[n] = the bf16 values at src widened to fp32; src may have any alignment (a file's bytes).
+void widen_bf16(float* dst, const void* src, long n);
 
 }  // namespace loratune::ops

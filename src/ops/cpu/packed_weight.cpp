@@ -9,6 +9,7 @@
 #include "core/cpu_features.h"
 #include "core/error.h"
 #include "core/half.h"
+#include "ops/cpu/bf16_round.h"
 
 namespace loratune::ops {
 
@@ -40,30 +41,16 @@ PackedWeight::PackedWeight(const float* w, int out, int in, WeightFormat format)
   fill_from(w);
 }
 
-namespace {
-
-// dst[n] = the bf16 values at src (any alignment), widened exactly.
-void widen_bf16(float* dst, const void* src, size_t n) {
-#pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; ++i) {
-    uint16_t h;
-    std::memcpy(&h, static_cast<const char*>(src) + 2 * i, 2);
-    dst[i] = bf16_to_float(h);
-  }
-}
-
-}  // namespace
-
 PackedWeight PackedWeight::from_bf16(const void* w, int out, int in, WeightFormat format) {
   PackedWeight p(out, in, format);
   const size_t n = static_cast<size_t>(out) * in;
   if (format == WeightFormat::kRowsBF16) {
     std::memcpy(p.data_.get(), w, n * sizeof(uint16_t));
   } else if (format == WeightFormat::kRowsF32) {
-    widen_bf16(static_cast<float*>(p.data_.get()), w, n);
+    widen_bf16(static_cast<float*>(p.data_.get()), w, static_cast<long>(n));
   } else {
     std::vector<float> widened(n);
-    widen_bf16(widened.data(), w, n);
+    widen_bf16(widened.data(), w, static_cast<long>(n));
     p.fill_from(widened.data());
   }
   return p;

@@ -1,7 +1,5 @@
 #include "ops/saved_activation.h"
 
-#include <bit>
-
 #include "ops/backend.h"
 #include "ops/cpu/bf16_round.h"
 
@@ -19,12 +17,8 @@ float* SavedActivation::write(size_t n, std::vector<float>& scratch) {
 const float* SavedActivation::widened(std::vector<float>& scratch) const {
   if (!bf16_) return f32_.data();
   if (scratch.size() < n_) scratch.resize(n_);
-  float* out = scratch.data();
-  const uint16_t* in = bf16_store_.data();
-  const long n = static_cast<long>(n_);
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-  for (long i = 0; i < n; ++i) out[i] = std::bit_cast<float>(static_cast<uint32_t>(in[i]) << 16);
-  return out;
+  widen_bf16(scratch.data(), bf16_store_.data(), static_cast<long>(n_));
+  return scratch.data();
 }
 
 void SavedActivation::keep() {
