@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "ops/cpu/fast_exp.h"
+#include "ops/cpu/row_max.h"
 #include "ops/cpu/small_gemm.h"
 #include "ops/ops.h"
 
@@ -24,9 +25,7 @@ void head_scores(float* scores, const float* qh, long q_stride, const float* kg,
 
 // row[0, visible) = softmax of itself, row[visible, n) = 0; returns the log-sum-exp.
 float causal_softmax(float* row, int visible, int n) {
-  float max_s = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : max_s)
-  for (int j = 0; j < visible; ++j) max_s = std::max(max_s, row[j]);
+  const float max_s = row_max(row, visible);
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (int j = 0; j < visible; ++j) sum += (row[j] = fast_exp(row[j] - max_s));

@@ -3,6 +3,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <map>
+#include <memory>
 #include <mutex>
 #include <tuple>
 #include <vector>
@@ -21,32 +22,40 @@ dnnl::engine& engine() {
   return e;
 }
 
-// One product a[M, K] · b[K, Nout] = c[M, Nout] with M given per call; b is the weight's
-// rows [out, in] read either transposed (forward: K = in) or as they are (input gradient).
+// One product a[M, K] · b[K, Nout] = c[M, Nout]; b is the weight's rows [out, in] read
+// either transposed (forward: K = in) or as they are (input gradient).
 struct Key {
   int in, out;
   bool backward, accumulate, bf16;
   long lda;  // values from one row of a to the next
-  auto tie() const { return std::tie(in, out, backward, accumulate, bf16, lda); }
+  int rows;  // M, or 0: given per call
+  auto tie() const { return std::tie(in, out, backward, accumulate, bf16, lda, rows); }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
+
+// bf16 products of at least this many rows get a primitive made for their row count: there
+// oneDNN 2.6 runs its brgemm kernels (AMX), 1.3-1.4x its run-time-M gemm on the model's
+// shapes; below it (decode) the run-time-M gemm streams the weight faster. fp32 products
+// are as fast with M at run time.
+constexpr int kFixedRowsMin = 32;
+// Row counts vary from step to step with packed sequences: the least recently used fixed-M
+// primitives go beyond this many (making one takes about a millisecond).
+constexpr size_t kCacheCapacity = 256;
 
 struct Primitive {
   dnnl::matmul matmul;
   memory::desc weights;
   size_t scratchpad_bytes;
+  mutable uint64_t last_use = 0;
 };
 
-const Primitive& primitive(const Key& k) {
-  static std::mutex mutex;
-  static std::map<Key, Primitive> cache;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (auto it = cache.find(k); it != cache.end()) return it->second;
+std::shared_ptr<const Primitive> make_primitive(const Key& k) {
   const memory::dim K = k.backward ? k.out : k.in, Nout = k.backward ? k.in : k.out;
+  const memory::dim M = k.rows > 0 ? k.rows : DNNL_RUNTIME_DIM_VAL;
   const Dt dt = k.bf16 ? Dt::bf16 : Dt::f32;
-  const memory::desc a({DNNL_RUNTIME_DIM_VAL, K}, dt, {k.lda, 1});
+  const memory::desc a({M, K}, dt, {k.lda, 1});
   const memory::desc b({K, Nout}, dt, k.backward ? memory::dims{Nout, 1} : memory::dims{1, K});
-  const memory::desc c({DNNL_RUNTIME_DIM_VAL, Nout}, Dt::f32, {Nout, 1});
+  const memory::desc c({M, Nout}, Dt::f32, {Nout, 1});
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   if (k.accumulate) {
@@ -55,7 +64,30 @@ const Primitive& primitive(const Key& k) {
     attr.set_post_ops(sum);
   }
   const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), attr, engine());
-  return cache[k] = {dnnl::matmul(pd), b, pd.scratchpad_desc().get_size()};
+  return std::make_shared<const Primitive>(
+      Primitive{dnnl::matmul(pd), b, pd.scratchpad_desc().get_size()});
+}
+
+// The cached primitive for k; shared, so that an eviction never frees one in use.
+std::shared_ptr<const Primitive> primitive(const Key& k) {
+  static std::mutex mutex;
+  static std::map<Key, std::shared_ptr<const Primitive>> cache;
+  static uint64_t clock = 0;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(k);
+  if (it == cache.end()) {
+    if (cache.size() >= kCacheCapacity) {
+      auto oldest = cache.end();
+      for (auto c = cache.begin(); c != cache.end(); ++c)
+        if (c->first.rows > 0 &&
+            (oldest == cache.end() || c->second->last_use < oldest->second->last_use))
+          oldest = c;
+      if (oldest != cache.end()) cache.erase(oldest);
+    }
+    it = cache.emplace(k, make_primitive(k)).first;
+  }
+  it->second->last_use = ++clock;
+  return it->second;
 }
 
 // The calling thread's copy of a[n] in bf16, grown to the largest call and then reused.
@@ -72,7 +104,10 @@ void run(float* c, const void* a, const PackedWeight& w, int N, bool accumulate,
   const bool bf16 = w.format() == WeightFormat::kRowsBF16;
   const memory::dim K = backward ? w.out() : w.in(), Nout = backward ? w.in() : w.out();
   if (lda == 0) lda = K;
-  const Primitive& p = primitive({w.in(), w.out(), backward, accumulate, bf16, lda});
+  const int rows = bf16 && N >= kFixedRowsMin ? N : 0;
+  const std::shared_ptr<const Primitive> held =
+      primitive({w.in(), w.out(), backward, accumulate, bf16, lda, rows});
+  const Primitive& p = *held;
   thread_local std::vector<char> scratchpad;  // grown once, then reused
   if (scratchpad.size() < p.scratchpad_bytes) scratchpad.resize(p.scratchpad_bytes);
   const Dt dt = bf16 ? Dt::bf16 : Dt::f32;
