@@ -66,6 +66,28 @@ TEST(OpsForward, Linear) {
     }
 }
 
+TEST(OpsForward, LinearOverManyRowCounts) {
+  // Row counts change from step to step with packed sequences: each count from 1 to 400 in
+  // turn, then the first ones again, goes through the primitives made per row count and
+  // their eviction, and every product must still be right.
+  const int in = 24, out = 20, max_rows = 400;
+  auto x = random_vec(max_rows * in, 4), w = random_vec(out * in, 5);
+  for (const ops::WeightFormat format : ops::available_formats()) {
+    const ops::PackedWeight packed(w.data(), out, in, format);
+    const auto xr = test::bf16_operands(x, format), wr = test::bf16_operands(w, format);
+    std::vector<float> y(max_rows * out), y_ref(max_rows * out);
+    for (int pass = 0; pass < 2; ++pass)
+      for (int N = 1; N <= (pass == 0 ? max_rows : 40); ++N) {
+        ops::linear_forward(y.data(), x.data(), packed, nullptr, N);
+        ref::linear_forward(y_ref.data(), xr.data(), wr.data(), static_cast<const float*>(nullptr),
+                            N, in, out);
+        for (int i = 0; i < N * out; ++i)
+          ASSERT_NEAR(y[i], y_ref[i], 1e-4f * std::sqrt(in))
+              << ops::format_name(format) << " rows " << N << " at " << i;
+      }
+  }
+}
+
 TEST(OpsForward, PackedWeightFromBf16KeepsTheFileValues) {
   const int out = 19, in = 7;
   std::vector<uint16_t> w16(out * in);
