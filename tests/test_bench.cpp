@@ -98,8 +98,9 @@ TEST(Bench, SmokeEveryFigureOnTheTinyModel) {
     for (const std::string& key : keys.at(figure))
       EXPECT_TRUE(line.contains(key)) << figure << " lacks " << key << ": " << line.dump();
     expect_finite_positive(line);
-    if (figure == "sgemm" && r.lines[0]["bf16_kernel"] == "onednn-bf16")
+    if (figure == "sgemm" && r.lines[0]["bf16_kernel"] == "onednn-bf16") {
       EXPECT_TRUE(line.contains("onednn_bf16_forward_gflops")) << line.dump();
+    }
   }
   // The tiny model's q_proj and o_proj share a shape: five distinct linear shapes.
   EXPECT_EQ(seen["sgemm"], 5);

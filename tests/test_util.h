@@ -62,11 +62,16 @@ class BackendScope {
   ops::Backend saved_;
 };
 
+// One value rounded to bf16 (to nearest even) and widened back.
+inline float bf16_round(float x) {
+  return bf16_to_float(float_to_bf16(x));
+}
+
 // x rounded to bf16 where `format` multiplies in bf16 (its kernels round their inputs), so
 // that an fp32 reference sees the same operands.
 inline std::vector<float> bf16_operands(std::vector<float> x, ops::WeightFormat format) {
   if (ops::is_bf16(format))
-    for (float& v : x) v = bf16_to_float(float_to_bf16(v));
+    for (float& v : x) v = bf16_round(v);
   return x;
 }
 

@@ -127,7 +127,7 @@ LossSum Transformer::group_pass(const std::vector<int>& tokens,
                                 const std::vector<int>& labels, float grad_scale,
                                 const Dropout& dropout, bool backward) {
   const ModelConfig& c = config_;
-  const int N = static_cast<int>(tokens.size()), C = c.hidden_size, V = c.vocab_size;
+  const int N = static_cast<int>(tokens.size()), C = c.hidden_size;
   const int L = c.num_hidden_layers;
   embed(tokens, seqs, nullptr);
   // Only the backward needs every layer's activations; evaluation reuses one set.
@@ -151,7 +151,7 @@ LossSum Transformer::group_pass(const std::vector<int>& tokens,
   grow(dxn_, static_cast<size_t>(R) * C);   // normed [R, C], then its gradient
   grow(dh_, static_cast<size_t>(R) * C);
   grow(rstd_final_, static_cast<size_t>(R));
-  grow(loss_scratch_, static_cast<size_t>(kLossChunk) * V);
+  grow(loss_scratch_, ops::cross_entropy_scratch_floats(weights_->lm_head, kLossChunk));
   for (int r = 0; r < R; ++r)
     std::memcpy(&rows_[static_cast<size_t>(r) * C], &x_[static_cast<size_t>(loss_rows_[r]) * C],
                 C * sizeof(float));

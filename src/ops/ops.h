@@ -86,7 +86,9 @@ void swiglu_backward(float* dgate, float* dup, const float* dh, const SavedActiv
 // Fused lm_head + softmax + cross-entropy and its backward, `chunk` rows at a time so that
 // [R, V] logits never exist: for rows h[R, C] with targets[R], returns Σ −log p(target) and
 // writes dh[R, C] = grad_scale · (softmax − onehot) · w (skipped when dh is null: loss only).
-// scratch holds chunk·V floats. C = w.in(), V = w.out().
+// scratch holds cross_entropy_scratch_floats(w, chunk) floats. C = w.in(), V = w.out().
+// With a bf16 weight the logits are rounded to bf16 before the softmax, as under autocast.
+size_t cross_entropy_scratch_floats(const PackedWeight& w, int chunk);
 double cross_entropy_forward_backward(float* dh, const float* h, const PackedWeight& w,
                                       const int* targets, int R, float grad_scale, float* scratch,
                                       int chunk);

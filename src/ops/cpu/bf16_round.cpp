@@ -66,12 +66,6 @@ void round_to_bf16_precision(float* dst, const float* src, long n) {
   for (long i = 0; i < n; ++i) dst[i] = bf16_to_float(float_to_bf16(src[i]));
 }
 
-uint16_t* round_to_bf16_in_place(float* x, long n) {
-  uint16_t* dst = reinterpret_cast<uint16_t*>(x);
-  round_range(dst, x, n);
-  return dst;
-}
-
 void round_to_bf16(uint16_t* dst, const float* src, long n) {
   constexpr long kChunk = 1 << 14;
   const long chunks = (n + kChunk - 1) / kChunk;

@@ -12,9 +12,6 @@ namespace loratune::ops {
 void round_to_bf16(uint16_t* dst, const float* src, long n);
 // dst[n] = src[n] rounded to bf16 and widened back to fp32 (the emulated bf16 kernels' input).
 void round_to_bf16_precision(float* dst, const float* src, long n);
-// The same in place, on the calling thread: the n bf16 values take the first half of x's bytes
-// (each store lands on values already read).
-uint16_t* round_to_bf16_in_place(float* x, long n);
 // dst[n] = the bf16 values at src widened to fp32; src may have any alignment (a file's bytes).
 void widen_bf16(float* dst, const void* src, long n);
 

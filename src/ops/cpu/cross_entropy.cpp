@@ -1,5 +1,6 @@
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "ops/cpu/bf16_round.h"
 #include "ops/cpu/fast_exp.h"
@@ -44,30 +45,48 @@ __attribute__((target_clones("avx512f", "default"))) double softmax_row(float* r
 
 }  // namespace
 
+size_t cross_entropy_scratch_floats(const PackedWeight& w, int chunk) {
+  const size_t logits = static_cast<size_t>(chunk) * w.out();
+  return w.format() == WeightFormat::kRowsBF16 ? (logits + 1) / 2 : logits;
+}
+
 double cross_entropy_forward_backward(float* dh, const float* h, const PackedWeight& w,
                                       const int* targets, int R, float grad_scale, float* scratch,
                                       int chunk) {
   const int C = w.in(), V = w.out();
-  // A bf16 lm_head reads its input gradient in bf16: each row is rounded in place right after
-  // it is written, while it is still in cache, into the first half of its own bytes (so the
-  // bf16 rows lie 2V values apart and need no buffer of their own).
-  const bool bf16 = dh && w.format() == WeightFormat::kRowsBF16;
+  // In bf16 the logits are bf16, as autocast's lm_head returns them (its loss casts them to
+  // fp32): a kRowsBF16 product writes them rounded (half the bytes), each row is widened into
+  // the thread's fp32 row for the softmax, and the gradient goes back rounded into the same
+  // row, the lm_head's bf16 input gradient. The emulating kBlocksBF16 rounds its fp32 logits.
+  const bool onednn_bf16 = w.format() == WeightFormat::kRowsBF16;
+  const bool round_logits = w.format() == WeightFormat::kBlocksBF16;
   double loss = 0.0;
   for (int r0 = 0; r0 < R; r0 += chunk) {
     const int rows = std::min(chunk, R - r0);
-    float* logits = scratch;  // [rows, V]
-    linear_forward(logits, h + static_cast<long>(r0) * C, w, nullptr, rows);
-#pragma omp parallel for schedule(static) reduction(+ : loss)
-    for (int i = 0; i < rows; ++i) {
-      float* row = logits + static_cast<long>(i) * V;
-      loss += softmax_row(row, V, targets[r0 + i], grad_scale, dh != nullptr);
-      if (bf16) round_to_bf16_in_place(row, V);
+    const float* x = h + static_cast<long>(r0) * C;
+    uint16_t* logits16 = reinterpret_cast<uint16_t*>(scratch);  // [rows, V] (onednn_bf16)
+    float* logits = scratch;                                    // [rows, V] (otherwise)
+    if (onednn_bf16)
+      onednn::forward_to_bf16(logits16, x, w, rows);
+    else
+      linear_forward(logits, x, w, nullptr, rows);
+#pragma omp parallel reduction(+ : loss)
+    {
+      thread_local std::vector<float> wide;  // one row, widened (onednn_bf16)
+      if (onednn_bf16 && wide.size() < static_cast<size_t>(V)) wide.resize(V);
+#pragma omp for schedule(static)
+      for (int i = 0; i < rows; ++i) {
+        float* row = onednn_bf16 ? wide.data() : logits + static_cast<long>(i) * V;
+        if (onednn_bf16) widen_bf16(row, logits16 + static_cast<long>(i) * V, V);
+        if (round_logits) round_to_bf16_precision(row, row, V);
+        loss += softmax_row(row, V, targets[r0 + i], grad_scale, dh != nullptr);
+        if (onednn_bf16 && dh) round_to_bf16(logits16 + static_cast<long>(i) * V, row, V);
+      }
     }
     if (!dh) continue;
     float* dh_rows = dh + static_cast<long>(r0) * C;
-    if (bf16)
-      onednn::backward_bf16(dh_rows, reinterpret_cast<const uint16_t*>(logits), 2L * V, w, rows,
-                            false);
+    if (onednn_bf16)
+      onednn::backward_bf16(dh_rows, logits16, V, w, rows, false);
     else
       linear_backward(dh_rows, logits, w, rows, false);
   }

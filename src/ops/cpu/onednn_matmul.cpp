@@ -27,17 +27,21 @@ dnnl::engine& engine() {
 struct Key {
   int in, out;
   bool backward, accumulate, bf16;
-  long lda;  // values from one row of a to the next
-  int rows;  // M, or 0: given per call
-  auto tie() const { return std::tie(in, out, backward, accumulate, bf16, lda, rows); }
+  long lda;     // values from one row of a to the next
+  int rows;     // M, or 0: given per call
+  bool c_bf16;  // c rounded to bf16 (else fp32)
+  auto tie() const { return std::tie(in, out, backward, accumulate, bf16, lda, rows, c_bf16); }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
 
-// bf16 products of at least this many rows get a primitive made for their row count: there
-// oneDNN 2.6 runs its brgemm kernels (AMX), 1.3-1.4x its run-time-M gemm on the model's
-// shapes; below it (decode) the run-time-M gemm streams the weight faster. fp32 products
-// are as fast with M at run time.
+// bf16 products of at least kFixedRowsMin rows get a primitive made for their row count:
+// there oneDNN 2.6 runs its brgemm kernels (AMX), 1.3-1.4x its run-time-M gemm on the
+// model's shapes; below it (decode) the run-time-M gemm streams the weight faster, and so it
+// does on a reduction longer than kFixedRowsMaxK (the lm_head's input gradient sums over the
+// vocabulary: 78 against 107 ms for 256 rows of Qwen2). fp32 products are as fast with M at
+// run time.
 constexpr int kFixedRowsMin = 32;
+constexpr long kFixedRowsMaxK = 16384;
 // Row counts vary from step to step with packed sequences: the least recently used fixed-M
 // primitives go beyond this many (making one takes about a millisecond).
 constexpr size_t kCacheCapacity = 256;
@@ -55,7 +59,7 @@ std::shared_ptr<const Primitive> make_primitive(const Key& k) {
   const Dt dt = k.bf16 ? Dt::bf16 : Dt::f32;
   const memory::desc a({M, K}, dt, {k.lda, 1});
   const memory::desc b({K, Nout}, dt, k.backward ? memory::dims{Nout, 1} : memory::dims{1, K});
-  const memory::desc c({M, Nout}, Dt::f32, {Nout, 1});
+  const memory::desc c({M, Nout}, k.c_bf16 ? Dt::bf16 : Dt::f32, {Nout, 1});
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   if (k.accumulate) {
@@ -98,15 +102,16 @@ const uint16_t* bf16_copy(const float* a, size_t n) {
   return buf.data();
 }
 
-// c[N, Nout] (+)= a[N, K] · b for the weight w (see Key); a is in w's precision.
-void run(float* c, const void* a, const PackedWeight& w, int N, bool accumulate, bool backward,
-         long lda = 0) {
+// c[N, Nout] (+)= a[N, K] · b for the weight w (see Key); a is in w's precision, c fp32 or
+// (c_bf16) bf16.
+void run(void* c, const void* a, const PackedWeight& w, int N, bool accumulate, bool backward,
+         long lda = 0, bool c_bf16 = false) {
   const bool bf16 = w.format() == WeightFormat::kRowsBF16;
   const memory::dim K = backward ? w.out() : w.in(), Nout = backward ? w.in() : w.out();
   if (lda == 0) lda = K;
-  const int rows = bf16 && N >= kFixedRowsMin ? N : 0;
+  const int rows = bf16 && N >= kFixedRowsMin && K <= kFixedRowsMaxK ? N : 0;
   const std::shared_ptr<const Primitive> held =
-      primitive({w.in(), w.out(), backward, accumulate, bf16, lda, rows});
+      primitive({w.in(), w.out(), backward, accumulate, bf16, lda, rows, c_bf16});
   const Primitive& p = *held;
   thread_local std::vector<char> scratchpad;  // grown once, then reused
   if (scratchpad.size() < p.scratchpad_bytes) scratchpad.resize(p.scratchpad_bytes);
@@ -115,7 +120,7 @@ void run(float* c, const void* a, const PackedWeight& w, int N, bool accumulate,
   // oneDNN takes non-const handles; it only reads a and the weights.
   memory a_mem({{N, K}, dt, {lda, 1}}, engine(), const_cast<void*>(a));
   memory b_mem(p.weights, engine(), const_cast<void*>(w_data));
-  memory c_mem({{N, Nout}, Dt::f32, {Nout, 1}}, engine(), c);
+  memory c_mem({{N, Nout}, c_bf16 ? Dt::bf16 : Dt::f32, {Nout, 1}}, engine(), c);
   memory s_mem({{static_cast<memory::dim>(p.scratchpad_bytes)}, Dt::u8, {1}}, engine(),
                scratchpad.data());
   thread_local dnnl::stream stream(engine());
@@ -137,6 +142,10 @@ void forward(const Product* ps, int n, const float* x, int N) {
   if (N == 0) return;
   const void* a = operand(x, static_cast<size_t>(N) * ps[0].w->in(), *ps[0].w);
   for (int j = 0; j < n; ++j) run(ps[j].y, a, *ps[j].w, N, ps[j].accumulate, false);
+}
+
+void forward_to_bf16(uint16_t* y, const float* x, const PackedWeight& w, int N) {
+  if (N > 0) run(y, operand(x, static_cast<size_t>(N) * w.in(), w), w, N, false, false, 0, true);
 }
 
 void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {

@@ -12,9 +12,12 @@ namespace loratune::ref {
 
 // Σ over rows of −log softmax(h[r] · wᵀ)[targets[r]], for h[R, C], w[V, C], and
 // dh[R, C] = grad_scale · (softmax − onehot(target)) · w (written; skipped when dh is null).
+// Where `rounding` is given, each logit and each logit gradient pass through it (the bf16
+// kernels round both to bf16).
 template <typename T>
 double cross_entropy_forward_backward(T* dh, const T* h, const T* w, const int* targets, int R,
-                                      int C, int V, T grad_scale) {
+                                      int C, int V, T grad_scale, T (*rounding)(T) = nullptr) {
+  auto rounded = [&](T x) { return rounding ? rounding(x) : x; };
   std::vector<T> logits(V);
   double loss = 0;
   for (int r = 0; r < R; ++r) {
@@ -22,8 +25,8 @@ double cross_entropy_forward_backward(T* dh, const T* h, const T* w, const int* 
     for (int j = 0; j < V; ++j) {
       T acc = 0;
       for (int c = 0; c < C; ++c) acc += h[r * C + c] * w[j * C + c];
-      logits[j] = acc;
-      max_l = std::max(max_l, acc);
+      logits[j] = rounded(acc);
+      max_l = std::max(max_l, logits[j]);
     }
     double sum = 0;
     for (int j = 0; j < V; ++j) sum += std::exp(static_cast<double>(logits[j] - max_l));
@@ -34,6 +37,7 @@ double cross_entropy_forward_backward(T* dh, const T* h, const T* w, const int* 
       logits[j] =
           static_cast<T>(std::exp(static_cast<double>(logits[j] - max_l)) / sum) * grad_scale;
     logits[targets[r]] -= grad_scale;
+    for (int j = 0; j < V; ++j) logits[j] = rounded(logits[j]);
     for (int c = 0; c < C; ++c) {
       T acc = 0;
       for (int j = 0; j < V; ++j) acc += logits[j] * w[j * C + c];
