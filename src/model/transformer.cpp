@@ -169,16 +169,26 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
 
   ops::rmsnorm_forward(xn_.data(), a.rstd2.data(), x_.data(), lw.post_norm, N, C, eps);
   const size_t NF = static_cast<size_t>(N) * F;
-  // Where gate/up are kept in bf16, their fp32 values go through the backward's dh_ and dup_
-  // (unused until the backward).
-  float* gate = a.gate.write(NF, dh_);
-  float* up = a.up.write(NF, dup_);
-  const ops::LinearOut gate_up[] = {{gate, &lw.w_gate, nullptr}, {up, &lw.w_up, nullptr}};
-  ops::linear_forward_shared(gate_up, 2, xn_.data(), N);
-  lora_forward(l, LoraModule::kGate, a, gate, xn_.data(), N, dropout, training);
-  lora_forward(l, LoraModule::kUp, a, up, xn_.data(), N, dropout, training);
-  if (training) a.gate.keep(), a.up.keep();
-  ops::swiglu_forward(xn_.data(), gate, up, static_cast<long>(NF));
+  const bool mlp_lora =
+      adapter_ && (adapter_->at(l, LoraModule::kGate) || adapter_->at(l, LoraModule::kUp));
+  if (ops::is_bf16(lw.w_gate.format()) && !mlp_lora) {
+    // In bf16 gate/up are bf16 products, as under autocast, written rounded straight into
+    // their saved form: half the bytes, and no rounding pass.
+    ops::linear_forward_to_bf16(a.gate.write_bf16(NF), xn_.data(), lw.w_gate, N);
+    ops::linear_forward_to_bf16(a.up.write_bf16(NF), xn_.data(), lw.w_up, N);
+    ops::swiglu_forward(xn_.data(), a.gate, a.up, static_cast<long>(NF));
+  } else {
+    // Where gate/up are kept in bf16, their fp32 values go through the backward's dh_ and
+    // dup_ (unused until the backward).
+    float* gate = a.gate.write(NF, dh_);
+    float* up = a.up.write(NF, dup_);
+    const ops::LinearOut gate_up[] = {{gate, &lw.w_gate, nullptr}, {up, &lw.w_up, nullptr}};
+    ops::linear_forward_shared(gate_up, 2, xn_.data(), N);
+    lora_forward(l, LoraModule::kGate, a, gate, xn_.data(), N, dropout, training);
+    lora_forward(l, LoraModule::kUp, a, up, xn_.data(), N, dropout, training);
+    if (training) a.gate.keep(), a.up.keep();
+    ops::swiglu_forward(xn_.data(), gate, up, static_cast<long>(NF));
+  }
   ops::linear_accumulate(x_.data(), xn_.data(), lw.w_down, N);
   lora_forward(l, LoraModule::kDown, a, x_.data(), xn_.data(), N, dropout, training);
 }

@@ -17,6 +17,8 @@ class SavedActivation {
   float* write(size_t n, std::vector<float>& scratch);
   // After write(): in bf16 mode, rounds what was written into the store.
   void keep();
+  // Room for n values written straight in bf16 (a product's rounded output): the store.
+  uint16_t* write_bf16(size_t n);
 
   // The kept values in fp32: the store itself, or widened into `scratch` (grown to fit).
   const float* widened(std::vector<float>& scratch) const;

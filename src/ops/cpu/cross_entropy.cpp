@@ -67,7 +67,7 @@ double cross_entropy_forward_backward(float* dh, const float* h, const PackedWei
     uint16_t* logits16 = reinterpret_cast<uint16_t*>(scratch);  // [rows, V] (onednn_bf16)
     float* logits = scratch;                                    // [rows, V] (otherwise)
     if (onednn_bf16)
-      onednn::forward_to_bf16(logits16, x, w, rows);
+      linear_forward_to_bf16(logits16, x, w, rows);
     else
       linear_forward(logits, x, w, nullptr, rows);
 #pragma omp parallel reduction(+ : loss)

@@ -466,6 +466,16 @@ void linear_accumulate(float* y, const float* x, const PackedWeight& w, int N) {
   blocks_forward(&p, 1, emulated_input(x, static_cast<size_t>(N) * w.in(), w), N);
 }
 
+void linear_forward_to_bf16(uint16_t* y, const float* x, const PackedWeight& w, int N) {
+  if (w.format() == WeightFormat::kRowsBF16) return onednn::forward_to_bf16(y, x, w, N);
+  if (w.format() != WeightFormat::kBlocksBF16)
+    throw std::invalid_argument("linear_forward_to_bf16 needs a bf16 weight format");
+  thread_local std::vector<float> y32;  // grown to the largest call, then reused
+  if (y32.size() < static_cast<size_t>(N) * w.out()) y32.resize(static_cast<size_t>(N) * w.out());
+  linear_forward(y32.data(), x, w, nullptr, N);
+  round_to_bf16(y, y32.data(), static_cast<long>(N) * w.out());
+}
+
 void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {
   if (!is_blocks(w.format())) return onednn::backward(dx, dy, w, N, accumulate);
   blocks_backward(dx, emulated_input(dy, static_cast<size_t>(N) * w.out(), w), w, N, accumulate);

@@ -21,8 +21,16 @@ const float* SavedActivation::widened(std::vector<float>& scratch) const {
   return scratch.data();
 }
 
+uint16_t* SavedActivation::write_bf16(size_t n) {
+  bf16_ = true;
+  if (bf16_store_.size() < n) bf16_store_.resize(n);
+  written_ = nullptr;
+  n_ = n;
+  return bf16_store_.data();
+}
+
 void SavedActivation::keep() {
-  if (!bf16_) return;
+  if (!bf16_ || !written_) return;
   if (bf16_store_.size() < n_) bf16_store_.resize(n_);
   round_to_bf16(bf16_store_.data(), written_, static_cast<long>(n_));
 }
