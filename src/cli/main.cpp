@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "core/error.h"
+#include "dist/world.h"
 
 namespace {
 
@@ -41,6 +42,19 @@ void print_usage(FILE* out) {
   std::fputs("\nrun 'loratune <command> --help' for the options of a command\n", out);
 }
 
+// Reports an error and returns its exit status. Under mpirun the message names the rank, and
+// the whole job ends: the other ranks would wait for this one in their next collective.
+int fail(const char* command, const char* what, int status) {
+  const loratune::dist::World& w = loratune::dist::world();
+  if (w.size == 1) {
+    std::fprintf(stderr, "loratune %s: error: %s\n", command, what);
+    return status;
+  }
+  std::fprintf(stderr, "loratune %s: error on rank %d of %d: %s\n", command, w.rank, w.size, what);
+  std::fflush(stderr);
+  loratune::dist::abort_job(status);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -56,11 +70,9 @@ int main(int argc, char** argv) {
     } catch (const loratune::cli::HelpShown&) {
       return 0;
     } catch (const loratune::UsageError& e) {
-      std::fprintf(stderr, "loratune %s: error: %s\n", c.name, e.what());
-      return 2;
+      return fail(c.name, e.what(), 2);
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "loratune %s: error: %s\n", c.name, e.what());
-      return 1;
+      return fail(c.name, e.what(), 1);
     }
   }
   std::fprintf(stderr,

@@ -3,6 +3,7 @@
 #include "cli/options.h"
 #include "cli/precision_option.h"
 #include "core/error.h"
+#include "dist/world.h"
 #include "train/trainer.h"
 
 namespace loratune::cli {
@@ -136,6 +137,7 @@ int run_train(const Args& args) {
   }
   args_json["bf16"] = select_precision(a, "auto") == ops::Precision::kBF16;
   announce_backend();
+  dist::init();  // joins the job's other ranks when started by mpirun
   return run_training(t, args_json);
 }
 

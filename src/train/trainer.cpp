@@ -3,16 +3,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/threads.h"
+#include "dist/world.h"
 #include "io/atomic_file.h"
 #include "model/init_model.h"
 #include "tokenizer/tokenizer.h"
@@ -51,7 +54,8 @@ struct PackedBatch {
   std::vector<SequenceSpan> seqs;
 };
 
-PackedBatch pack(const std::vector<data::TokenizedExample>& examples, const std::vector<int>& idx) {
+template <typename Indices>
+PackedBatch pack(const std::vector<data::TokenizedExample>& examples, const Indices& idx) {
   PackedBatch b;
   for (int i : idx) {
     const auto& ex = examples[i];
@@ -60,6 +64,58 @@ PackedBatch pack(const std::vector<data::TokenizedExample>& examples, const std:
     b.labels.insert(b.labels.end(), ex.labels.begin(), ex.labels.end());
   }
   return b;
+}
+
+// This rank's share of one global batch (per-device batch B on each of the ranks): rank r
+// packs examples [r·B, (r+1)·B) of it (a short last batch leaves later ranks less, or
+// nothing); token_offset is where they start in the whole batch's packing, so that their
+// dropout masks are the single-process run's.
+struct RankShare {
+  PackedBatch batch;
+  int64_t token_offset = 0;
+};
+
+RankShare rank_share(const std::vector<data::TokenizedExample>& examples,
+                     const std::vector<int>& idx, int B, int rank) {
+  const size_t lo = std::min(idx.size(), static_cast<size_t>(rank) * B);
+  const size_t hi = std::min(idx.size(), lo + B);
+  RankShare share;
+  for (size_t k = 0; k < lo; ++k)
+    share.token_offset += static_cast<int64_t>(examples[idx[k]].ids.size());
+  share.batch = pack(examples, std::vector<int>(idx.begin() + lo, idx.begin() + hi));
+  return share;
+}
+
+// The ranks' LoRA gradients summed, the same on every rank (one buffer of all parameters).
+void sum_gradients(const std::vector<LoraParam>& params, std::vector<float>& buffer) {
+  if (dist::world().size == 1) return;
+  buffer.clear();
+  for (const LoraParam& p : params) buffer.insert(buffer.end(), p.grad, p.grad + p.size);
+  dist::sum_in_rank_order(buffer.data(), buffer.size());
+  size_t at = 0;
+  for (const LoraParam& p : params) {
+    std::copy_n(buffer.data() + at, p.size, p.grad);
+    at += p.size;
+  }
+}
+
+// Rank 0's resumed checkpoint on every rank: weights, optimizer moments and trainer state.
+void share_resumed_state(TrainerState& state, const std::vector<LoraParam>& params,
+                         AdamW& optimizer) {
+  if (dist::world().size == 1) return;
+  std::string text = dist::world().rank == 0 ? Json{{"state", trainer_state_to_json(state)},
+                                                    {"optimizer_steps", optimizer.step_count()}}
+                                                   .dump()
+                                             : std::string();
+  dist::broadcast(text);
+  const Json j = Json::parse(text);
+  state = trainer_state_from_json(j["state"], "rank 0's checkpoint");
+  optimizer.set_step_count(j["optimizer_steps"].get<int64_t>());
+  for (size_t i = 0; i < params.size(); ++i) {
+    dist::broadcast(params[i].value, params[i].size);
+    dist::broadcast(optimizer.exp_avg(i).data(), optimizer.exp_avg(i).size());
+    dist::broadcast(optimizer.exp_avg_sq(i).data(), optimizer.exp_avg_sq(i).size());
+  }
 }
 
 uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b) {
@@ -83,12 +139,16 @@ std::string format_duration(double seconds) {
 // fresh one (also over an old run with --overwrite-output-dir) starts the log anew.
 class Logger {
  public:
-  Logger(const std::string& path, bool append, bool progress_bar)
-      : out_(path, append ? std::ios::app : std::ios::trunc), tty_(progress_bar && isatty(2)) {
+  // A disabled logger (every rank but 0) writes and prints nothing.
+  Logger(const std::string& path, bool append, bool progress_bar, bool enabled)
+      : enabled_(enabled), tty_(enabled && progress_bar && isatty(2)) {
+    if (!enabled_) return;
+    out_.open(path, append ? std::ios::app : std::ios::trunc);
     if (!out_)
       throw Error("cannot write the training log", path, "is the output directory writable?");
   }
   void record(const Json& j) {
+    if (!enabled_) return;
     out_ << j.dump() << "\n";
     out_.flush();
     if (!out_)
@@ -111,6 +171,7 @@ class Logger {
   }
 
  private:
+  bool enabled_;
   std::ofstream out_;
   bool tty_;
 };
@@ -119,32 +180,41 @@ class Logger {
 
 EvalResult evaluate(Transformer& model, const std::vector<data::TokenizedExample>& examples,
                     int batch_size, int max_group_tokens) {
-  LossSum total;
-  for (const auto& idx : data::make_batches(examples.size(), batch_size, false, 0, 0)) {
-    PackedBatch b = pack(examples, idx);
+  // Under mpirun the batches are dealt out to the ranks in turn and their sums added up.
+  const dist::World& world = dist::world();
+  double total[2] = {0.0, 0.0};  // loss sum, labelled positions
+  const auto batches = data::make_batches(examples.size(), batch_size, false, 0, 0);
+  for (size_t j = world.rank; j < batches.size(); j += world.size) {
+    PackedBatch b = pack(examples, batches[j]);
     LossSum part = model.loss(b.tokens, b.seqs, b.labels, max_group_tokens);
-    total.sum += part.sum;
-    total.count += part.count;
+    total[0] += part.sum;
+    total[1] += static_cast<double>(part.count);
   }
+  dist::sum_in_rank_order(total, 2);
   EvalResult r;
-  r.tokens = total.count;
-  r.loss = total.count ? total.sum / static_cast<double>(total.count) : 0.0;
+  r.tokens = static_cast<int64_t>(total[1]);
+  r.loss = r.tokens ? total[0] / total[1] : 0.0;
   r.perplexity = std::exp(r.loss);
   return r;
 }
 
 int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* summary) {
   args.validate();
-  set_num_threads(args.threads);
+  // Under mpirun every rank trains on its share of each global batch; rank 0 ("lead") alone
+  // touches the output directory.
+  const dist::World& world = dist::world();
+  const bool lead = world.rank == 0;
+  set_num_threads(args.threads > 0 || std::getenv("OMP_NUM_THREADS") ? args.threads
+                                                                     : dist::default_threads());
   const std::string out = args.output_dir;
-  if (dir_exists(out) && !dir_is_empty(out) && args.resume_from_checkpoint.empty() &&
+  if (lead && dir_exists(out) && !dir_is_empty(out) && args.resume_from_checkpoint.empty() &&
       !args.overwrite_output_dir)
     throw UsageError("output directory is not empty", out,
                      "use --resume-from-checkpoint latest to continue, or --overwrite-output-dir");
-  make_dirs(out);
+  if (lead) make_dirs(out);
   // Opened first: fails early on a read-only directory.
-  Logger logger(out + "/trainer_log.jsonl", !args.resume_from_checkpoint.empty(),
-                args.progress_bar);
+  Logger logger(out + "/trainer_log.jsonl", !args.resume_from_checkpoint.empty(), args.progress_bar,
+                lead);
 
   // Data: the seed recipe's order of operations (read, fraction, split, tokenize).
   Transformer model(args.model);
@@ -178,14 +248,15 @@ int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* sum
   if (train.empty())
     throw Error("no training examples left", args.data[0],
                 "check --data-fraction, --eval-fraction and the records' answers");
-  std::fprintf(stderr,
-               "data: %zu train / %zu eval examples (%lld records read, %lld malformed skipped, "
-               "%lld without answer skipped, %lld truncated to %d tokens, %lld dropped)\n",
-               train.size(), eval.size(), static_cast<long long>(read_stats.records),
-               static_cast<long long>(read_stats.skipped_bad),
-               static_cast<long long>(read_stats.skipped_empty),
-               static_cast<long long>(tok_stats.truncated), args.max_length,
-               static_cast<long long>(tok_stats.dropped_no_answer));
+  if (lead)
+    std::fprintf(stderr,
+                 "data: %zu train / %zu eval examples (%lld records read, %lld malformed skipped, "
+                 "%lld without answer skipped, %lld truncated to %d tokens, %lld dropped)\n",
+                 train.size(), eval.size(), static_cast<long long>(read_stats.records),
+                 static_cast<long long>(read_stats.skipped_bad),
+                 static_cast<long long>(read_stats.skipped_empty),
+                 static_cast<long long>(tok_stats.truncated), args.max_length,
+                 static_cast<long long>(tok_stats.dropped_no_answer));
 
   LoraConfig lora_config = args.lora;
   lora_config.base_model_name_or_path = args.model;
@@ -197,8 +268,23 @@ int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* sum
   adam.weight_decay = args.weight_decay;
   AdamW optimizer(params, adam);
 
+  // HF's global batch: per_device_train_batch_size × ranks, × accumulation per step; its
+  // examples are the single-process run's with that batch size, so results do not depend on
+  // the number of ranks.
   const int B = args.per_device_train_batch_size, accum = args.gradient_accumulation_steps;
-  const int64_t batches_per_epoch = (static_cast<int64_t>(train.size()) + B - 1) / B;
+  const int global_B = B * world.size;
+  if (lead && world.size > 1) {
+    size_t floats = 0;
+    for (const LoraParam& p : params) floats += p.size;
+    // Each step every rank sends its gradients and receives the others' (an allgather, so
+    // that each rank adds them up in rank order).
+    std::fprintf(stderr,
+                 "mpi: %d ranks x %d threads, global batch %d x %d accumulation; per step "
+                 "each rank sends %zu gradient values (%.2f MB) and receives %.2f MB\n",
+                 world.size, num_threads(), global_B, accum, floats, floats * 4e-6,
+                 floats * 4e-6 * (world.size - 1));
+  }
+  const int64_t batches_per_epoch = (static_cast<int64_t>(train.size()) + global_B - 1) / global_B;
   const int64_t steps_per_epoch = (batches_per_epoch + accum - 1) / accum;
   const int64_t total_steps =
       args.max_steps > 0 ? args.max_steps
@@ -212,18 +298,21 @@ int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* sum
   state.max_steps = total_steps;
   state.seed = args.seed;
   if (!args.resume_from_checkpoint.empty()) {
-    std::string dir = args.resume_from_checkpoint;
-    if (dir == "latest") {
-      auto all = list_checkpoints(out);
-      if (all.empty())
-        throw UsageError("no checkpoint to resume from", out,
-                         "train without --resume-from-checkpoint");
-      dir = all.back().second;
+    if (lead) {
+      std::string dir = args.resume_from_checkpoint;
+      if (dir == "latest") {
+        auto all = list_checkpoints(out);
+        if (all.empty())
+          throw UsageError("no checkpoint to resume from", out,
+                           "train without --resume-from-checkpoint");
+        dir = all.back().second;
+      }
+      state = load_checkpoint(dir, adapter, optimizer);
+      std::fprintf(stderr, "resumed from %s at step %lld\n", dir.c_str(),
+                   static_cast<long long>(state.global_step));
     }
-    state = load_checkpoint(dir, adapter, optimizer);
+    share_resumed_state(state, params, optimizer);
     state.max_steps = total_steps;
-    std::fprintf(stderr, "resumed from %s at step %lld\n", dir.c_str(),
-                 static_cast<long long>(state.global_step));
   }
 
   StopSignals signals;
@@ -236,6 +325,7 @@ int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* sum
   bool stopped = false;
   int64_t batches_epoch = -1;  // the epoch `batches` was drawn for
   std::vector<std::vector<int>> batches;
+  std::vector<float> grad_buffer;  // the gradients of all parameters, summed across ranks
   TrainSummary done;
   done.train_examples = static_cast<int64_t>(train.size());
   done.eval_examples = static_cast<int64_t>(eval.size());
@@ -247,42 +337,51 @@ int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* sum
     const int64_t epoch = state.global_step / steps_per_epoch;
     const int64_t window = state.global_step % steps_per_epoch;
     if (epoch != batches_epoch) {
-      batches = data::make_batches(train.size(), B, true, args.seed, static_cast<int>(epoch));
+      batches =
+          data::make_batches(train.size(), global_B, true, args.seed, static_cast<int>(epoch));
       batches_epoch = epoch;
     }
     const int64_t first = window * accum;
     const int64_t last = std::min<int64_t>(first + accum, static_cast<int64_t>(batches.size()));
-    std::vector<PackedBatch> packed;
-    int64_t count = 0;
+    // Every rank knows the whole step's examples: the labelled count that normalises the
+    // loss, and the tokens trained, are the global batch's without a message.
+    std::vector<RankShare> shares;
+    int64_t count = 0, step_tokens = 0;
     for (int64_t i = first; i < last; ++i) {
-      packed.push_back(pack(train, batches[i]));
-      count += count_loss_targets(packed.back().labels, packed.back().seqs);
+      shares.push_back(rank_share(train, batches[i], B, world.rank));
+      const PackedBatch whole = pack(train, batches[i]);
+      count += count_loss_targets(whole.labels, whole.seqs);
+      step_tokens += static_cast<int64_t>(whole.tokens.size());
     }
     adapter.zero_grad();
-    LossSum step_loss;
-    for (size_t i = 0; i < packed.size() && count > 0; ++i) {
+    double step_loss[2] = {0.0, 0.0};  // loss sum, labelled positions
+    for (size_t i = 0; i < shares.size() && count > 0; ++i) {
+      const PackedBatch& b = shares[i].batch;
+      if (b.tokens.empty()) continue;
       Dropout dropout{static_cast<float>(args.lora.lora_dropout),
-                      mix_seed(args.seed, static_cast<uint64_t>(state.global_step), i)};
+                      mix_seed(args.seed, static_cast<uint64_t>(state.global_step), i),
+                      shares[i].token_offset};
       LossSum part =
-          model.forward_backward(packed[i].tokens, packed[i].seqs, packed[i].labels,
-                                 1.0f / static_cast<float>(count), dropout, args.max_group_tokens);
-      step_loss.sum += part.sum;
-      step_loss.count += part.count;
+          model.forward_backward(b.tokens, b.seqs, b.labels, 1.0f / static_cast<float>(count),
+                                 dropout, args.max_group_tokens);
+      step_loss[0] += part.sum;
+      step_loss[1] += static_cast<double>(part.count);
     }
+    sum_gradients(params, grad_buffer);
+    dist::sum_in_rank_order(step_loss, 2);
     last_norm = clip_grad_norm(params, args.max_grad_norm);
     last_lr = scheduled_lr(args.lr_scheduler_type, args.learning_rate, state.global_step,
                            total_steps, warmup);
     optimizer.step(last_lr);
     done.train_seconds += seconds_since(step_start);
     ++done.steps;
-    for (const auto& p : packed) done.train_tokens += static_cast<int64_t>(p.tokens.size());
+    done.train_tokens += step_tokens;
     const double elapsed = seconds_since(start);
     const double tokens_per_second =
         static_cast<double>(done.train_tokens) / std::max(1e-9, elapsed);
     ++state.global_step;
     state.epoch = static_cast<double>(state.global_step) / static_cast<double>(steps_per_epoch);
-    const double loss =
-        step_loss.count ? step_loss.sum / static_cast<double>(step_loss.count) : 0.0;
+    const double loss = step_loss[1] > 0 ? step_loss[0] / step_loss[1] : 0.0;
     log_loss_sum += loss;
     ++log_steps;
 
@@ -325,19 +424,23 @@ int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* sum
     const bool do_save = (args.save_strategy == IntervalStrategy::kSteps &&
                           state.global_step % args.save_steps == 0) ||
                          (args.save_strategy == IntervalStrategy::kEpoch && epoch_end);
-    stopped = g_stop_requested.load();
+    // A signal to any rank stops them all after the same step.
+    stopped = dist::any(g_stop_requested.load());
     if (do_save || stopped) {
       const std::string dir = checkpoint_dir(out, state.global_step);
       if (metric && (!state.best_metric || *metric < *state.best_metric)) {
         state.best_metric = metric;
         state.best_model_checkpoint = dir;
       }
-      last_saved = save_checkpoint(out, adapter, optimizer, state, last_lr, args_json);
-      rotate_checkpoints(out, args.save_total_limit, state.best_model_checkpoint);
+      if (lead) {
+        last_saved = save_checkpoint(out, adapter, optimizer, state, last_lr, args_json);
+        rotate_checkpoints(out, args.save_total_limit, state.best_model_checkpoint);
+      }
     }
     if (stopped) break;
   }
   if (summary) *summary = done;
+  if (!lead) return stopped ? 130 : 0;
   write_loss_plot(out + "/loss.svg", state.log_history);
   if (stopped) {
     std::fprintf(stderr,
