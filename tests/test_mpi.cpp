@@ -15,11 +15,24 @@
 namespace loratune {
 namespace {
 
+std::string qwen2_tokenizer() {
+  return test::shared_dir() + "/tokenizer/qwen2";
+}
+
 // Why the MPI tests cannot run here, or empty.
 std::string mpi_missing() {
   if (!dist::built_with_mpi()) return "built without MPI (LORATUNE_MPI off)";
   if (std::system("command -v mpirun >/dev/null 2>&1") != 0) return "no mpirun on the PATH";
+  if (!std::filesystem::exists(qwen2_tokenizer() + "/tokenizer.json"))
+    return "needs ../shared (the Qwen2 tokenizer)";
   return "";
+}
+
+// The tiny model with the real Qwen2 tokenizer (and its vocabulary).
+const std::string& model_dir() {
+  static const std::string path = test::make_tiny_model(
+      "qwen2_vocab", "--tokenizer '" + qwen2_tokenizer() + "' --vocab-size 151936");
+  return path;
 }
 
 #define SKIP_WITHOUT_MPI()                 \
@@ -28,17 +41,19 @@ std::string mpi_missing() {
     if (!why.empty()) GTEST_SKIP() << why; \
   } while (0)
 
-// `loratune train` on the tiny model and the sample data: per-device batch `batch`, two
-// batches per step, LoRA dropout on, one thread per rank. The learning rate is small enough
-// that the float rounding of a different summation order stays at its own size over the
-// steps (at 1e-3 Adam's normalised steps already turn it into 1e-4 differences by step 4,
-// between two single-process runs with different pass sizes).
+// `loratune train` on the tiny model with the Qwen2 tokenizer and the sample data:
+// per-device batch `batch`, two batches per step, LoRA dropout on, one thread per rank, fp32.
+// What differs between the runs is the order of float sums, and the test asks that it stays
+// at its own size: in bf16, a sum that changes in its last fp32 bit can round to the other
+// bf16 neighbour (a 2^-9 step), and a few steps turn that into 1e-4 differences; and the
+// learning rate is small, as at 1e-3 Adam's normalised steps grow even fp32 rounding into
+// 1e-4 differences by step 4 (between two single-process runs with different pass sizes).
 std::string train_args(const std::string& out, int batch, const std::string& extra) {
-  return "train --model '" + test::tiny_model_dir() + "' --data '" + test::source_dir() +
+  return "train --model '" + model_dir() + "' --data '" + test::source_dir() +
          "/examples/data/sample_seed.json' --output-dir '" + out +
          "' --per-device-train-batch-size " + std::to_string(batch) +
          " --gradient-accumulation-steps 2 --learning-rate 2e-4 --lora-dropout 0.1 "
-         "--logging-steps 1 --threads 1 " +
+         "--logging-steps 1 --threads 1 --bf16 false " +
          extra;
 }
 
