@@ -15,6 +15,7 @@ int run_debug(const Args& args);
 int run_train(const Args& args);
 int run_eval(const Args& args);
 int run_merge(const Args& args);
+int run_export_gguf(const Args& args);
 int run_tokenize(const Args& args);
 int run_bench(const Args& args);
 

@@ -14,6 +14,7 @@
 #include "core/threads.h"
 #include "data/template.h"
 #include "generate/generator.h"
+#include "io/atomic_file.h"
 #include "io/json_file.h"
 #include "lora/adapter.h"
 #include "model/transformer.h"
@@ -51,6 +52,7 @@ const CommandSpec kSpec = {
          "generation_config or 1.0"},
         {"--seed", "S", "sampling seed", "0"},
         {"--threads", "N", "threads", "all cores"},
+        {"--ids-out", "FILE", "also write the generated ids as a JSON array (not with --chat)"},
         bf16_option("auto"),
     }};
 
@@ -106,11 +108,15 @@ int run_generate(const Args& args) {
   std::optional<tokenizer::Tokenizer> tok;
   if (has_tokenizer(model_dir)) tok = tokenizer::Tokenizer::load(model_dir);
   // Generates after `prompt`, streaming text (or ids without a tokenizer); returns the text.
+  const std::string ids_out = a.str("--ids-out", "");
+  if (!ids_out.empty() && a.flag("--chat")) throw UsageError("--ids-out does not go with --chat");
   auto stream = [&](const std::vector<int>& prompt) {
     std::string text;
+    Json ids = Json::array();
     if (tok) {
       tokenizer::StreamDecoder decoder(*tok, /*skip_special=*/true);
       generate(model, prompt, opt, [&](int token) {
+        ids.push_back(token);
         const std::string piece = decoder.push(token);
         text += piece;
         std::fputs(piece.c_str(), stdout);
@@ -122,6 +128,7 @@ int run_generate(const Args& args) {
     } else {
       bool first = true;
       generate(model, prompt, opt, [&](int token) {
+        ids.push_back(token);
         std::printf(first ? "%d" : ",%d", token);
         first = false;
         std::fflush(stdout);
@@ -129,6 +136,7 @@ int run_generate(const Args& args) {
     }
     std::printf("\n");
     std::fflush(stdout);
+    if (!ids_out.empty()) write_file_atomic(ids_out, ids.dump() + "\n");
     return text;
   };
   if (a.has("--prompt-ids")) {

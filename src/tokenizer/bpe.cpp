@@ -61,6 +61,21 @@ void BpeModel::grow() {
   }
 }
 
+std::vector<std::pair<int32_t, int32_t>> BpeModel::merges() const {
+  std::vector<std::pair<uint32_t, uint64_t>> by_rank;  // (rank, pair key)
+  for (uint64_t s : slots_)
+    if (s != kEmpty)
+      by_rank.push_back(
+          {static_cast<uint32_t>(s & ((uint64_t{1} << kRankBits) - 1)), s >> kRankBits});
+  std::sort(by_rank.begin(), by_rank.end());
+  std::vector<std::pair<int32_t, int32_t>> out;
+  out.reserve(by_rank.size());
+  const uint64_t id_mask = (uint64_t{1} << kIdBits) - 1;
+  for (const auto& [rank, key] : by_rank)
+    out.push_back({static_cast<int32_t>(key >> kIdBits), static_cast<int32_t>(key & id_mask)});
+  return out;
+}
+
 void BpeModel::add_merge(int32_t left, int32_t right, int32_t merged, uint32_t rank) {
   if (left < 0 || right < 0 ||
       ((static_cast<uint32_t>(left) | static_cast<uint32_t>(right)) >> kIdBits) != 0)

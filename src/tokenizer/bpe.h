@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace loratune::tokenizer {
@@ -25,6 +26,8 @@ class BpeModel {
   // A later merge of the same pair replaces the earlier one.
   void add_merge(int32_t left, int32_t right, int32_t merged, uint32_t rank);
   size_t merge_count() const { return count_; }
+  // Every merge as (left, right), by increasing rank.
+  std::vector<std::pair<int32_t, int32_t>> merges() const;
 
   // Appends the ids of one pre-tokenized piece (raw bytes) to `out`.
   void encode_word(std::string_view bytes, std::vector<int32_t>& out) const;

@@ -232,6 +232,13 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) c
 int32_t Tokenizer::vocab_size() const {
   return static_cast<int32_t>(data_->flags.size());
 }
+std::vector<std::pair<std::string_view, std::string_view>> Tokenizer::merges() const {
+  std::vector<std::pair<std::string_view, std::string_view>> out;
+  for (const auto& [left, right] : data_->bpe.merges())
+    out.push_back({token_string(left), token_string(right)});
+  return out;
+}
+
 const std::vector<AddedToken>& Tokenizer::added_tokens() const {
   return data_->added;
 }

@@ -65,6 +65,8 @@ class Tokenizer {
   // One past the largest id (vocabulary and added tokens).
   int32_t vocab_size() const;
   const std::vector<AddedToken>& added_tokens() const;
+  // The BPE merges as token spellings ("Ġ", "t"), by increasing rank.
+  std::vector<std::pair<std::string_view, std::string_view>> merges() const;
 
   // Special ids from tokenizer_config.json (or config.json); -1 when there is none.
   int32_t eos_id() const;
