@@ -17,3 +17,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# llama.cpp's prebuilt CPU library (the npm package node-llama-cpp) for the GGUF tests
+# (tests/test_llama_cpp.cpp); without npm or the registry those tests skip and say why.
+if [ ! -d tests/llama_cpp/node_modules/node-llama-cpp ]; then
+  if command -v npm >/dev/null; then
+    npm install --prefix tests/llama_cpp --omit=optional --ignore-scripts --no-audit --no-fund ||
+      echo "install-deps: node-llama-cpp could not be installed; the llama.cpp tests will skip" >&2
+  else
+    echo "install-deps: no npm; the llama.cpp tests will skip" >&2
+  fi
+fi

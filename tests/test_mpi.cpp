@@ -66,15 +66,7 @@ std::string mpirun(int ranks) {
 }
 
 test::CommandResult run_ranks(int ranks, const std::string& args) {
-  const std::string cmd = mpirun(ranks) + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return {-1, "popen failed"};
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int rc = pclose(p);
-  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc), out};
+  return test::run_shell(mpirun(ranks) + args + " 2>&1");
 }
 
 std::vector<Json> log_records(const std::string& path) {

@@ -85,9 +85,8 @@ struct CommandResult {
   std::string output;  // stdout and stderr together
 };
 
-// Runs `loratune ARGS` through the shell and captures its output.
-inline CommandResult run_cli(const std::string& args) {
-  std::string cmd = "'" + binary() + "' " + args + " 2>&1";
+// Runs a shell command line and captures its standard output.
+inline CommandResult run_shell(const std::string& cmd) {
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return {-1, "popen failed"};
   std::string out;
@@ -96,6 +95,11 @@ inline CommandResult run_cli(const std::string& args) {
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   int rc = pclose(p);
   return {WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc), out};
+}
+
+// Runs `loratune ARGS` through the shell and captures its output.
+inline CommandResult run_cli(const std::string& args) {
+  return run_shell("'" + binary() + "' " + args + " 2>&1");
 }
 
 // A file under tests/golden/ (see its README.md).
