@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs every build and test dependency from Debian packages.
+# Installs every build and test dependency: Debian packages, and one npm package for the
+# llama.cpp tests.
 set -euo pipefail
 packages=(
   build-essential cmake git clang-14 clang-format libclang-rt-14-dev
