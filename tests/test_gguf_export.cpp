@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "export/gguf_export.h"
 #include "io/gguf.h"
+#include "io/json_file.h"
 #include "io/safetensors.h"
 #include "lora/adapter.h"
 #include "model/weights.h"
@@ -137,6 +138,48 @@ TEST(GgufExport, MergedAndLoraOnly) {
   EXPECT_EQ(std::memcmp(back.data(), down->data, down->nbytes), 0);
 }
 
+// loratune reads what it wrote: the f32 export evaluates and generates exactly as the folder,
+// q8_0 close to it, and training starts from a GGUF file.
+TEST(GgufExport, ModelFileReadsBackAsTheFolder) {
+  SKIP_WITHOUT_SHARED();
+  test::TempDir dir;
+  for (const char* type : {"f32", "q8_0"}) {
+    test::CommandResult r = test::run_cli("export-gguf --model '" + model_dir() + "' --out '" +
+                                          dir / (std::string(type) + ".gguf") + "' --type " + type);
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  const std::string data = test::source_dir() + "/examples/data/sample_seed.json";
+  auto eval = [&](const std::string& model) {
+    test::CommandResult r = test::run_cli("eval --model '" + model + "' --data '" + data +
+                                          "' --json --bf16 false --threads 1 2>/dev/null");
+    EXPECT_EQ(r.status, 0) << r.output;
+    return Json::parse(r.output)["eval_loss"].get<double>();
+  };
+  const double folder = eval(model_dir());
+  EXPECT_EQ(eval(dir / "f32.gguf"), folder);
+  EXPECT_NEAR(eval(dir / "q8_0.gguf"), folder, 0.01 * folder);
+  auto greedy = [&](const std::string& model) {
+    test::CommandResult r = test::run_cli("generate --model '" + model +
+                                          "' --prompt '你好, world' --max-new-tokens 16 "
+                                          "--bf16 false --threads 1 --ids-out '" +
+                                          dir / "ids.json" + "'");
+    EXPECT_EQ(r.status, 0) << r.output;
+    return read_json_file(dir / "ids.json");
+  };
+  EXPECT_EQ(greedy(dir / "f32.gguf"), greedy(model_dir()));
+  const tokenizer::Tokenizer a = tokenizer::Tokenizer::load(model_dir());
+  const tokenizer::Tokenizer b = tokenizer::Tokenizer::load(dir / "f32.gguf");
+  for (const char* text :
+       {"Hello world, 你好 123", "<|im_start|>user\n  tabs\tand\r\nlines", "emoji 😀 and ÿ bytes"})
+    EXPECT_EQ(a.encode(text), b.encode(text)) << text;
+  EXPECT_EQ(a.eos_id(), b.eos_id());
+  test::CommandResult r =
+      test::run_cli("train --model '" + dir / "q8_0.gguf" + "' --data '" + data +
+                    "' --output-dir '" + dir / "out" + "' --max-steps 2 --threads 1");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(dir / "out/final_model/adapter_model.safetensors"));
+}
+
 TEST(GgufExport, ClearErrors) {
   EXPECT_THROW(gguf_tensor_name("model.layers.0.mlp.act_fn.weight"), Error);
   EXPECT_THROW(parse_export_type("q5_k"), UsageError);
@@ -146,6 +189,14 @@ TEST(GgufExport, ClearErrors) {
                                         "' --out /nonexistent-dir/x.gguf");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("error"), std::string::npos) << r.output;
+  // A GGUF of another architecture is refused with a clear message.
+  test::TempDir dir;
+  write_gguf(dir / "llama.gguf", {{"general.architecture", GgufValue::string("llama")}}, {});
+  r = test::run_cli("eval --model '" + dir / "llama.gguf" + "' --data x.json");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("not qwen2"), std::string::npos) << r.output;
+  EXPECT_EQ(hf_tensor_name("blk.3.ffn_up.weight"), "model.layers.3.mlp.up_proj.weight");
+  EXPECT_THROW(hf_tensor_name("blk.0.attn_q_norm.weight"), Error);
 }
 
 }  // namespace

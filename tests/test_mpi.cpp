@@ -57,6 +57,12 @@ std::string train_args(const std::string& out, int batch, const std::string& ext
          extra;
 }
 
+// A shell loop that waits (up to 120 s) until `path` exists and is not empty: training has
+// got that far, however slow the machine (a sanitizer build, a busy CI host).
+std::string wait_for(const std::string& path) {
+  return "for i in $(seq 1200); do [ -s '" + path + "' ] && break; sleep 0.1; done; ";
+}
+
 // `mpirun ... loratune` for `ranks` ranks on this host. LeakSanitizer is off in the ranks:
 // Open MPI's own allocations, freed by nobody after its plugins are unloaded at finalize, read
 // as leaks (the single-process tests check the same code for leaks).
@@ -182,12 +188,10 @@ TEST(Mpi, ResumeWithAnotherNumberOfRanks) {
 TEST(Mpi, SigtermToOneRankStopsThemAllWithACheckpoint) {
   SKIP_WITHOUT_MPI();
   test::TempDir dir;
-  const std::string cmd = mpirun(2) +
-                          train_args(dir / "out", 2, "--max-steps 100000 --save-strategy no") +
-                          " >'" + dir / "log.txt" +
-                          "' 2>&1 & m=$!; sleep 4; kill -TERM $(pgrep -P $m | tail -n 1); "
-                          "wait $m; echo $? >'" +
-                          dir / "status.txt" + "'";
+  const std::string cmd =
+      mpirun(2) + train_args(dir / "out", 2, "--max-steps 100000 --save-strategy no") + " >'" +
+      dir / "log.txt" + "' 2>&1 & m=$!; " + wait_for(dir / "out/trainer_log.jsonl") +
+      "kill -TERM $(pgrep -P $m | tail -n 1); wait $m; echo $? >'" + dir / "status.txt" + "'";
   ASSERT_EQ(std::system(cmd.c_str()), 0);
   const std::string log = test::read_file(dir / "log.txt");
   EXPECT_EQ(test::read_file(dir / "status.txt"), "130\n") << log;
@@ -204,12 +208,12 @@ TEST(Mpi, ARankThatDiesEndsTheJob) {
   test::TempDir dir;
   // Rank 1 is killed mid-run; the job must end non-zero, name the rank, and leave whole
   // checkpoints only (each one resumes).
-  const std::string cmd = mpirun(2) +
-                          train_args(dir / "out", 2, "--max-steps 100000 --save-steps 2") + " >'" +
-                          dir / "log.txt" +
-                          "' 2>&1 & m=$!; sleep 4; kill -KILL $(pgrep -P $m | tail -n 1); "
-                          "timeout 60 tail --pid=$m -f /dev/null; echo $? >'" +
-                          dir / "timeout.txt" + "'; wait $m; echo $? >'" + dir / "status.txt" + "'";
+  const std::string cmd =
+      mpirun(2) + train_args(dir / "out", 2, "--max-steps 100000 --save-steps 2") + " >'" +
+      dir / "log.txt" + "' 2>&1 & m=$!; " + wait_for(dir / "out/checkpoint-4/trainer_state.json") +
+      "kill -KILL $(pgrep -P $m | tail -n 1); "
+      "timeout 60 tail --pid=$m -f /dev/null; echo $? >'" +
+      dir / "timeout.txt" + "'; wait $m; echo $? >'" + dir / "status.txt" + "'";
   ASSERT_EQ(std::system(cmd.c_str()), 0);
   EXPECT_EQ(test::read_file(dir / "timeout.txt"), "0\n") << "the job did not end within 60 s";
   const std::string log = test::read_file(dir / "log.txt");

@@ -15,6 +15,7 @@
 #include "data/template.h"
 #include "generate/generator.h"
 #include "io/atomic_file.h"
+#include "io/gguf.h"
 #include "io/json_file.h"
 #include "lora/adapter.h"
 #include "model/transformer.h"
@@ -57,7 +58,7 @@ const CommandSpec kSpec = {
     }};
 
 bool has_tokenizer(const std::string& dir) {
-  return file_exists(dir + "/tokenizer.json") ||
+  return is_gguf_file(dir) || file_exists(dir + "/tokenizer.json") ||
          (file_exists(dir + "/vocab.json") && file_exists(dir + "/merges.txt"));
 }
 

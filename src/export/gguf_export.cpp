@@ -1,10 +1,10 @@
 #include "export/gguf_export.h"
 
 #include <cmath>
-#include <regex>
 
 #include "core/error.h"
 #include "io/json_file.h"
+#include "model/gguf_model.h"
 #include "model/weights.h"
 #include "tokenizer/tokenizer.h"
 
@@ -30,24 +30,6 @@ uint32_t file_type(GgmlType type) {
       return 32;
   }
   return 0;
-}
-
-// llama.cpp's name of a layer module ("self_attn.q_proj" -> "attn_q").
-std::string block_module(const std::string& path) {
-  static const std::pair<const char*, const char*> kNames[] = {
-      {"self_attn.q_proj", "attn_q"},
-      {"self_attn.k_proj", "attn_k"},
-      {"self_attn.v_proj", "attn_v"},
-      {"self_attn.o_proj", "attn_output"},
-      {"mlp.gate_proj", "ffn_gate"},
-      {"mlp.up_proj", "ffn_up"},
-      {"mlp.down_proj", "ffn_down"},
-      {"input_layernorm", "attn_norm"},
-      {"post_attention_layernorm", "ffn_norm"},
-  };
-  for (const auto& [hf, gguf] : kNames)
-    if (path == hf) return gguf;
-  return "";
 }
 
 GgufValue strings(std::vector<std::string> values) {
@@ -126,19 +108,6 @@ GgmlType parse_export_type(const std::string& name) {
        {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0, GgmlType::kQ4_0})
     if (name == ggml_type_name(t)) return t;
   throw UsageError("unknown --type '" + name + "'", "", "use f32, f16, bf16, q8_0 or q4_0");
-}
-
-std::string gguf_tensor_name(const std::string& hf_name) {
-  if (hf_name == "model.embed_tokens.weight") return "token_embd.weight";
-  if (hf_name == "model.norm.weight") return "output_norm.weight";
-  if (hf_name == "lm_head.weight") return "output.weight";
-  static const std::regex kLayer(R"(model\.layers\.(\d+)\.(.+)\.(weight|bias))");
-  std::smatch m;
-  if (std::regex_match(hf_name, m, kLayer)) {
-    const std::string module = block_module(m[2]);
-    if (!module.empty()) return "blk." + m[1].str() + "." + module + "." + m[3].str();
-  }
-  throw Error("no GGUF name for tensor " + hf_name, "", "llama.cpp's qwen2 has no such tensor");
 }
 
 void export_model_gguf(const std::string& model_dir, const LoraAdapter* adapter, GgmlType type,

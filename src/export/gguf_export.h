@@ -7,15 +7,12 @@
 
 #include "io/gguf.h"
 #include "lora/adapter.h"
+#include "model/gguf_model.h"
 
 namespace loratune {
 
 // f32, f16, bf16, q8_0 or q4_0 (throws UsageError otherwise).
 GgmlType parse_export_type(const std::string& name);
-
-// llama.cpp's name of an HF Qwen2 tensor ("model.layers.3.mlp.up_proj.weight" ->
-// "blk.3.ffn_up.weight"); throws Error for a tensor it has no name for.
-std::string gguf_tensor_name(const std::string& hf_name);
 
 // The model of `model_dir` (with `adapter` merged in when given) as `out`. Matrices take
 // `type` (those whose rows are not whole blocks of a quantised type take f16); norms and

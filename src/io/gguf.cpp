@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <set>
@@ -438,6 +439,15 @@ GgufImage parse_gguf(const uint8_t* data, size_t size, const std::string& source
     t.data = data + data_start + offsets[i];
   }
   return img;
+}
+
+bool is_gguf_file(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  char magic[4] = {};
+  const bool ok = std::fread(magic, 1, 4, f) == 4 && std::memcmp(magic, kMagic, 4) == 0;
+  std::fclose(f);
+  return ok;
 }
 
 GgufFile::GgufFile(const std::string& path)

@@ -106,6 +106,9 @@ class GgufFile {
   GgufImage image_;
 };
 
+// Whether `path` is a regular file that starts with GGUF's magic.
+bool is_gguf_file(const std::string& path);
+
 // A tensor to write: its bytes in `type`'s layout come from `fill` when its turn comes (so
 // that a whole model never sits in memory at once).
 struct GgufTensorToWrite {

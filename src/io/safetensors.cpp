@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/gguf.h"
 #include "io/json_file.h"
 
 namespace loratune {
@@ -144,6 +145,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
       header_(parse_safetensors(file_->data(), file_->size(), path)) {}
 
 void release_pages(const TensorInfo& t) {
+  if (!t.in_file) return;
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(t.data) + page - 1) / page * page;
   const uintptr_t end = (reinterpret_cast<uintptr_t>(t.data) + t.nbytes) / page * page;
@@ -191,6 +193,44 @@ TensorStore::TensorStore(const std::string& dir) : dir_(dir) {
   }
   for (const auto& [name, info] : files_[0]->tensors()) index_[name] = &info;
 }
+
+TensorStore::TensorStore(const std::string& gguf_path,
+                         const std::function<std::string(const std::string&)>& rename)
+    : dir_(gguf_path), gguf_(std::make_unique<GgufFile>(gguf_path)) {
+  for (const GgufTensor& g : gguf_->image().tensors) {
+    auto t = std::make_unique<TensorInfo>();
+    t->name = rename(g.name);
+    t->shape.assign(g.ne.rbegin(), g.ne.rend());
+    t->data = g.data;
+    t->nbytes = g.nbytes;
+    switch (g.type) {
+      case GgmlType::kF32:
+        t->dtype = DType::F32;
+        break;
+      case GgmlType::kF16:
+        t->dtype = DType::F16;
+        break;
+      case GgmlType::kBF16:
+        t->dtype = DType::BF16;
+        break;
+      case GgmlType::kQ8_0:
+      case GgmlType::kQ4_0: {
+        dequantized_.push_back(std::make_unique<float[]>(static_cast<size_t>(g.numel())));
+        ggml_dequantize(g.type, g.data, g.numel(), dequantized_.back().get());
+        t->dtype = DType::F32;
+        t->data = reinterpret_cast<const uint8_t*>(dequantized_.back().get());
+        t->nbytes = static_cast<size_t>(g.numel()) * sizeof(float);
+        t->in_file = false;
+        break;
+      }
+    }
+    if (index_.count(t->name)) throw Error("two tensors are named " + t->name, gguf_path);
+    index_[t->name] = t.get();
+    gguf_infos_.push_back(std::move(t));
+  }
+}
+
+TensorStore::~TensorStore() = default;
 
 const TensorInfo* TensorStore::find(const std::string& name) const {
   auto it = index_.find(name);

@@ -27,8 +27,9 @@ struct TensorInfo {
   std::string name;
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
-  const uint8_t* data = nullptr;  // points into the mapped file
+  const uint8_t* data = nullptr;  // points into the mapped file (or, !in_file, memory)
   size_t nbytes = 0;
+  bool in_file = true;  // false: converted into memory, whose pages must stay
 
   int64_t numel() const { return shape_numel(shape); }
 };
@@ -63,6 +64,11 @@ class SafetensorsFile {
 class TensorStore {
  public:
   explicit TensorStore(const std::string& dir);
+  // The tensors of a GGUF file under the names `rename` gives them, with dims in row-major
+  // order ([out, in]); f32, f16 and bf16 stay in the file, q8_0 and q4_0 are dequantised.
+  TensorStore(const std::string& gguf_path,
+              const std::function<std::string(const std::string&)>& rename);
+  ~TensorStore();
   const TensorInfo* find(const std::string& name) const;
   // Like find(), but throws an Error naming the tensor and folder when it is absent.
   const TensorInfo& get(const std::string& name) const;
@@ -72,6 +78,9 @@ class TensorStore {
  private:
   std::string dir_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::unique_ptr<class GgufFile> gguf_;
+  std::vector<std::unique_ptr<TensorInfo>> gguf_infos_;
+  std::vector<std::unique_ptr<float[]>> dequantized_;
   std::map<std::string, const TensorInfo*> index_;
 };
 

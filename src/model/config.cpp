@@ -1,6 +1,8 @@
 #include "model/config.h"
 
 #include "core/error.h"
+#include "io/gguf.h"
+#include "model/gguf_model.h"
 
 namespace loratune {
 
@@ -94,6 +96,7 @@ ModelConfig parse_model_config(const Json& j, const std::string& source) {
 }
 
 ModelConfig load_model_config(const std::string& dir) {
+  if (is_gguf_file(dir)) return config_from_gguf(GgufFile(dir).image(), dir);
   if (!dir_exists(dir)) throw Error("model folder not found", dir, "check the --model path");
   const std::string path = dir + "/config.json";
   if (!file_exists(path))

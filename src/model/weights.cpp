@@ -7,6 +7,8 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "io/gguf.h"
+#include "model/gguf_model.h"
 
 namespace loratune {
 
@@ -87,7 +89,8 @@ int64_t qwen2_parameter_count(const ModelConfig& c) {
 }
 
 ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config)
-    : store_(std::make_unique<TensorStore>(dir)) {
+    : store_(is_gguf_file(dir) ? std::make_unique<TensorStore>(dir, hf_tensor_name)
+                               : std::make_unique<TensorStore>(dir)) {
   // The matrices the kernels read packed. Those that need converting are converted when they
   // are packed, so that a BF16 model holds each matrix once.
   tied_ = config.tie_word_embeddings;

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/gguf.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/tokenizer_data.h"
 #include "tokenizer/unicode.h"
@@ -402,9 +403,9 @@ json load_optional_json(const fs::path& path) {
   return parse_json(read_file(path), path.string());
 }
 
-// The tokenizer.json structure for a vocab.json + merges.txt folder (Qwen2Tokenizer's rules).
-json json_from_slow_files(const fs::path& dir, const json& tokenizer_config) {
-  const fs::path vocab_path = dir / "vocab.json", merges_path = dir / "merges.txt";
+// A tokenizer.json without its model and added tokens: Qwen2's normaliser, pre-tokenizer
+// and decoder.
+json qwen2_tokenizer_json() {
   json root = json::object();
   root["normalizer"] = {{"type", "NFC"}};
   root["pre_tokenizer"] = {
@@ -416,6 +417,64 @@ json json_from_slow_files(const fs::path& dir, const json& tokenizer_config) {
          {"invert", false}},
         {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
   root["decoder"] = {{"type", "ByteLevel"}};
+  return root;
+}
+
+// The tokenizer.json structure of a qwen2 GGUF file's tokenizer.ggml.* metadata (vocabulary,
+// token types, merges), and the special tokens for `tokenizer_config`.
+json json_from_gguf(const GgufImage& img, const std::string& where, json& tokenizer_config) {
+  auto get = [&](const char* key) -> const GgufValue& {
+    const GgufValue* v = img.get(key);
+    if (!v) throw Error(std::string("the GGUF file has no ") + key, where);
+    return *v;
+  };
+  if (get("tokenizer.ggml.model").as_string("tokenizer.ggml.model") != "gpt2" ||
+      get("tokenizer.ggml.pre").as_string("tokenizer.ggml.pre") != "qwen2")
+    throw Error("the GGUF tokenizer is not gpt2 BPE with the qwen2 pre-tokenizer", where,
+                "loratune reads Qwen2's tokenizer from GGUF");
+  const auto& tokens = get("tokenizer.ggml.tokens").as_array("tokenizer.ggml.tokens");
+  const auto& types = get("tokenizer.ggml.token_type").as_array("tokenizer.ggml.token_type");
+  if (types.size() != tokens.size())
+    throw Error("tokenizer.ggml.token_type and tokenizer.ggml.tokens differ in length", where);
+  constexpr int64_t kNormal = 1, kControl = 3, kUserDefined = 4;
+  json vocab = json::object(), added = json::array();
+  for (size_t id = 0; id < tokens.size(); ++id) {
+    const std::string& text = tokens[id].as_string("tokenizer.ggml.tokens");
+    const int64_t type = types[id].as_int("tokenizer.ggml.token_type");
+    if (type == kNormal) vocab[text] = id;
+    if (type == kControl || type == kUserDefined)
+      added.push_back({{"id", id},
+                       {"content", text},
+                       {"special", type == kControl},
+                       {"normalized", type != kControl}});
+  }
+  json merges = json::array();
+  for (const GgufValue& m : get("tokenizer.ggml.merges").as_array("tokenizer.ggml.merges")) {
+    const std::string& line = m.as_string("tokenizer.ggml.merges");
+    const size_t sp = line.find(' ');
+    if (sp == std::string::npos || line.find(' ', sp + 1) != std::string::npos)
+      throw Error("a merge must be two tokens separated by one space", where);
+    merges.push_back(json::array({line.substr(0, sp), line.substr(sp + 1)}));
+  }
+  json root = qwen2_tokenizer_json();
+  root["model"] = {{"type", "BPE"}, {"vocab", std::move(vocab)}, {"merges", std::move(merges)}};
+  root["added_tokens"] = std::move(added);
+  for (const auto& [key, name] : {std::pair{"tokenizer.ggml.eos_token_id", "eos_token"},
+                                  std::pair{"tokenizer.ggml.bos_token_id", "bos_token"},
+                                  std::pair{"tokenizer.ggml.padding_token_id", "pad_token"}})
+    if (const GgufValue* v = img.get(key)) {
+      const int64_t id = v->as_int(key);
+      if (id < 0 || static_cast<size_t>(id) >= tokens.size())
+        throw Error(std::string(key) + " is outside the vocabulary", where);
+      tokenizer_config[name] = tokens[static_cast<size_t>(id)].as_string(key);
+    }
+  return root;
+}
+
+// The tokenizer.json structure for a vocab.json + merges.txt folder (Qwen2Tokenizer's rules).
+json json_from_slow_files(const fs::path& dir, const json& tokenizer_config) {
+  const fs::path vocab_path = dir / "vocab.json", merges_path = dir / "merges.txt";
+  json root = qwen2_tokenizer_json();
   json model = {{"type", "BPE"}};
   model["vocab"] = parse_json(read_file(vocab_path), vocab_path.string());
   json merges = json::array();
@@ -473,6 +532,12 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, const std::strin
 Tokenizer Tokenizer::load(const std::string& path) {
   std::error_code ec;
   fs::path p(path);
+  if (is_gguf_file(path)) {
+    const GgufFile file(path);
+    json tc = json::object();
+    json root = json_from_gguf(file.image(), path, tc);
+    return TokenizerBuilder::build(root, path, tc, path, json::object(), path);
+  }
   if (fs::is_regular_file(p, ec)) {
     fs::path dir = p.parent_path();
     json tc = load_optional_json(dir / "tokenizer_config.json");
