@@ -107,6 +107,7 @@ TEST(LlamaCpp, ReadsOurGgufFiles) {
     const std::vector<int32_t> ours = tok.encode(texts[i].get<std::string>());
     EXPECT_EQ(ints(got["tokenize"][i]), std::vector<int>(ours.begin(), ours.end())) << "text " << i;
   }
+  ASSERT_EQ(got["runs"][0]["tokens"].size(), static_cast<size_t>(n)) << "no end token this early";
   EXPECT_EQ(ints(got["runs"][0]["tokens"]), loratune_greedy(model, "", prompt, n, dir.path()));
   EXPECT_EQ(ints(got["runs"][3]["tokens"]),
             loratune_greedy(model, dir / "adapter", prompt, n, dir.path()));
