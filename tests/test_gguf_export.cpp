@@ -17,20 +17,13 @@
 namespace loratune {
 namespace {
 
-std::string qwen2_tokenizer() {
-  return test::shared_dir() + "/tokenizer/qwen2";
-}
-
-#define SKIP_WITHOUT_SHARED()                                            \
-  do {                                                                   \
-    if (!std::filesystem::exists(qwen2_tokenizer() + "/tokenizer.json")) \
-      GTEST_SKIP() << "needs ../shared (the Qwen2 tokenizer)";           \
+#define SKIP_WITHOUT_SHARED()                                                                   \
+  do {                                                                                          \
+    if (!test::have_qwen2_tokenizer()) GTEST_SKIP() << "needs ../shared (the Qwen2 tokenizer)"; \
   } while (0)
 
 const std::string& model_dir() {
-  static const std::string path = test::make_tiny_model(
-      "gguf_qwen2", "--tokenizer '" + qwen2_tokenizer() + "' --vocab-size 151936");
-  return path;
+  return test::qwen2_vocab_tiny_model_dir();
 }
 
 std::vector<float> dequantized(const GgufTensor& t) {
@@ -61,7 +54,7 @@ TEST(GgufExport, ModelNamesDimsTypesAndMetadata) {
     EXPECT_EQ(img.get("tokenizer.ggml.model")->as_string(""), "gpt2");
     EXPECT_EQ(img.get("tokenizer.ggml.pre")->as_string(""), "qwen2");
     // Tokens: one per embedding row, as the vocabulary spells them; merges in rank order.
-    const tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(qwen2_tokenizer());
+    const tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(test::qwen2_tokenizer_dir());
     const auto& tokens = img.get("tokenizer.ggml.tokens")->as_array("");
     ASSERT_EQ(static_cast<int>(tokens.size()), config.vocab_size);
     EXPECT_EQ(tokens[1].as_string(""), std::string(tok.token_string(1)));

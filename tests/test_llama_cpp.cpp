@@ -24,8 +24,7 @@ std::string checker_dir() {
 
 // Why llama.cpp cannot be run here, or empty.
 std::string llama_cpp_missing() {
-  if (!std::filesystem::exists(test::shared_dir() + "/tokenizer/qwen2/tokenizer.json"))
-    return "needs ../shared (the Qwen2 tokenizer)";
+  if (!test::have_qwen2_tokenizer()) return "needs ../shared (the Qwen2 tokenizer)";
   if (std::system("command -v node >/dev/null 2>&1") != 0) return "no node on the PATH";
   if (!std::filesystem::exists(checker_dir() + "/node_modules/node-llama-cpp"))
     return "node-llama-cpp is not installed in tests/llama_cpp (scripts/install-deps.sh does it)";
@@ -58,9 +57,7 @@ TEST(LlamaCpp, ReadsOurGgufFiles) {
   test::TempDir dir;
   // A tiny model that is not near-uniform (scaled init), with the Qwen2 tokenizer, and an
   // adapter on q, v and down whose B is not zero.
-  const std::string model =
-      test::make_tiny_model("llama_cpp_qwen2", "--tokenizer '" + test::shared_dir() +
-                                                   "/tokenizer/qwen2' --vocab-size 151936");
+  const std::string& model = test::qwen2_vocab_tiny_model_dir();
   const ModelConfig config = load_model_config(model);
   LoraConfig lc;
   lc.target_modules = {"q_proj", "v_proj", "down_proj"};

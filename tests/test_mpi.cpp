@@ -15,24 +15,12 @@
 namespace loratune {
 namespace {
 
-std::string qwen2_tokenizer() {
-  return test::shared_dir() + "/tokenizer/qwen2";
-}
-
 // Why the MPI tests cannot run here, or empty.
 std::string mpi_missing() {
   if (!dist::built_with_mpi()) return "built without MPI (LORATUNE_MPI off)";
   if (std::system("command -v mpirun >/dev/null 2>&1") != 0) return "no mpirun on the PATH";
-  if (!std::filesystem::exists(qwen2_tokenizer() + "/tokenizer.json"))
-    return "needs ../shared (the Qwen2 tokenizer)";
+  if (!test::have_qwen2_tokenizer()) return "needs ../shared (the Qwen2 tokenizer)";
   return "";
-}
-
-// The tiny model with the real Qwen2 tokenizer (and its vocabulary).
-const std::string& model_dir() {
-  static const std::string path = test::make_tiny_model(
-      "qwen2_vocab", "--tokenizer '" + qwen2_tokenizer() + "' --vocab-size 151936");
-  return path;
 }
 
 #define SKIP_WITHOUT_MPI()                 \
@@ -49,8 +37,8 @@ const std::string& model_dir() {
 // learning rate is small, as at 1e-3 Adam's normalised steps grow even fp32 rounding into
 // 1e-4 differences by step 4 (between two single-process runs with different pass sizes).
 std::string train_args(const std::string& out, int batch, const std::string& extra) {
-  return "train --model '" + model_dir() + "' --data '" + test::source_dir() +
-         "/examples/data/sample_seed.json' --output-dir '" + out +
+  return "train --model '" + test::qwen2_vocab_tiny_model_dir() + "' --data '" +
+         test::source_dir() + "/examples/data/sample_seed.json' --output-dir '" + out +
          "' --per-device-train-batch-size " + std::to_string(batch) +
          " --gradient-accumulation-steps 2 --learning-rate 2e-4 --lora-dropout 0.1 "
          "--logging-steps 1 --threads 1 --bf16 false " +
@@ -75,14 +63,6 @@ test::CommandResult run_ranks(int ranks, const std::string& args) {
   return test::run_shell(mpirun(ranks) + args + " 2>&1");
 }
 
-std::vector<Json> log_records(const std::string& path) {
-  std::vector<Json> out;
-  std::istringstream in(test::read_file(path));
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) out.push_back(Json::parse(line));
-  return out;
-}
-
 void expect_relative(double a, double b, double tol, const std::string& what) {
   EXPECT_LE(std::fabs(a - b), tol * std::max(std::fabs(a), std::fabs(b)))
       << what << ": " << a << " vs " << b;
@@ -90,7 +70,7 @@ void expect_relative(double a, double b, double tol, const std::string& what) {
 
 // The step records (loss, grad norm) and eval records of two runs agree within 1e-5.
 void expect_same_log(const std::string& a_path, const std::string& b_path) {
-  const auto a = log_records(a_path), b = log_records(b_path);
+  const auto a = test::log_records(a_path), b = test::log_records(b_path);
   ASSERT_EQ(a.size(), b.size());
   ASSERT_FALSE(a.empty());
   for (size_t i = 0; i < a.size(); ++i) {
@@ -128,18 +108,24 @@ std::set<std::string> files_under(const std::string& dir) {
   return names;
 }
 
+// One process with the global batch against `ranks` ranks of `per_rank` examples each: the
+// same log, the same adapter, and rank 0 alone wrote (the single process's files).
+void expect_ranks_train_as_one(const std::string& dir, int ranks, int per_rank,
+                               const std::string& flags) {
+  test::CommandResult one = test::run_cli(train_args(dir + "/one", ranks * per_rank, flags));
+  ASSERT_EQ(one.status, 0) << one.output;
+  test::CommandResult many = run_ranks(ranks, train_args(dir + "/many", per_rank, flags));
+  ASSERT_EQ(many.status, 0) << many.output;
+  expect_same_log(dir + "/one/trainer_log.jsonl", dir + "/many/trainer_log.jsonl");
+  expect_same_adapter(dir + "/one/final_model", dir + "/many/final_model");
+  EXPECT_EQ(files_under(dir + "/one"), files_under(dir + "/many"));
+}
+
 TEST(Mpi, TwoRanksTrainWhatOneProcessTrains) {
   SKIP_WITHOUT_MPI();
   test::TempDir dir;
-  const std::string flags = "--max-steps 5 --eval-strategy steps --eval-steps 5 --save-steps 5";
-  test::CommandResult one = test::run_cli(train_args(dir / "one", 4, flags));
-  ASSERT_EQ(one.status, 0) << one.output;
-  test::CommandResult two = run_ranks(2, train_args(dir / "two", 2, flags));
-  ASSERT_EQ(two.status, 0) << two.output;
-  expect_same_log(dir / "one/trainer_log.jsonl", dir / "two/trainer_log.jsonl");
-  expect_same_adapter(dir / "one/final_model", dir / "two/final_model");
-  // Rank 0 alone wrote: the same files as the single process's.
-  EXPECT_EQ(files_under(dir / "one"), files_under(dir / "two"));
+  expect_ranks_train_as_one(dir.path(), 2, 2,
+                            "--max-steps 5 --eval-strategy steps --eval-steps 5 --save-steps 5");
 }
 
 TEST(Mpi, UnevenLastBatchAndAnIdleRank) {
@@ -147,13 +133,7 @@ TEST(Mpi, UnevenLastBatchAndAnIdleRank) {
   // 36 training examples in global batches of 15: 15, 15, 6. In the last one rank 0 trains 5
   // examples, rank 1 one and rank 2 none.
   test::TempDir dir;
-  const std::string flags = "--num-train-epochs 1 --eval-fraction 0.2";
-  test::CommandResult one = test::run_cli(train_args(dir / "one", 15, flags));
-  ASSERT_EQ(one.status, 0) << one.output;
-  test::CommandResult three = run_ranks(3, train_args(dir / "three", 5, flags));
-  ASSERT_EQ(three.status, 0) << three.output;
-  expect_same_log(dir / "one/trainer_log.jsonl", dir / "three/trainer_log.jsonl");
-  expect_same_adapter(dir / "one/final_model", dir / "three/final_model");
+  expect_ranks_train_as_one(dir.path(), 3, 5, "--num-train-epochs 1 --eval-fraction 0.2");
 }
 
 TEST(Mpi, ResumeWithAnotherNumberOfRanks) {
@@ -162,7 +142,7 @@ TEST(Mpi, ResumeWithAnotherNumberOfRanks) {
   const std::string flags = "--max-steps 6 --save-steps 3 --eval-fraction 0";
   test::CommandResult full = test::run_cli(train_args(dir / "full", 4, flags));
   ASSERT_EQ(full.status, 0) << full.output;
-  const auto reference = log_records(dir / "full/trainer_log.jsonl");
+  const auto reference = test::log_records(dir / "full/trainer_log.jsonl");
   ASSERT_EQ(reference.size(), 6u);
   // A 1-process checkpoint resumed by 2 ranks, and a 2-rank checkpoint by 1 process.
   test::CommandResult two = run_ranks(2, train_args(dir / "two", 2, flags));
@@ -175,7 +155,7 @@ TEST(Mpi, ResumeWithAnotherNumberOfRanks) {
     const std::string args = train_args(out, 4 / ranks, flags + " --resume-from-checkpoint latest");
     test::CommandResult r = ranks == 1 ? test::run_cli(args) : run_ranks(ranks, args);
     ASSERT_EQ(r.status, 0) << r.output;
-    const auto resumed = log_records(out + "/trainer_log.jsonl");
+    const auto resumed = test::log_records(out + "/trainer_log.jsonl");
     ASSERT_EQ(resumed.size(), 3u) << to;
     for (int i = 0; i < 3; ++i) {
       EXPECT_EQ(resumed[i]["step"], reference[3 + i]["step"]);

@@ -64,13 +64,17 @@ TEST(OpsForward, Linear) {
       for (size_t i = 0; i < acc.size(); ++i)
         ASSERT_NEAR(acc[i], 2 * y_ref[i], 2e-4f * std::sqrt(in)) << name;
       if (!ops::is_bf16(format)) continue;
-      // Written rounded to bf16: within half a bf16 step (2^-9 relative) of the exact product.
-      std::vector<uint16_t> y16(N * out);
-      ops::linear_forward_to_bf16(y16.data(), x.data(), packed, N);
-      for (size_t i = 0; i < y16.size(); ++i)
+      // Written rounded to bf16 (two outputs of one input): within half a bf16 step (2^-9
+      // relative) of the exact product.
+      std::vector<uint16_t> y16(N * out), z16(N * out);
+      const ops::LinearOutBF16 outs16[] = {{y16.data(), &packed}, {z16.data(), &packed}};
+      ops::linear_forward_to_bf16(outs16, 2, x.data(), N);
+      for (size_t i = 0; i < y16.size(); ++i) {
         ASSERT_NEAR(bf16_to_float(y16[i]), y_ref[i],
                     std::fabs(y_ref[i]) / 256 + 1e-4f * std::sqrt(in))
             << name;
+        ASSERT_EQ(z16[i], y16[i]) << name;
+      }
     }
 }
 

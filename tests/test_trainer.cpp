@@ -25,14 +25,6 @@ std::string train_cmd(const std::string& out, const std::string& extra) {
          extra;
 }
 
-std::vector<Json> log_records(const std::string& path) {
-  std::vector<Json> out;
-  std::istringstream in(test::read_file(path));
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) out.push_back(Json::parse(line));
-  return out;
-}
-
 TEST(Trainer, EpochsEvalCheckpointsAndBestModel) {
   test::TempDir dir;
   test::CommandResult r = run_cli(train_cmd(dir / "out",
@@ -50,7 +42,7 @@ TEST(Trainer, EpochsEvalCheckpointsAndBestModel) {
   EXPECT_EQ(test::read_file(best + "/adapter_model.safetensors"),
             test::read_file(dir / "out/final_model/adapter_model.safetensors"));
   std::vector<double> eval_losses;
-  for (const Json& rec : log_records(dir / "out/trainer_log.jsonl"))
+  for (const Json& rec : test::log_records(dir / "out/trainer_log.jsonl"))
     if (rec.contains("eval_loss")) eval_losses.push_back(rec["eval_loss"].get<double>());
   ASSERT_EQ(eval_losses.size(), 2u);
   EXPECT_LT(eval_losses[1], eval_losses[0]);
@@ -124,8 +116,8 @@ TEST(Trainer, ResumeGivesTheSameLosses) {
   test::CommandResult resumed =
       run_cli(train_cmd(dir / "b", flags + " --resume-from-checkpoint latest"));
   ASSERT_EQ(resumed.status, 0) << resumed.output;
-  auto a = log_records(dir / "a/trainer_log.jsonl");
-  auto b = log_records(dir / "b/trainer_log.jsonl");
+  auto a = test::log_records(dir / "a/trainer_log.jsonl");
+  auto b = test::log_records(dir / "b/trainer_log.jsonl");
   ASSERT_EQ(a.size(), 6u);
   ASSERT_EQ(b.size(), 3u);
   for (int i = 0; i < 3; ++i) {
@@ -170,14 +162,14 @@ TEST(Trainer, SigtermThenResumeEqualsUninterrupted) {
                                   train_cmd(dir / "a", flags + " --max-steps 100000") +
                                   " >/dev/null 2>&1 & pid=$!; sleep 2; kill -TERM $pid; wait $pid";
   ASSERT_EQ(std::system(interrupted.c_str()) >> 8, 130);
-  const int64_t k = log_records(dir / "a/trainer_log.jsonl").back()["step"].get<int64_t>();
+  const int64_t k = test::log_records(dir / "a/trainer_log.jsonl").back()["step"].get<int64_t>();
   const std::string total = " --max-steps " + std::to_string(k + 3);
   test::CommandResult resumed =
       run_cli(train_cmd(dir / "a", flags + total + " --resume-from-checkpoint latest"));
   ASSERT_EQ(resumed.status, 0) << resumed.output;
   ASSERT_EQ(run_cli(train_cmd(dir / "b", flags + total)).status, 0);
-  auto a = log_records(dir / "a/trainer_log.jsonl");
-  auto b = log_records(dir / "b/trainer_log.jsonl");
+  auto a = test::log_records(dir / "a/trainer_log.jsonl");
+  auto b = test::log_records(dir / "b/trainer_log.jsonl");
   ASSERT_EQ(a.size(), static_cast<size_t>(k + 3));
   ASSERT_EQ(b.size(), a.size());
   for (size_t i = 0; i < a.size(); ++i) {
@@ -194,7 +186,7 @@ TEST(Trainer, RefusesBadOutputDirs) {
   EXPECT_NE(again.output.find("--overwrite-output-dir"), std::string::npos) << again.output;
   EXPECT_EQ(run_cli(train_cmd(dir / "out", "--max-steps 1 --overwrite-output-dir")).status, 0);
   // The new run's log replaces the old one: one step, one record.
-  EXPECT_EQ(log_records(dir / "out/trainer_log.jsonl").size(), 1u);
+  EXPECT_EQ(test::log_records(dir / "out/trainer_log.jsonl").size(), 1u);
 
   // An output path that cannot be a directory: a clear error, nothing written.
   test::write_file(dir / "file", "x");
@@ -239,7 +231,7 @@ TEST(Trainer, ConfigFileAndCommandLine) {
   test::CommandResult r =
       run_cli(train_cmd(dir / "out", "--config '" + dir / "c.yaml" + "' --max-steps 3"));
   ASSERT_EQ(r.status, 0) << r.output;
-  auto logs = log_records(dir / "out/trainer_log.jsonl");
+  auto logs = test::log_records(dir / "out/trainer_log.jsonl");
   EXPECT_EQ(logs.size(), 3u);  // the command line's --max-steps wins
   EXPECT_EQ(read_json_file(dir / "out/final_model/adapter_config.json")["target_modules"],
             Json({"q_proj", "k_proj"}));

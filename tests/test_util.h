@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/half.h"
+#include "io/json_file.h"
 #include "io/safetensors.h"
 #include "ops/backend.h"
 
@@ -146,6 +147,31 @@ inline const std::string& tiny_model_dir() {
 inline const std::string& learnable_tiny_model_dir() {
   static const std::string path = make_tiny_model("scaled", "");
   return path;
+}
+
+// The real Qwen2 tokenizer in ../shared (absent there: tests that need it skip).
+inline std::string qwen2_tokenizer_dir() {
+  return shared_dir() + "/tokenizer/qwen2";
+}
+inline bool have_qwen2_tokenizer() {
+  std::ifstream in(qwen2_tokenizer_dir() + "/tokenizer.json");
+  return in.good();
+}
+
+// The scaled tiny model with the real Qwen2 tokenizer and its 151,936-row vocabulary.
+inline const std::string& qwen2_vocab_tiny_model_dir() {
+  static const std::string path = make_tiny_model(
+      "qwen2_vocab", "--tokenizer '" + qwen2_tokenizer_dir() + "' --vocab-size 151936");
+  return path;
+}
+
+// The records of a trainer_log.jsonl, in order.
+inline std::vector<Json> log_records(const std::string& path) {
+  std::vector<Json> out;
+  std::istringstream in(read_file(path));
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(Json::parse(line));
+  return out;
 }
 
 }  // namespace loratune::test

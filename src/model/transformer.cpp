@@ -174,8 +174,9 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
   if (ops::is_bf16(lw.w_gate.format()) && !mlp_lora) {
     // In bf16 gate/up are bf16 products, as under autocast, written rounded straight into
     // their saved form: half the bytes, and no rounding pass.
-    ops::linear_forward_to_bf16(a.gate.write_bf16(NF), xn_.data(), lw.w_gate, N);
-    ops::linear_forward_to_bf16(a.up.write_bf16(NF), xn_.data(), lw.w_up, N);
+    const ops::LinearOutBF16 gate_up[] = {{a.gate.write_bf16(NF), &lw.w_gate},
+                                          {a.up.write_bf16(NF), &lw.w_up}};
+    ops::linear_forward_to_bf16(gate_up, 2, xn_.data(), N);
     ops::swiglu_forward(xn_.data(), a.gate, a.up, static_cast<long>(NF));
   } else {
     // Where gate/up are kept in bf16, their fp32 values go through the backward's dh_ and

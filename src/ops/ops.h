@@ -22,9 +22,14 @@ struct LinearOut {
 void linear_forward_shared(const LinearOut* outs, int n, const float* x, int N);
 // y[N, out] += x[N, in] · w[out, in]ᵀ: the residual stream accumulates projections.
 void linear_accumulate(float* y, const float* x, const PackedWeight& w, int N);
-// y[N, out] = x · wᵀ rounded to bf16, for the bf16 formats: a product whose bf16 values are
-// all that is kept (autocast's bf16 output).
-void linear_forward_to_bf16(uint16_t* y, const float* x, const PackedWeight& w, int N);
+// y_j[N, out] = x · w_jᵀ rounded to bf16 for 1 to 3 outputs of the same `in`, x rounded once
+// for all, for the bf16 formats: products whose bf16 values are all that is kept (autocast's
+// bf16 outputs).
+struct LinearOutBF16 {
+  uint16_t* y;
+  const PackedWeight* w;
+};
+void linear_forward_to_bf16(const LinearOutBF16* outs, int n, const float* x, int N);
 // dx[N, in] = dy[N, out] · w[out, in] (+= when accumulate). Frozen weights: no dw.
 void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate);
 

@@ -54,8 +54,7 @@ struct PackedBatch {
   std::vector<SequenceSpan> seqs;
 };
 
-template <typename Indices>
-PackedBatch pack(const std::vector<data::TokenizedExample>& examples, const Indices& idx) {
+PackedBatch pack(const std::vector<data::TokenizedExample>& examples, const std::vector<int>& idx) {
   PackedBatch b;
   for (int i : idx) {
     const auto& ex = examples[i];
@@ -349,9 +348,12 @@ int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* sum
     int64_t count = 0, step_tokens = 0;
     for (int64_t i = first; i < last; ++i) {
       shares.push_back(rank_share(train, batches[i], B, world.rank));
-      const PackedBatch whole = pack(train, batches[i]);
-      count += count_loss_targets(whole.labels, whole.seqs);
-      step_tokens += static_cast<int64_t>(whole.tokens.size());
+      for (int e : batches[i]) {
+        const data::TokenizedExample& ex = train[e];
+        const int n = static_cast<int>(ex.ids.size());
+        count += count_loss_targets(ex.labels, {{0, n, 0}});
+        step_tokens += n;
+      }
     }
     adapter.zero_grad();
     double step_loss[2] = {0.0, 0.0};  // loss sum, labelled positions

@@ -66,8 +66,9 @@ double cross_entropy_forward_backward(float* dh, const float* h, const PackedWei
     const float* x = h + static_cast<long>(r0) * C;
     uint16_t* logits16 = reinterpret_cast<uint16_t*>(scratch);  // [rows, V] (onednn_bf16)
     float* logits = scratch;                                    // [rows, V] (otherwise)
+    const LinearOutBF16 out16{logits16, &w};
     if (onednn_bf16)
-      linear_forward_to_bf16(logits16, x, w, rows);
+      linear_forward_to_bf16(&out16, 1, x, rows);
     else
       linear_forward(logits, x, w, nullptr, rows);
 #pragma omp parallel reduction(+ : loss)

@@ -466,14 +466,30 @@ void linear_accumulate(float* y, const float* x, const PackedWeight& w, int N) {
   blocks_forward(&p, 1, emulated_input(x, static_cast<size_t>(N) * w.in(), w), N);
 }
 
-void linear_forward_to_bf16(uint16_t* y, const float* x, const PackedWeight& w, int N) {
-  if (w.format() == WeightFormat::kRowsBF16) return onednn::forward_to_bf16(y, x, w, N);
-  if (w.format() != WeightFormat::kBlocksBF16)
+void linear_forward_to_bf16(const LinearOutBF16* outs, int n, const float* x, int N) {
+  if (n < 1 || n > kMaxProducts)
+    throw std::invalid_argument("linear_forward_to_bf16 takes 1 to 3 outputs");
+  const PackedWeight& w0 = *outs[0].w;
+  for (int j = 1; j < n; ++j)
+    if (outs[j].w->in() != w0.in() || outs[j].w->format() != w0.format())
+      throw std::invalid_argument("linear_forward_to_bf16: the weights differ in size or format");
+  if (w0.format() == WeightFormat::kRowsBF16) {
+    onednn::ProductBF16 ps[kMaxProducts];
+    for (int j = 0; j < n; ++j) ps[j] = {outs[j].y, outs[j].w};
+    return onednn::forward_to_bf16(ps, n, x, N);
+  }
+  if (w0.format() != WeightFormat::kBlocksBF16)
     throw std::invalid_argument("linear_forward_to_bf16 needs a bf16 weight format");
+  // The emulation: the own kernels' fp32 products of the rounded input, then rounded.
+  const float* xr = emulated_input(x, static_cast<size_t>(N) * w0.in(), w0);
   thread_local std::vector<float> y32;  // grown to the largest call, then reused
-  if (y32.size() < static_cast<size_t>(N) * w.out()) y32.resize(static_cast<size_t>(N) * w.out());
-  linear_forward(y32.data(), x, w, nullptr, N);
-  round_to_bf16(y, y32.data(), static_cast<long>(N) * w.out());
+  for (int j = 0; j < n; ++j) {
+    const size_t size = static_cast<size_t>(N) * outs[j].w->out();
+    if (y32.size() < size) y32.resize(size);
+    const Product p{y32.data(), outs[j].w, false};
+    blocks_forward(&p, 1, xr, N);
+    round_to_bf16(outs[j].y, y32.data(), static_cast<long>(size));
+  }
 }
 
 void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {

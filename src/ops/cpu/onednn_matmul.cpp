@@ -144,8 +144,10 @@ void forward(const Product* ps, int n, const float* x, int N) {
   for (int j = 0; j < n; ++j) run(ps[j].y, a, *ps[j].w, N, ps[j].accumulate, false);
 }
 
-void forward_to_bf16(uint16_t* y, const float* x, const PackedWeight& w, int N) {
-  if (N > 0) run(y, operand(x, static_cast<size_t>(N) * w.in(), w), w, N, false, false, 0, true);
+void forward_to_bf16(const ProductBF16* ps, int n, const float* x, int N) {
+  if (N == 0) return;
+  const void* a = operand(x, static_cast<size_t>(N) * ps[0].w->in(), *ps[0].w);
+  for (int j = 0; j < n; ++j) run(ps[j].y, a, *ps[j].w, N, false, false, 0, true);
 }
 
 void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {

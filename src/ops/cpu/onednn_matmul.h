@@ -16,8 +16,12 @@ struct Product {
 };
 // The products of one input x[N, in] (q/k/v, gate/up), x rounded to bf16 once for all.
 void forward(const Product* ps, int n, const float* x, int N);
-// y[N, out] = x · wᵀ rounded to bf16, for a kRowsBF16 weight.
-void forward_to_bf16(uint16_t* y, const float* x, const PackedWeight& w, int N);
+// The products of one input written rounded to bf16, for kRowsBF16 weights: y = x · wᵀ.
+struct ProductBF16 {
+  uint16_t* y;
+  const PackedWeight* w;
+};
+void forward_to_bf16(const ProductBF16* ps, int n, const float* x, int N);
 // dx[N, in] (+)= dy[N, out] · w
 void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate);
 // The same with dy already in bf16, for a kRowsBF16 weight, its rows ld_dy values apart.
