@@ -25,7 +25,9 @@ std::string checker_dir() {
 // Why llama.cpp cannot be run here, or empty.
 std::string llama_cpp_missing() {
   if (!test::have_qwen2_tokenizer()) return "needs ../shared (the Qwen2 tokenizer)";
-  if (std::system("command -v node >/dev/null 2>&1") != 0) return "no node on the PATH";
+  if (std::system("node -e 'process.exit(+process.versions.node.split(\".\")[0] >= 20 ? 0 : 1)' "
+                  ">/dev/null 2>&1") != 0)
+    return "needs node 20 or newer on the PATH (node-llama-cpp's requirement)";
   if (!std::filesystem::exists(checker_dir() + "/node_modules/node-llama-cpp"))
     return "node-llama-cpp is not installed in tests/llama_cpp (scripts/install-deps.sh does it)";
   return "";
