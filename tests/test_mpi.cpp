@@ -165,6 +165,24 @@ TEST(Mpi, ResumeWithAnotherNumberOfRanks) {
   }
 }
 
+TEST(Mpi, SigtermToOneRankStopsThemAllWithACheckpoint) {
+  SKIP_WITHOUT_MPI();
+  test::TempDir dir;
+  const std::string cmd =
+      mpirun(2) + train_args(dir / "out", 2, "--max-steps 100000 --save-strategy no") + " >'" +
+      dir / "log.txt" + "' 2>&1 & m=$!; " + wait_for(dir / "out/trainer_log.jsonl") +
+      "kill -TERM $(pgrep -P $m | tail -n 1); wait $m; echo $? >'" + dir / "status.txt" + "'";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  const std::string log = test::read_file(dir / "log.txt");
+  EXPECT_EQ(test::read_file(dir / "status.txt"), "130\n") << log;
+  EXPECT_NE(log.find("--resume-from-checkpoint latest"), std::string::npos) << log;
+  // The step rank 0 saved is the last one logged: both ranks stopped after it.
+  const auto records = test::log_records(dir / "out/trainer_log.jsonl");
+  ASSERT_FALSE(records.empty());
+  const int64_t last = records.back()["step"].get<int64_t>();
+  EXPECT_TRUE(std::filesystem::exists(dir / ("out/checkpoint-" + std::to_string(last)))) << log;
+}
+
 TEST(Mpi, ARankThatDiesEndsTheJob) {
   SKIP_WITHOUT_MPI();
   test::TempDir dir;

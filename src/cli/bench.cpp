@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -25,6 +26,7 @@
 #include "cli/options.h"
 #include "cli/precision_option.h"
 #include "core/error.h"
+#include "core/stop_signals.h"
 #include "core/threads.h"
 #include "io/json_file.h"
 #include "model/config.h"
@@ -174,33 +176,21 @@ int run_child(const std::string& figure, const Settings& s) {
 
 // ---- the parent side ----
 
-volatile sig_atomic_t g_signal = 0;
-volatile pid_t g_child = 0;
-
-void on_signal(int sig) {
-  g_signal = sig;
-  if (g_child > 0) kill(g_child, sig);
-}
+std::atomic<int> g_signal{0};
+std::atomic<pid_t> g_child{0};
 
 // SIGINT / SIGTERM reach the running child and end the benchmark after it, so that the
-// temporary folders are removed. Restored on return.
+// temporary folders are removed.
 class SignalGuard {
  public:
-  SignalGuard() {
-    struct sigaction sa {};
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int_);
-    sigaction(SIGTERM, &sa, &old_term_);
-  }
-  ~SignalGuard() {
-    sigaction(SIGINT, &old_int_, nullptr);
-    sigaction(SIGTERM, &old_term_, nullptr);
-  }
+  SignalGuard()
+      : listener_([](int sig) {
+          g_signal = sig;
+          if (const pid_t child = g_child; child > 0) kill(child, sig);
+        }) {}
 
  private:
-  struct sigaction old_int_ {};
-  struct sigaction old_term_ {};
+  StopSignalListener listener_;
 };
 
 struct ChildResult {
@@ -228,6 +218,7 @@ ChildResult spawn(const std::vector<std::string>& args, bool capture, const std:
     throw Error(std::string("cannot start a child process: ") + std::strerror(errno), what);
   }
   if (pid == 0) {  // only async-signal-safe calls until exec
+    unblock_stop_signals_in_child();
     if (dup2(capture ? fds[1] : 2, 1) < 0) _exit(127);
     execv("/proc/self/exe", argv.data());
     _exit(127);
@@ -251,7 +242,7 @@ ChildResult spawn(const std::vector<std::string>& args, bool capture, const std:
   while (wait4(pid, &status, 0, &ru) < 0 && errno == EINTR) {
   }
   g_child = 0;
-  if (g_signal) throw Error("interrupted by signal " + std::to_string(g_signal), what);
+  if (const int sig = g_signal) throw Error("interrupted by signal " + std::to_string(sig), what);
   if (WIFSIGNALED(status))
     throw Error("the " + what + " was killed by signal " + std::to_string(WTERMSIG(status)), "",
                 WTERMSIG(status) == SIGKILL ? "out of memory?" : "");

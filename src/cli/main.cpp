@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "core/error.h"
+#include "core/stop_signals.h"
 #include "dist/world.h"
 
 namespace {
@@ -61,6 +62,7 @@ int fail(const char* command, const char* what, int status) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  loratune::take_stop_signals();
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
     print_usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

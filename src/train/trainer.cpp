@@ -7,13 +7,13 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/stop_signals.h"
 #include "core/threads.h"
 #include "dist/world.h"
 #include "io/atomic_file.h"
@@ -27,26 +27,14 @@ namespace loratune {
 namespace {
 
 std::atomic<bool> g_stop_requested{false};
-void request_stop(int) {
-  g_stop_requested = true;
-}
 
-// SIGINT/SIGTERM finish the current step; restored when the trainer returns.
+// SIGINT/SIGTERM finish the current step.
 class StopSignals {
  public:
-  StopSignals() {
-    g_stop_requested = false;
-    old_int_ = std::signal(SIGINT, request_stop);
-    old_term_ = std::signal(SIGTERM, request_stop);
-  }
-  ~StopSignals() {
-    std::signal(SIGINT, old_int_);
-    std::signal(SIGTERM, old_term_);
-  }
+  StopSignals() : listener_([](int) { g_stop_requested = true; }) { g_stop_requested = false; }
 
  private:
-  void (*old_int_)(int);
-  void (*old_term_)(int);
+  StopSignalListener listener_;
 };
 
 struct PackedBatch {
