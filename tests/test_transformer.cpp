@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "io/safetensors.h"
+#include "lora/adapter.h"
 #include "model/transformer.h"
 #include "model/weights.h"
 #include "test_util.h"
@@ -79,6 +80,46 @@ TEST(Transformer, BatchedDecodeInSeveralSlots) {
   m.forward({13, 201}, {{0, 1, 0}, {1, 1, 1}}, &cache, {0, 1}, out.data());
   EXPECT_LT(max_abs_diff(out.data(), fa.data() + 3 * V, V), 1e-5f);
   EXPECT_LT(max_abs_diff(out.data() + V, fb.data() + 1 * V, V), 1e-5f);
+}
+
+// Sequences with different adapters (and none) in one batch, as a server runs them: each
+// sequence's logits are those of a pass with its adapter alone, in the prefill and in decode.
+TEST(Transformer, EachSequenceWithItsOwnAdapter) {
+  Transformer m(test::tiny_model_dir());
+  const int V = m.config().vocab_size;
+  LoraConfig qv;
+  LoraConfig all;
+  all.target_modules = {"all-linear"};
+  all.r = 4;
+  LoraAdapter a(m.config(), qv, 1, 0.05), b(m.config(), all, 2, 0.05);
+  const std::vector<int> prompt = {10, 11, 12, 13};
+  LoraAdapter* adapters[] = {&a, nullptr, &b, &a};
+  std::vector<std::vector<float>> alone;
+  for (LoraAdapter* ad : adapters) {
+    m.set_adapter(ad);
+    alone.push_back(full_logits(m, prompt));
+  }
+  m.set_adapter(nullptr);
+  KVCache cache(m.config(), 4, 8);
+  std::vector<int> tokens, rows;
+  std::vector<SequenceSpan> spans;
+  for (int i = 0; i < 4; ++i) {
+    spans.push_back({i * 3, 3, i, adapters[i]});
+    tokens.insert(tokens.end(), prompt.begin(), prompt.begin() + 3);
+    rows.push_back(i * 3 + 2);
+  }
+  std::vector<float> out(4 * V);
+  m.forward(tokens, spans, &cache, rows, out.data());
+  for (int i = 0; i < 4; ++i)
+    EXPECT_LT(max_abs_diff(out.data() + i * V, alone[i].data() + 2 * V, V), 1e-5f) << i;
+  std::vector<SequenceSpan> decode;
+  for (int i = 0; i < 4; ++i) decode.push_back({i, 1, i, adapters[i]});
+  m.forward({13, 13, 13, 13}, decode, &cache, {0, 1, 2, 3}, out.data());
+  for (int i = 0; i < 4; ++i)
+    EXPECT_LT(max_abs_diff(out.data() + i * V, alone[i].data() + 3 * V, V), 1e-5f) << i;
+  // The adapters differ, so the check above tells them apart.
+  EXPECT_GT(max_abs_diff(alone[0].data(), alone[1].data(), V), 1e-3f);
+  EXPECT_GT(max_abs_diff(alone[0].data(), alone[2].data(), V), 1e-3f);
 }
 
 TEST(Transformer, RejectsOutOfRangeIdsAndFullCache) {

@@ -101,15 +101,39 @@ const float* Transformer::lora_input(int l, LoraModule m, LayerActivations& a, c
   return dropped_.data();
 }
 
+const LoraAdapter* Transformer::adapter_for(const SequenceSpan& s) const {
+  return s.adapter ? s.adapter : adapter_;
+}
+
+bool Transformer::has_lora(int l, LoraModule m, const std::vector<SequenceSpan>& seqs) const {
+  if (adapter_ && adapter_->at(l, m)) return true;
+  for (const SequenceSpan& s : seqs)
+    if (s.adapter && s.adapter->at(l, m)) return true;
+  return false;
+}
+
 void Transformer::lora_forward(int l, LoraModule m, LayerActivations& a, float* y, const float* x,
-                               int N, const Dropout& dropout, bool training) {
-  const LoraWeights* w = adapter_ ? adapter_->at(l, m) : nullptr;
-  if (!w) return;
-  const float* xin = lora_input(l, m, a, x, N, w->in, dropout, training, false);
-  auto& u = a.lora_u[static_cast<int>(m)];
-  grow(u, static_cast<size_t>(N) * w->r);
-  ops::lora_forward(y, u.data(), xin, w->A.data(), w->B.data(), adapter_->scale(), N, w->in, w->out,
-                    w->r);
+                               const std::vector<SequenceSpan>& seqs, const Dropout& dropout,
+                               bool training) {
+  // Consecutive sequences with the same adapter share one product: the whole batch when
+  // there is one adapter.
+  for (size_t i = 0; i < seqs.size();) {
+    const LoraAdapter* adapter = adapter_for(seqs[i]);
+    size_t j = i + 1;
+    while (j < seqs.size() && adapter_for(seqs[j]) == adapter) ++j;
+    const int start = seqs[i].start;
+    const int rows = seqs[j - 1].start + seqs[j - 1].length - start;
+    i = j;
+    const LoraWeights* w = adapter ? adapter->at(l, m) : nullptr;
+    if (!w || rows == 0) continue;
+    const float* xin = lora_input(l, m, a, x + static_cast<size_t>(start) * w->in, rows, w->in,
+                                  dropout, training, false);
+    auto& u = a.lora_u[static_cast<int>(m)];
+    grow(u, static_cast<size_t>(start + rows) * w->r);
+    ops::lora_forward(y + static_cast<size_t>(start) * w->out,
+                      u.data() + static_cast<size_t>(start) * w->r, xin, w->A.data(), w->B.data(),
+                      adapter->scale(), rows, w->in, w->out, w->r);
+  }
 }
 
 void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<SequenceSpan>& seqs,
@@ -137,9 +161,9 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
   ops::rmsnorm_forward(xn_.data(), a.rstd1.data(), x_.data(), lw.input_norm, N, C, eps);
   const ops::LinearOut qkv[] = {{q, &lw.wq, lw.bq}, {k, &lw.wk, lw.bk}, {v, &lw.wv, lw.bv}};
   ops::linear_forward_shared(qkv, 3, xn_.data(), N);
-  lora_forward(l, LoraModule::kQ, a, q, xn_.data(), N, dropout, training);
-  lora_forward(l, LoraModule::kK, a, k, xn_.data(), N, dropout, training);
-  lora_forward(l, LoraModule::kV, a, v, xn_.data(), N, dropout, training);
+  lora_forward(l, LoraModule::kQ, a, q, xn_.data(), seqs, dropout, training);
+  lora_forward(l, LoraModule::kK, a, k, xn_.data(), seqs, dropout, training);
+  lora_forward(l, LoraModule::kV, a, v, xn_.data(), seqs, dropout, training);
   ops::rope_forward(q, pos_.data(), inv_freq_.data(), N, H, D);
   ops::rope_forward(k, pos_.data(), inv_freq_.data(), N, Hkv, D);
 
@@ -163,14 +187,13 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
   ops::attention_forward(att, a.lse.data(), q, spans_.data(), static_cast<int>(spans_.size()), H,
                          Hkv, D, KVD);
   ops::linear_accumulate(x_.data(), att, lw.wo, N);
-  lora_forward(l, LoraModule::kO, a, x_.data(), att, N, dropout, training);
+  lora_forward(l, LoraModule::kO, a, x_.data(), att, seqs, dropout, training);
   if (training) a.q.keep(), a.k.keep(), a.v.keep(), a.att.keep();
   std::memcpy(a.x_mid.data(), x_.data(), NC * sizeof(float));
 
   ops::rmsnorm_forward(xn_.data(), a.rstd2.data(), x_.data(), lw.post_norm, N, C, eps);
   const size_t NF = static_cast<size_t>(N) * F;
-  const bool mlp_lora =
-      adapter_ && (adapter_->at(l, LoraModule::kGate) || adapter_->at(l, LoraModule::kUp));
+  const bool mlp_lora = has_lora(l, LoraModule::kGate, seqs) || has_lora(l, LoraModule::kUp, seqs);
   if (ops::is_bf16(lw.w_gate.format()) && !mlp_lora) {
     // In bf16 gate/up are bf16 products, as under autocast, written rounded straight into
     // their saved form: half the bytes, and no rounding pass.
@@ -185,13 +208,13 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
     float* up = a.up.write(NF, dup_);
     const ops::LinearOut gate_up[] = {{gate, &lw.w_gate, nullptr}, {up, &lw.w_up, nullptr}};
     ops::linear_forward_shared(gate_up, 2, xn_.data(), N);
-    lora_forward(l, LoraModule::kGate, a, gate, xn_.data(), N, dropout, training);
-    lora_forward(l, LoraModule::kUp, a, up, xn_.data(), N, dropout, training);
+    lora_forward(l, LoraModule::kGate, a, gate, xn_.data(), seqs, dropout, training);
+    lora_forward(l, LoraModule::kUp, a, up, xn_.data(), seqs, dropout, training);
     if (training) a.gate.keep(), a.up.keep();
     ops::swiglu_forward(xn_.data(), gate, up, static_cast<long>(NF));
   }
   ops::linear_accumulate(x_.data(), xn_.data(), lw.w_down, N);
-  lora_forward(l, LoraModule::kDown, a, x_.data(), xn_.data(), N, dropout, training);
+  lora_forward(l, LoraModule::kDown, a, x_.data(), xn_.data(), seqs, dropout, training);
 }
 
 void Transformer::forward(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,

@@ -18,11 +18,13 @@ namespace loratune {
 
 // Tokens [start, start + length) of the packed batch form one sequence. With a KV cache the
 // sequence continues slot `slot` (positions start at the cache length); without one it
-// starts at position 0.
+// starts at position 0. In forward() and loss() a sequence may run with an adapter of its own
+// in place of the model's (several adapters served in one batch); not in training.
 struct SequenceSpan {
   int start;
   int length;
   int slot = 0;
+  const LoraAdapter* adapter = nullptr;
 };
 
 // What one layer's forward leaves behind: the backward reads it (training keeps one per
@@ -121,9 +123,13 @@ class Transformer {
   // `lower_lora`: a layer below has LoRA, so this layer's input gradient is needed.
   void layer_backward(int l, LayerActivations& a, const std::vector<SequenceSpan>& seqs,
                       const Dropout& dropout, bool lower_lora);
-  // y += s·B·A·dropout(x) for module m when the adapter targets it.
-  void lora_forward(int l, LoraModule m, LayerActivations& a, float* y, const float* x, int N,
-                    const Dropout& dropout, bool training);
+  // The adapter sequence `s` runs with (nullptr: the base model).
+  const LoraAdapter* adapter_for(const SequenceSpan& s) const;
+  // Whether any sequence's adapter has LoRA on layer l's module m.
+  bool has_lora(int l, LoraModule m, const std::vector<SequenceSpan>& seqs) const;
+  // y += s·B·A·dropout(x) for module m, for the rows of each sequence whose adapter targets it.
+  void lora_forward(int l, LoraModule m, LayerActivations& a, float* y, const float* x,
+                    const std::vector<SequenceSpan>& seqs, const Dropout& dropout, bool training);
   void lora_backward(int l, LoraModule m, LayerActivations& a, float* dx, const float* dy,
                      const float* x, int N, const Dropout& dropout);
   // The LoRA branch input: x itself, or its dropped-out copy in dropped_. The forward draws

@@ -221,6 +221,8 @@ LossSum Transformer::forward_backward(const std::vector<int>& tokens,
                                       const std::vector<int>& labels, float grad_scale,
                                       const Dropout& dropout, int max_group_tokens) {
   if (!adapter_) throw Error("training needs a LoRA adapter");
+  for (const SequenceSpan& s : seqs)
+    if (s.adapter) throw Error("training takes the model's adapter, not one per sequence");
   return run_groups(tokens, seqs, labels, grad_scale, dropout, max_group_tokens, true);
 }
 

@@ -117,11 +117,22 @@ ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config)
   }
   embed_ = find("model.embed_tokens.weight");
   final_norm = find("model.norm.weight");
-  // Packs a matrix (converting it first if need be) and lets its file pages go.
+  // Packs a matrix (converting it first if need be) and lets its file pages go; where the
+  // kernels read the file's own rows, they are used in place (the ranks of a job on one host
+  // then share the pages).
+  const ops::WeightFormat format = ops::backend().format;
   auto pack = [&](const std::string& name, ops::PackedWeight& slot) {
     const TensorInfo& t = store_->get(name);
     Entry& e = entry(name);
     const int out = static_cast<int>(t.shape[0]), in = static_cast<int>(t.shape[1]);
+    const bool bf16_rows = t.dtype == DType::BF16 && format == ops::WeightFormat::kRowsBF16 &&
+                           reinterpret_cast<uintptr_t>(t.data) % alignof(uint16_t) == 0;
+    const bool f32_rows = e.data && format == ops::WeightFormat::kRowsF32;
+    if (bf16_rows || f32_rows) {
+      slot = ops::PackedWeight::view_rows(t.data, out, in, format);
+      e.packed = &slot;
+      return;
+    }
     if (t.dtype == DType::BF16) {  // kept in bf16 where the run multiplies in bf16
       slot = ops::PackedWeight::from_bf16(t.data, out, in);
     } else {

@@ -30,6 +30,9 @@ class PackedWeight {
   // widened exactly otherwise.
   static PackedWeight from_bf16(const void* w, int out, int in,
                                 WeightFormat format = backend().format);
+  // Rows in a kRows format used where they lie (a mapped file, which must outlive this):
+  // processes that map the same file share its pages. `w` is aligned to its element.
+  static PackedWeight view_rows(const void* w, int out, int in, WeightFormat format);
 
   WeightFormat format() const { return format_; }
   int in() const { return in_; }
@@ -48,8 +51,8 @@ class PackedWeight {
     return static_cast<const float*>(data_.get()) + b * block_stride();
   }
   // kRowsF32 / kRowsBF16: w[out, in].
-  const float* rows_f32() const { return static_cast<const float*>(data_.get()); }
-  const uint16_t* rows_bf16() const { return static_cast<const uint16_t*>(data_.get()); }
+  const float* rows_f32() const { return static_cast<const float*>(rows_); }
+  const uint16_t* rows_bf16() const { return static_cast<const uint16_t*>(rows_); }
 
   // The matrix back in its [out, in] layout, in fp32.
   void unpack(float* w) const;
@@ -62,7 +65,8 @@ class PackedWeight {
   struct Free {
     void operator()(void* p) const { std::free(p); }
   };
-  std::unique_ptr<void, Free> data_;
+  std::unique_ptr<void, Free> data_;  // null for a view
+  const void* rows_ = nullptr;        // data_, or the viewed rows
   size_t bytes_ = 0;
   int in_ = 0, out_ = 0;
   WeightFormat format_ = WeightFormat::kBlocksF32;

@@ -32,6 +32,7 @@ PackedWeight::PackedWeight(int out, int in, WeightFormat format)
   void* p = nullptr;
   if (posix_memalign(&p, bytes_ >= kHugePage ? kHugePage : 64, bytes_) != 0) throw std::bad_alloc();
   data_.reset(p);
+  rows_ = p;
   // A hint: where the system has huge pages off, the call fails and nothing changes.
   if (bytes_ >= kHugePage) madvise(p, bytes_ / kHugePage * kHugePage, MADV_HUGEPAGE);
 }
@@ -53,6 +54,18 @@ PackedWeight PackedWeight::from_bf16(const void* w, int out, int in, WeightForma
     widen_bf16(widened.data(), w, static_cast<long>(n));
     p.fill_from(widened.data());
   }
+  return p;
+}
+
+PackedWeight PackedWeight::view_rows(const void* w, int out, int in, WeightFormat format) {
+  if (is_blocks(format)) throw Error("only rows can be used in place");
+  PackedWeight p;
+  p.in_ = in;
+  p.out_ = out;
+  p.format_ = format;
+  p.rows_ = w;
+  p.bytes_ = static_cast<size_t>(out) * in *
+             (format == WeightFormat::kRowsF32 ? sizeof(float) : sizeof(uint16_t));
   return p;
 }
 
