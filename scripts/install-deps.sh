@@ -6,7 +6,7 @@ packages=(
   build-essential cmake git clang-14 clang-format libclang-rt-14-dev
   libopenblas-openmp-dev libomp-dev libdnnl-dev
   libgtest-dev googletest nlohmann-json3-dev libutf8proc-dev libyaml-cpp-dev
-  openmpi-bin libopenmpi-dev
+  openmpi-bin libopenmpi-dev libcpp-httplib-dev pkg-config
 )
 missing=()
 for p in "${packages[@]}"; do

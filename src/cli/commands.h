@@ -18,5 +18,6 @@ int run_merge(const Args& args);
 int run_export_gguf(const Args& args);
 int run_tokenize(const Args& args);
 int run_bench(const Args& args);
+int run_serve(const Args& args);
 
 }  // namespace loratune::cli

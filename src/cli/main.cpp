@@ -36,6 +36,8 @@ const Command kCommands[] = {
      loratune::cli::run_debug},
     {"tokenize", "encode text to token ids (or decode ids) with a model's tokenizer",
      loratune::cli::run_tokenize},
+    {"serve", "serve the OpenAI API (completions, chat) for a model and its LoRA adapters",
+     loratune::cli::run_serve},
     {"bench", "performance figures: sgemm, bandwidth, training, the seed job, generation",
      loratune::cli::run_bench},
 };

@@ -1,6 +1,10 @@
 #include "data/template.h"
 
+#include <fstream>
+
 #include "core/error.h"
+#include "io/atomic_file.h"
+#include "io/json_file.h"
 
 namespace loratune::data {
 
@@ -111,6 +115,30 @@ std::string generation_prompt(TemplateKind kind, std::string_view prompt, std::s
   if (kind == TemplateKind::kSeed) return "Instruction: " + std::string(prompt) + "\nOutput: ";
   if (kind == TemplateKind::kAlpaca) return alpaca_prompt(prompt, "");
   return chatml_prompt(prompt, system);
+}
+
+std::optional<TemplateKind> read_adapter_template(const std::string& adapter_dir) {
+  const std::string path = adapter_dir + "/prompt_template.json";
+  if (!std::ifstream(path).good()) return std::nullopt;
+  const Json j = read_json_file(path);
+  if (!j.is_object() || !j.contains("template") || !j["template"].is_string())
+    throw UsageError("prompt_template.json must hold {\"template\": NAME}", path);
+  return parse_template_kind(j["template"].get<std::string>());
+}
+
+void write_adapter_template(const std::string& adapter_dir, TemplateKind kind) {
+  write_file_atomic(adapter_dir + "/prompt_template.json",
+                    Json{{"template", template_name(kind)}}.dump(2) + "\n");
+}
+
+std::optional<TemplateKind> model_chat_template(const std::string& model_dir) {
+  const std::string path = model_dir + "/tokenizer_config.json";
+  if (!std::ifstream(path).good()) return std::nullopt;
+  const Json j = read_json_file(path);
+  if (j.is_object() && j.contains("chat_template") && j["chat_template"].is_string() &&
+      j["chat_template"].get<std::string>().find("<|im_start|>") != std::string::npos)
+    return TemplateKind::kChatML;
+  return std::nullopt;
 }
 
 const char* template_end_token(TemplateKind kind) {

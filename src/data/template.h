@@ -15,6 +15,7 @@
 // only the completion (plus the end token) carries labels.
 #pragma once
 
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -58,6 +59,16 @@ PromptParts apply_template_with_history(
 // The prompt for generating an answer to `prompt` (no input field).
 std::string generation_prompt(TemplateKind kind, std::string_view prompt,
                               std::string_view system = {});
+
+// The template an adapter was trained with, which the trainer writes beside the adapter files
+// (prompt_template.json: {"template": "seed"}) so that serving can format chats as trained;
+// nullopt when the folder has none. Throws UsageError for an unreadable or unknown one.
+std::optional<TemplateKind> read_adapter_template(const std::string& adapter_dir);
+void write_adapter_template(const std::string& adapter_dir, TemplateKind kind);
+
+// The chat template a model folder declares: ChatML where tokenizer_config.json's
+// chat_template uses <|im_start|> (Qwen2's), else nullopt.
+std::optional<TemplateKind> model_chat_template(const std::string& model_dir);
 
 // The token that ends a completion: "<|endoftext|>" for seed, "<|im_end|>" for chatml.
 const char* template_end_token(TemplateKind kind);

@@ -33,6 +33,22 @@ void linear_forward_to_bf16(const LinearOutBF16* outs, int n, const float* x, in
 // dx[N, in] = dy[N, out] · w[out, in] (+= when accumulate). Frozen weights: no dw.
 void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate);
 
+// While one lives on a thread, that thread's products with frozen weights give every row the
+// value it has in a product of that row alone, whatever the row count (one kernel for every
+// M): a sequence decoded in a batch then gets the tokens it gets alone. Costs the prefill of
+// long prompts the faster fixed-row-count kernels.
+class RowInvariantProducts {
+ public:
+  RowInvariantProducts();
+  ~RowInvariantProducts();
+  RowInvariantProducts(const RowInvariantProducts&) = delete;
+  RowInvariantProducts& operator=(const RowInvariantProducts&) = delete;
+
+ private:
+  bool previous_;
+};
+bool row_invariant_products();
+
 // LoRA branch of a linear layer: u[N, r] = x · Aᵀ (saved), y[N, out] += s · u · Bᵀ.
 // x is the branch input (already dropped out when training with dropout).
 void lora_forward(float* y, float* u, const float* x, const float* A, const float* B, float scale,

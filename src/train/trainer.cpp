@@ -15,6 +15,7 @@
 #include "core/rng.h"
 #include "core/stop_signals.h"
 #include "core/threads.h"
+#include "data/template.h"
 #include "dist/world.h"
 #include "io/atomic_file.h"
 #include "model/init_model.h"
@@ -446,6 +447,7 @@ int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* sum
   }
   const std::string final_dir = args.final_dir.empty() ? out + "/final_model" : args.final_dir;
   adapter.save(final_dir);
+  data::write_adapter_template(final_dir, args.template_kind);
   write_file_atomic(out + "/trainer_state.json", trainer_state_to_json(state).dump(2) + "\n");
   std::fprintf(stderr, "adapter saved to %s\n", final_dir.c_str());
   return 0;

@@ -3,6 +3,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include "core/cpu_features.h"
+#include "ops/ops.h"
 
 namespace loratune::ops {
 
@@ -50,6 +51,18 @@ Backend choose_backend(Precision precision) {
   if (precision == Precision::kBF16)
     return {precision, onednn_has_bf16() ? WeightFormat::kRowsBF16 : WeightFormat::kBlocksBF16};
   return {precision, cpu_features().avx512() ? WeightFormat::kRowsF32 : WeightFormat::kBlocksF32};
+}
+
+thread_local bool t_row_invariant = false;
+
+RowInvariantProducts::RowInvariantProducts() : previous_(t_row_invariant) {
+  t_row_invariant = true;
+}
+RowInvariantProducts::~RowInvariantProducts() {
+  t_row_invariant = previous_;
+}
+bool row_invariant_products() {
+  return t_row_invariant;
 }
 
 void set_backend(const Backend& backend) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "ops/cpu/bf16_round.h"
+#include "ops/ops.h"
 
 namespace loratune::ops::onednn {
 
@@ -40,6 +41,7 @@ struct Key {
 // does on a reduction longer than kFixedRowsMaxK (the lm_head's input gradient sums over the
 // vocabulary: 78 against 107 ms for 256 rows of Qwen2). fp32 products are as fast with M at
 // run time.
+// (Not under RowInvariantProducts: the two kernels round differently.)
 constexpr int kFixedRowsMin = 32;
 constexpr long kFixedRowsMaxK = 16384;
 // Row counts vary from step to step with packed sequences: the least recently used fixed-M
@@ -109,7 +111,9 @@ void run(void* c, const void* a, const PackedWeight& w, int N, bool accumulate, 
   const bool bf16 = w.format() == WeightFormat::kRowsBF16;
   const memory::dim K = backward ? w.out() : w.in(), Nout = backward ? w.in() : w.out();
   if (lda == 0) lda = K;
-  const int rows = bf16 && N >= kFixedRowsMin && K <= kFixedRowsMaxK ? N : 0;
+  const bool fixed_rows =
+      bf16 && N >= kFixedRowsMin && K <= kFixedRowsMaxK && !row_invariant_products();
+  const int rows = fixed_rows ? N : 0;
   const std::shared_ptr<const Primitive> held =
       primitive({w.in(), w.out(), backward, accumulate, bf16, lda, rows, c_bf16});
   const Primitive& p = *held;
