@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs every build and test dependency: Debian packages, and one npm package for the
-# llama.cpp tests.
+# Installs every build and test dependency: Debian packages, and npm packages for the
+# llama.cpp tests and the OpenAI client test of `loratune serve`.
 set -euo pipefail
 packages=(
   build-essential cmake git clang-14 clang-format libclang-rt-14-dev
@@ -27,5 +27,15 @@ if [ ! -d tests/llama_cpp/node_modules/node-llama-cpp ]; then
       echo "install-deps: node-llama-cpp could not be installed; the llama.cpp tests will skip" >&2
   else
     echo "install-deps: no npm; the llama.cpp tests will skip" >&2
+  fi
+fi
+
+# The official openai client (npm package openai) for the serve test (tests/test_serve.cpp).
+if [ ! -d tests/openai_client/node_modules/openai ]; then
+  if command -v npm >/dev/null; then
+    npm ci --prefix tests/openai_client --no-audit --no-fund ||
+      echo "install-deps: the openai npm package could not be installed; its test will skip" >&2
+  else
+    echo "install-deps: no npm; the openai client test will skip" >&2
   fi
 fi

@@ -87,6 +87,7 @@ class Server {
     return c;
   }
   std::string log() const { return test::read_file(dir_ / "log.txt"); }
+  int port() const { return port_; }
 
  private:
   test::TempDir dir_;
@@ -423,6 +424,50 @@ TEST(Serve, SigtermEndsRunningRequestsAndExitsZero) {
   const Streamed s = read_stream(stream.get(), false);
   EXPECT_TRUE(s.done);
   EXPECT_EQ(s.finish_reason, "cancelled");
+}
+
+// Why the official openai npm client cannot run here, or empty.
+std::string openai_client_missing() {
+  if (std::system("command -v node >/dev/null 2>&1") != 0) return "no node on the PATH";
+  if (!std::filesystem::exists(test::source_dir() + "/tests/openai_client/node_modules/openai"))
+    return "the openai npm package is not installed in tests/openai_client "
+           "(scripts/install-deps.sh does it)";
+  return "";
+}
+
+// A client no one here wrote: the official openai package parses our answers.
+TEST(Serve, OfficialOpenAiClient) {
+  SKIP_WITHOUT_TOKENIZER();
+  const std::string missing = openai_client_missing();
+  if (!missing.empty()) GTEST_SKIP() << missing;
+  Server server("--api-key sesame");
+  const Json request = {{"model", "a"},
+                        {"messages",
+                         {{{"role", "system"}, {"content", "You are a helpful assistant."}},
+                          {{"role", "user"}, {"content", "你好"}}}},
+                        {"max_tokens", 12},
+                        {"temperature", 0}};
+  const Reply direct =
+      post(server, "/v1/chat/completions", request.dump(), {{"Authorization", "Bearer sesame"}});
+  ASSERT_EQ(direct.status, 200) << direct.body.dump();
+  test::CommandResult r = test::run_shell("node '" + test::source_dir() +
+                                          "/tests/openai_client/check.mjs' http://127.0.0.1:" +
+                                          std::to_string(server.port()) + "/v1 a sesame 2>&1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const Json got = Json::parse(r.output);
+  EXPECT_EQ(got["models"], Json({"base", "a", "b"}));
+  const std::string content = direct.body["choices"][0]["message"]["content"];
+  EXPECT_EQ(got["chat"]["object"], "chat.completion");
+  EXPECT_EQ(got["chat"]["role"], "assistant");
+  EXPECT_EQ(got["chat"]["content"], content);
+  EXPECT_EQ(got["chat"]["finish_reason"], direct.body["choices"][0]["finish_reason"]);
+  EXPECT_EQ(got["chat"]["usage"], direct.body["usage"]);
+  EXPECT_EQ(got["stream"]["content"], content);
+  EXPECT_GT(got["stream"]["chunks"].get<int>(), 2);
+  EXPECT_EQ(got["stream"]["finish_reason"], direct.body["choices"][0]["finish_reason"]);
+  EXPECT_EQ(got["stream"]["usage"], direct.body["usage"]);
+  EXPECT_EQ(got["bad_model"]["status"], 404) << got.dump();
+  EXPECT_EQ(got["bad_model"]["code"], "model_not_found") << got.dump();
 }
 
 }  // namespace
