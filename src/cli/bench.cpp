@@ -37,7 +37,7 @@ namespace {
 
 using bench::OJson;
 
-const char* const kFigures[] = {"sgemm", "bandwidth", "train", "seed", "generate"};
+const char* const kFigures[] = {"sgemm", "bandwidth", "train", "seed", "generate", "serve"};
 
 const CommandSpec kSpec = {
     "bench",
@@ -63,12 +63,16 @@ const CommandSpec kSpec = {
     "             seconds. Skipped without --data\n"
     "  generate   greedy, batch 1: prefill of a random prompt, then --new-tokens decode steps;\n"
     "             the bound is bandwidth / bytes of all weight matrices (lm_head once)\n"
-    "train, seed and generate run once per mode of --bf16 (both: fp32, then bf16).",
+    "  serve      loratune serve on a loopback port (16 slots), greedy completions of a\n"
+    "             random --prompt-tokens prompt and --new-tokens tokens for 1, 4 and 16\n"
+    "             concurrent clients (2 requests per client, at least 4): generated tokens/s,\n"
+    "             its ratio to 1 client, p50/p99 latency, failed requests. Needs a tokenizer\n"
+    "train, seed, generate and serve run once per mode of --bf16 (both: fp32, then bf16).",
     {
         {"--model", "DIR",
          "model folder (default: init-model --preset qwen2-0.5b in a temp folder)"},
         {"--threads", "N", "threads", "all cores"},
-        {"--only", "LIST", "figures to run: sgemm,bandwidth,train,seed,generate", "all"},
+        {"--only", "LIST", "figures to run: sgemm,bandwidth,train,seed,generate,serve", "all"},
         {"--steps", "N", "training steps per train shape (the first is a warm-up when N > 1)", "3"},
         {"--train-shapes", "LIST", "train shapes BATCHxSEQ", "4x128,4x512"},
         {"--data", "FILE", "alpaca JSON / JSONL for the seed job (without it: no seed figure)"},
@@ -76,7 +80,7 @@ const CommandSpec kSpec = {
         {"--tokenizer", "DIR", "tokenizer files for the seed job (default: the model folder's)"},
         {"--prompt-tokens", "N", "prompt length for generation", "128"},
         {"--new-tokens", "N", "tokens to decode", "128"},
-        {"--bf16", "[both|true|false]", "modes of train, seed and generate", "both"},
+        {"--bf16", "[both|true|false]", "modes of train, seed, generate and serve", "both"},
         {"--child", "FIGURE", "internal: run one figure in this process", "", false, true},
     }};
 
@@ -124,10 +128,10 @@ Settings parse_settings(const ParsedArgs& a) {
   s.model = a.str("--model");
   s.threads = a.has("--threads") ? positive(a, "--threads", 0) : 0;
   for (const std::string& name :
-       split_list(a.str("--only", "sgemm,bandwidth,train,seed,generate"))) {
+       split_list(a.str("--only", "sgemm,bandwidth,train,seed,generate,serve"))) {
     if (std::find(std::begin(kFigures), std::end(kFigures), name) == std::end(kFigures))
       throw UsageError("unknown figure '" + name + "'", "--only",
-                       "choose from sgemm,bandwidth,train,seed,generate");
+                       "choose from sgemm,bandwidth,train,seed,generate,serve");
     s.only.insert(name);
   }
   s.steps = positive(a, "--steps", 3);
@@ -166,6 +170,9 @@ int run_child(const std::string& figure, const Settings& s) {
     lines.push_back(bench::seed_figure({s.model, s.data, s.tokenizer, s.seed_records, s.threads}));
   } else if (figure == "generate") {
     lines.push_back(bench::generate_figure(s.model, s.prompt_tokens, s.new_tokens));
+  } else if (figure == "serve") {
+    lines = bench::serve_figure(s.model, s.tokenizer.empty() ? s.model : s.tokenizer,
+                                s.prompt_tokens, s.new_tokens);
   } else {
     throw UsageError("unknown figure '" + figure + "'", "--child");
   }
@@ -483,6 +490,27 @@ int run_bench(const Args& args) {
                     fmt(num(line, "decode_tokens_per_second")), "tokens/s",
                     fmt(100 * fraction) + " % of the bandwidth bound (" + fmt(bound) +
                         " tokens/s), peak RSS " + fmt(r.peak_rss_gb) + " GB"});
+  }
+  const bool serve = s.wants("serve") && (has_tokenizer(s.model) || !s.tokenizer.empty());
+  if (s.wants("serve") && !serve) {
+    std::fputs("bench: the model has no tokenizer: the serve figure is skipped (--tokenizer DIR)\n",
+               stderr);
+    rows.push_back({"serve", "-", "", "skipped: no tokenizer"});
+  }
+  for (const ops::Precision mode : serve ? s.modes : std::vector<ops::Precision>{}) {
+    ChildResult r = spawn(child_args(s, "serve", mode), true, "serve figure");
+    for (OJson& line : r.lines) {
+      line["peak_rss_gb"] = r.peak_rss_gb;
+      emit(line);
+      rows.push_back({std::string("serve ") + mode_name(mode) + " " +
+                          std::to_string(line.value("clients", 0)) + " clients",
+                      fmt(num(line, "tokens_per_second")), "tokens/s",
+                      fmt(num(line, "speedup_vs_1_client")) + "x 1 client, latency p50 " +
+                          fmt(num(line, "p50_latency_seconds")) + " s, p99 " +
+                          fmt(num(line, "p99_latency_seconds")) + " s, " +
+                          std::to_string(line.value("failed", -1)) + " of " +
+                          std::to_string(line.value("requests", 0)) + " requests failed"});
+    }
   }
   print_table(rows);
   return 0;

@@ -70,4 +70,11 @@ OJson seed_figure(const SeedJob& job);
 // generate: greedy, batch 1: prefill of a random prompt, then `new_tokens` decode steps.
 OJson generate_figure(const std::string& model_dir, int prompt_tokens, int new_tokens);
 
+// serve: `loratune serve` (engine and HTTP on a loopback port, 16 slots) answering greedy
+// completions of a random `prompt_tokens` prompt and `new_tokens` tokens for 1, 4 and 16
+// concurrent clients (a fixed request count each: 2 per client, at least 4): generated
+// tokens/s, its ratio to 1 client, p50/p99 latency per request, failed (or lost) requests.
+std::vector<OJson> serve_figure(const std::string& model_dir, const std::string& tokenizer_dir,
+                                int prompt_tokens, int new_tokens);
+
 }  // namespace loratune::cli::bench
