@@ -3,6 +3,7 @@
 #include <httplib.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <filesystem>
@@ -424,6 +425,40 @@ TEST(Serve, SigtermEndsRunningRequestsAndExitsZero) {
   const Streamed s = read_stream(stream.get(), false);
   EXPECT_TRUE(s.done);
   EXPECT_EQ(s.finish_reason, "cancelled");
+}
+
+// A bounded load: 16 clients send 48 requests between them to 4 slots (the rest queue):
+// none fails, none is lost, and each answer is the one its model gives alone.
+TEST(Serve, BoundedLoadLosesNothing) {
+  SKIP_WITHOUT_TOKENIZER();
+  Server server("--max-batch 4 --max-queue 64");
+  const std::string models[] = {"base", "a", "b"};
+  std::map<std::string, std::string> alone;
+  for (const std::string& m : models) {
+    const Reply r = post(server, "/v1/completions", completion(m, "Once upon a time", 12).dump());
+    ASSERT_EQ(r.status, 200);
+    alone[m] = r.body["choices"][0]["text"];
+  }
+  std::atomic<int> next{0}, ok{0}, wrong{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 16; ++c)
+    clients.emplace_back([&] {
+      for (int i; (i = next++) < 48;) {
+        const std::string& m = models[i % 3];
+        const Reply r =
+            post(server, "/v1/completions", completion(m, "Once upon a time", 12).dump());
+        if (r.status == 200 && r.body["choices"][0]["text"] == alone[m])
+          ++ok;
+        else
+          ++wrong;
+      }
+    });
+  for (std::thread& t : clients) t.join();
+  EXPECT_EQ(ok, 48);
+  EXPECT_EQ(wrong, 0);
+  const Json health = get(server, "/health").body;
+  EXPECT_EQ(health["requests_finished"], 48 + 3) << health.dump();
+  EXPECT_EQ(health["slots_busy"], 0);
 }
 
 // Why the official openai npm client cannot run here, or empty.
