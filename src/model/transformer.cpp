@@ -23,9 +23,9 @@ uint64_t mix(uint64_t z) {
 
 }  // namespace
 
-Transformer::Transformer(const std::string& model_dir)
+Transformer::Transformer(const std::string& model_dir, bool share_file_pages)
     : config_(load_model_config(model_dir)),
-      weights_(std::make_unique<ModelWeights>(model_dir, config_)),
+      weights_(std::make_unique<ModelWeights>(model_dir, config_, share_file_pages)),
       inv_freq_(config_.head_dim() / 2) {
   ops::rope_inv_freq(inv_freq_.data(), config_.head_dim(), config_.rope_theta);
 }

@@ -78,8 +78,9 @@ int64_t count_loss_targets(const std::vector<int>& labels, const std::vector<Seq
 
 class Transformer {
  public:
-  // Loads config.json, generation_config.json and the weights of a model folder.
-  explicit Transformer(const std::string& model_dir);
+  // Loads config.json, generation_config.json and the weights of a model folder
+  // (`share_file_pages`: see ModelWeights).
+  explicit Transformer(const std::string& model_dir, bool share_file_pages = false);
 
   // Folds the adapter into the weights (W + s·B·A); later passes need no adapter for it.
   void merge_adapter(const LoraAdapter& adapter) { weights_->merge_lora(adapter, config_); }

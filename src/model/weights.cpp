@@ -88,7 +88,7 @@ int64_t qwen2_parameter_count(const ModelConfig& c) {
   return n;
 }
 
-ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config)
+ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config, bool share_file_pages)
     : store_(is_gguf_file(dir) ? std::make_unique<TensorStore>(dir, hf_tensor_name)
                                : std::make_unique<TensorStore>(dir)) {
   // The matrices the kernels read packed. Those that need converting are converted when they
@@ -117,9 +117,8 @@ ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config)
   }
   embed_ = find("model.embed_tokens.weight");
   final_norm = find("model.norm.weight");
-  // Packs a matrix (converting it first if need be) and lets its file pages go; where the
-  // kernels read the file's own rows, they are used in place (the ranks of a job on one host
-  // then share the pages).
+  // Packs a matrix (converting it first if need be) and lets its file pages go, or, sharing
+  // file pages, uses the file's rows in place where the kernels read them as they are.
   const ops::WeightFormat format = ops::backend().format;
   auto pack = [&](const std::string& name, ops::PackedWeight& slot) {
     const TensorInfo& t = store_->get(name);
@@ -128,7 +127,7 @@ ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config)
     const bool bf16_rows = t.dtype == DType::BF16 && format == ops::WeightFormat::kRowsBF16 &&
                            reinterpret_cast<uintptr_t>(t.data) % alignof(uint16_t) == 0;
     const bool f32_rows = e.data && format == ops::WeightFormat::kRowsF32;
-    if (bf16_rows || f32_rows) {
+    if (share_file_pages && (bf16_rows || f32_rows)) {
       slot = ops::PackedWeight::view_rows(t.data, out, in, format);
       e.packed = &slot;
       return;

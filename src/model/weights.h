@@ -46,7 +46,12 @@ int64_t qwen2_parameter_count(const ModelConfig& c);
 class ModelWeights {
  public:
   // Loads DIR's safetensors and checks every tensor against the config.
-  ModelWeights(const std::string& dir, const ModelConfig& config);
+  // `share_file_pages`: matrices whose file rows are already in the kernels' format (oneDNN:
+  // bf16 rows in bf16 mode, f32 rows in fp32) are used in place in the memory map, so that
+  // processes on one host that map the same file (the ranks of a job) hold them once.
+  // Otherwise every matrix is copied to memory of its own, on huge pages where the system
+  // has them, which the products read faster (a 4×128 bf16 step about 6 % faster).
+  ModelWeights(const std::string& dir, const ModelConfig& config, bool share_file_pages = false);
   ModelWeights(const ModelWeights&) = delete;
   ModelWeights& operator=(const ModelWeights&) = delete;
 

@@ -205,7 +205,8 @@ int run_training(const TrainArgs& args, const Json& args_json, TrainSummary* sum
                 lead);
 
   // Data: the seed recipe's order of operations (read, fraction, split, tokenize).
-  Transformer model(args.model);
+  // Ranks on one host share the weights' file pages instead of holding a copy each.
+  Transformer model(args.model, world.local_size > 1);
   tokenizer::Tokenizer tok =
       tokenizer::Tokenizer::load(args.tokenizer.empty() ? args.model : args.tokenizer);
   data::ReadStats read_stats;
