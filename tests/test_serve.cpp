@@ -120,16 +120,27 @@ Reply get(const Server& s, const std::string& path, const httplib::Headers& head
   return {res->status, Json::parse(res->body)};
 }
 
-// What `loratune generate` prints for the raw prompt, greedy, without its final newline.
-std::string generate_text(const std::string& adapter, const std::string& prompt, int tokens,
-                          const std::string& flags = "--template raw") {
+// What `loratune generate` prints for the raw prompt, greedy, without its final newline, and
+// the ids it generated.
+struct Generated {
+  std::string text;
+  Json ids;
+};
+Generated generate(const std::string& adapter, const std::string& prompt, int tokens,
+                   const std::string& flags = "--template raw") {
+  test::TempDir dir;
   test::CommandResult r = test::run_shell(
       "'" + test::binary() + "' generate --model '" + test::qwen2_vocab_tiny_model_dir() + "' " +
       (adapter.empty() ? "" : "--adapter '" + adapter + "' ") + "--prompt '" + prompt + "' " +
-      flags + " --max-new-tokens " + std::to_string(tokens) + " --threads 2 2>/dev/null");
+      flags + " --max-new-tokens " + std::to_string(tokens) + " --threads 2 --ids-out '" +
+      dir / "ids.json" + "' 2>/dev/null");
   EXPECT_EQ(r.status, 0) << r.output;
   if (!r.output.empty() && r.output.back() == '\n') r.output.pop_back();
-  return r.output;
+  return {r.output, Json::parse(test::read_file(dir / "ids.json"))};
+}
+std::string generate_text(const std::string& adapter, const std::string& prompt, int tokens,
+                          const std::string& flags = "--template raw") {
+  return generate(adapter, prompt, tokens, flags).text;
 }
 
 Json completion(const std::string& model, const std::string& prompt, int tokens) {
@@ -167,37 +178,48 @@ Streamed read_stream(const std::string& sse, bool chat) {
   return s;
 }
 
+Json completion_with_ids(const std::string& model, const std::string& prompt, int tokens) {
+  Json body = completion(model, prompt, tokens);
+  body["return_token_ids"] = true;
+  return body;
+}
+
 TEST(Serve, GreedyOutputOfEachAdapterEqualsGenerateAlsoConcurrently) {
   SKIP_WITHOUT_TOKENIZER();
   const std::string prompts[] = {"Instruction: 你好\nOutput: ", "The capital of France is"};
   const std::pair<std::string, std::string> models[] = {
       {"a", adapter_a()}, {"b", adapter_b()}, {"base", ""}};
-  std::map<std::pair<std::string, std::string>, std::string> expected;
+  std::map<std::pair<std::string, std::string>, Generated> expected;
   for (const auto& [name, dir] : models)
-    for (const std::string& p : prompts) expected[{name, p}] = generate_text(dir, p, 24);
-  const auto first = [&](const std::string& model) { return expected[{model, prompts[0]}]; };
+    for (const std::string& p : prompts) expected[{name, p}] = generate(dir, p, 24);
+  const auto first = [&](const std::string& model) { return expected[{model, prompts[0]}].ids; };
   EXPECT_NE(first("a"), first("b"));
   EXPECT_NE(first("a"), first("base"));
 
   Server server("--max-batch 4");
-  for (const auto& [key, text] : expected) {
-    const Reply r = post(server, "/v1/completions", completion(key.first, key.second, 24).dump());
+  for (const auto& [key, want] : expected) {
+    const Reply r =
+        post(server, "/v1/completions", completion_with_ids(key.first, key.second, 24).dump());
     ASSERT_EQ(r.status, 200) << r.body.dump();
-    EXPECT_EQ(r.body["choices"][0]["text"], text) << key.first << ": " << key.second;
+    EXPECT_EQ(r.body["choices"][0]["token_ids"], want.ids) << key.first << ": " << key.second;
+    EXPECT_EQ(r.body["choices"][0]["text"], want.text) << key.first << ": " << key.second;
     EXPECT_EQ(r.body["model"], key.first);
   }
-  // All six at once: four share the batch, two wait for a slot and join it later.
-  std::vector<std::future<Reply>> replies;
-  for (const auto& [key, text] : expected)
-    replies.push_back(std::async(std::launch::async, [&server, key = key] {
-      return post(server, "/v1/completions", completion(key.first, key.second, 24).dump());
-    }));
-  size_t i = 0;
-  for (const auto& [key, text] : expected) {
-    const Reply r = replies[i++].get();
-    ASSERT_EQ(r.status, 200) << r.body.dump();
-    EXPECT_EQ(r.body["choices"][0]["text"], text)
-        << "concurrent " << key.first << ": " << key.second;
+  // All six at once, three times: four share the batch, two wait for a slot and join it later.
+  for (int round = 0; round < 3; ++round) {
+    std::vector<std::future<Reply>> replies;
+    for (const auto& [key, want] : expected)
+      replies.push_back(std::async(std::launch::async, [&server, key = key] {
+        return post(server, "/v1/completions",
+                    completion_with_ids(key.first, key.second, 24).dump());
+      }));
+    size_t i = 0;
+    for (const auto& [key, want] : expected) {
+      const Reply r = replies[i++].get();
+      ASSERT_EQ(r.status, 200) << r.body.dump();
+      EXPECT_EQ(r.body["choices"][0]["token_ids"], want.ids)
+          << "concurrent " << key.first << ": " << key.second;
+    }
   }
   EXPECT_EQ(server.stop(), "0\n") << server.log();
 }

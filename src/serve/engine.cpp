@@ -35,7 +35,12 @@ FinishReason Job::finish_reason() const {
 
 int Job::completion_tokens() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return completion_tokens_;
+  return static_cast<int>(tokens_.size());
+}
+
+std::vector<int> Job::token_ids() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return tokens_;
 }
 
 std::string Job::error() const {
@@ -50,11 +55,11 @@ void Job::emit(const std::string& text) {
   changed_.notify_all();
 }
 
-void Job::finish(FinishReason reason, int completion_tokens, const std::string& error) {
+void Job::finish(FinishReason reason, const std::vector<int>& tokens, const std::string& error) {
   std::lock_guard<std::mutex> lock(mutex_);
   finished_ = true;
   reason_ = reason;
-  completion_tokens_ = completion_tokens;
+  tokens_ = tokens;
   error_ = error;
   changed_.notify_all();
 }
@@ -67,7 +72,7 @@ struct Engine::Running {
   tokenizer::StreamDecoder decoder;
   std::vector<int> history;  // prompt and output, for the repetition penalty
   std::vector<int> input;    // the next pass's tokens: the prompt, then the last token
-  int produced = 0;
+  std::vector<int> produced;
   std::string held;  // decoded text not sent yet, as it may begin a stop string
   bool done = false;
 
@@ -163,7 +168,7 @@ void Engine::run() {
       std::unique_lock<std::mutex> lock(mutex_);
       work_.wait(lock, [&] { return stopping_ || !running.empty() || !queue_.empty(); });
       if (stopping_) {
-        for (auto& [job, request] : queue_) job->finish(FinishReason::kCancelled, 0);
+        for (auto& [job, request] : queue_) job->finish(FinishReason::kCancelled, {});
         queue_.clear();
         for (Running& r : running) r.end(FinishReason::kCancelled, false);
         return;
@@ -182,9 +187,14 @@ void Engine::run() {
         cache_.set_length(slot, 0);
         std::vector<int> prompt = request.prompt;
         Sampler sampler(request.sampling);
-        running.push_back({std::move(job), std::move(request), slot, std::move(sampler),
-                           tokenizer::StreamDecoder(tokenizer_, /*skip_special=*/true), prompt,
-                           prompt});
+        running.push_back({std::move(job),
+                           std::move(request),
+                           slot,
+                           std::move(sampler),
+                           tokenizer::StreamDecoder(tokenizer_, /*skip_special=*/true),
+                           prompt,
+                           prompt,
+                           {}});
         prefill += n;
       }
       running_ = static_cast<int>(running.size());
@@ -235,7 +245,7 @@ void Engine::step(std::vector<Running>& running) {
   for (size_t i = 0; i < running.size(); ++i) {
     Running& r = running[i];
     const int token = r.sampler.next(&logits[i * static_cast<size_t>(V)], V, r.history);
-    ++r.produced;
+    r.produced.push_back(token);
     r.history.push_back(token);
     r.input.assign(1, token);
     const auto& eos = r.request.eos_ids;
@@ -246,7 +256,8 @@ void Engine::step(std::vector<Running>& running) {
     r.held += r.decoder.push(token);
     if (r.send_safe_text()) {
       r.end(FinishReason::kStop, false);
-    } else if (r.produced >= r.request.max_tokens || cache_.length(r.slot) + 1 > context_) {
+    } else if (static_cast<int>(r.produced.size()) >= r.request.max_tokens ||
+               cache_.length(r.slot) + 1 > context_) {
       r.end(FinishReason::kLength, true);
     }
   }

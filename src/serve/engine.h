@@ -47,20 +47,22 @@ class Job {
   FinishReason finish_reason() const;
   int prompt_tokens() const { return prompt_tokens_; }
   int completion_tokens() const;
+  // The generated ids (an eos that ended generation included), once finished.
+  std::vector<int> token_ids() const;
   // Set when the engine failed on this request (the message); empty otherwise.
   std::string error() const;
 
  private:
   friend class Engine;
   void emit(const std::string& text);
-  void finish(FinishReason reason, int completion_tokens, const std::string& error = "");
+  void finish(FinishReason reason, const std::vector<int>& tokens, const std::string& error = "");
 
   mutable std::mutex mutex_;
   std::condition_variable changed_;
   std::string pending_;
   bool finished_ = false;
   FinishReason reason_ = FinishReason::kStop;
-  int completion_tokens_ = 0;
+  std::vector<int> tokens_;
   std::string error_;
   int prompt_tokens_ = 0;
   std::atomic<bool> cancelled_{false};

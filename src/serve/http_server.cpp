@@ -139,9 +139,11 @@ void HttpServer::add_routes() {
         send_error(res, ApiError(500, job->error(), "", "", "server_error"));
         return;
       }
-      send_json(res, 200,
-                completion_body(info, text, job->finish_reason(), job->prompt_tokens(),
-                                job->completion_tokens()));
+      const std::vector<int> ids = job->token_ids();
+      send_json(
+          res, 200,
+          completion_body(info, text, job->finish_reason(), job->prompt_tokens(),
+                          job->completion_tokens(), parsed.return_token_ids ? &ids : nullptr));
       return;
     }
     struct Stream {

@@ -217,6 +217,7 @@ ParsedRequest parse_request(Endpoint endpoint, const std::string& body_text,
     if (auto end = ctx.tokenizer.token_id("<|im_end|>")) g.eos_ids.push_back(*end);
 
   r.stream = boolean(body, "stream");
+  r.return_token_ids = boolean(body, "return_token_ids");
   if (const Json* opts = field(body, "stream_options")) {
     if (!opts->is_object()) throw bad_field("stream_options", "must be an object");
     r.include_usage = boolean(*opts, "include_usage");
@@ -225,9 +226,10 @@ ParsedRequest parse_request(Endpoint endpoint, const std::string& body_text,
 }
 
 Json completion_body(const ResponseInfo& info, const std::string& text, FinishReason reason,
-                     int prompt_tokens, int completion_tokens) {
+                     int prompt_tokens, int completion_tokens, const std::vector<int>* token_ids) {
   Json choice = {
       {"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish_reason_name(reason)}};
+  if (token_ids) choice["token_ids"] = *token_ids;
   if (is_chat(info))
     choice["message"] = {{"role", "assistant"}, {"content", text}};
   else

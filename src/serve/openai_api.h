@@ -47,7 +47,8 @@ struct ParsedRequest {
   const ServedModel* model = nullptr;
   GenerationRequest generation;
   bool stream = false;
-  bool include_usage = false;  // stream_options.include_usage
+  bool include_usage = false;     // stream_options.include_usage
+  bool return_token_ids = false;  // the generated ids in each choice ("token_ids", as vLLM)
 };
 
 // Throws ApiError for malformed JSON (400), an unknown model (404), a wrong field (400,
@@ -61,8 +62,10 @@ struct ResponseInfo {
   long long created;
   std::string model;
 };
+// `token_ids` (the generated ids) is added to the choice when not null.
 Json completion_body(const ResponseInfo& info, const std::string& text, FinishReason reason,
-                     int prompt_tokens, int completion_tokens);
+                     int prompt_tokens, int completion_tokens,
+                     const std::vector<int>* token_ids = nullptr);
 // One streamed chunk: `text` as the delta; `first` adds the assistant role (chat); a finish
 // reason ends the choice.
 Json chunk_body(const ResponseInfo& info, const std::string& text, bool first,
