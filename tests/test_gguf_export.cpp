@@ -17,11 +17,6 @@
 namespace loratune {
 namespace {
 
-#define SKIP_WITHOUT_SHARED()                                                                   \
-  do {                                                                                          \
-    if (!test::have_qwen2_tokenizer()) GTEST_SKIP() << "needs ../shared (the Qwen2 tokenizer)"; \
-  } while (0)
-
 const std::string& model_dir() {
   return test::qwen2_vocab_tiny_model_dir();
 }
@@ -33,7 +28,7 @@ std::vector<float> dequantized(const GgufTensor& t) {
 }
 
 TEST(GgufExport, ModelNamesDimsTypesAndMetadata) {
-  SKIP_WITHOUT_SHARED();
+  SKIP_WITHOUT_QWEN2_TOKENIZER();
   test::TempDir dir;
   const ModelConfig config = load_model_config(model_dir());
   for (const char* type : {"f32", "q8_0"}) {
@@ -87,7 +82,7 @@ TEST(GgufExport, ModelNamesDimsTypesAndMetadata) {
 }
 
 TEST(GgufExport, MergedAndLoraOnly) {
-  SKIP_WITHOUT_SHARED();
+  SKIP_WITHOUT_QWEN2_TOKENIZER();
   test::TempDir dir;
   const ModelConfig config = load_model_config(model_dir());
   LoraConfig lc;
@@ -134,7 +129,7 @@ TEST(GgufExport, MergedAndLoraOnly) {
 // loratune reads what it wrote: the f32 export evaluates and generates exactly as the folder,
 // q8_0 close to it, and training starts from a GGUF file.
 TEST(GgufExport, ModelFileReadsBackAsTheFolder) {
-  SKIP_WITHOUT_SHARED();
+  SKIP_WITHOUT_QWEN2_TOKENIZER();
   test::TempDir dir;
   for (const char* type : {"f32", "q8_0"}) {
     test::CommandResult r = test::run_cli("export-gguf --model '" + model_dir() + "' --out '" +

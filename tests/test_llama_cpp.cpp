@@ -24,7 +24,7 @@ std::string checker_dir() {
 
 // Why llama.cpp cannot be run here, or empty.
 std::string llama_cpp_missing() {
-  if (!test::have_qwen2_tokenizer()) return "needs ../shared (the Qwen2 tokenizer)";
+  if (!test::have_qwen2_tokenizer()) return test::kNeedsQwen2Tokenizer;
   if (std::system("node -e 'process.exit(+process.versions.node.split(\".\")[0] >= 20 ? 0 : 1)' "
                   ">/dev/null 2>&1") != 0)
     return "needs node 20 or newer on the PATH (node-llama-cpp's requirement)";

@@ -19,7 +19,7 @@ namespace {
 std::string mpi_missing() {
   if (!dist::built_with_mpi()) return "built without MPI (LORATUNE_MPI off)";
   if (std::system("command -v mpirun >/dev/null 2>&1") != 0) return "no mpirun on the PATH";
-  if (!test::have_qwen2_tokenizer()) return "needs ../shared (the Qwen2 tokenizer)";
+  if (!test::have_qwen2_tokenizer()) return test::kNeedsQwen2Tokenizer;
   return "";
 }
 

@@ -17,11 +17,6 @@
 namespace loratune {
 namespace {
 
-#define SKIP_WITHOUT_TOKENIZER()                                                                \
-  do {                                                                                          \
-    if (!test::have_qwen2_tokenizer()) GTEST_SKIP() << "needs ../shared (the Qwen2 tokenizer)"; \
-  } while (0)
-
 // A random adapter (B ≠ 0, so that it changes the output) on `targets`, made once.
 std::string make_adapter(const std::string& name, const std::string& targets, int seed) {
   static test::TempDir dir;
@@ -185,7 +180,7 @@ Json completion_with_ids(const std::string& model, const std::string& prompt, in
 }
 
 TEST(Serve, GreedyOutputOfEachAdapterEqualsGenerateAlsoConcurrently) {
-  SKIP_WITHOUT_TOKENIZER();
+  SKIP_WITHOUT_QWEN2_TOKENIZER();
   const std::string prompts[] = {"Instruction: 你好\nOutput: ", "The capital of France is"};
   const std::pair<std::string, std::string> models[] = {
       {"a", adapter_a()}, {"b", adapter_b()}, {"base", ""}};
@@ -225,7 +220,7 @@ TEST(Serve, GreedyOutputOfEachAdapterEqualsGenerateAlsoConcurrently) {
 }
 
 TEST(Serve, ChatUsesTheAdaptersTrainingTemplateAndTheModelsOwn) {
-  SKIP_WITHOUT_TOKENIZER();
+  SKIP_WITHOUT_QWEN2_TOKENIZER();
   // Adapter a says it was trained with the seed template; the base model's tokenizer_config.json
   // has Qwen2's ChatML template.
   test::write_file(adapter_a() + "/prompt_template.json", "{\"template\": \"seed\"}\n");
@@ -251,7 +246,7 @@ TEST(Serve, ChatUsesTheAdaptersTrainingTemplateAndTheModelsOwn) {
 }
 
 TEST(Serve, StreamedChunksConcatenateToTheText) {
-  SKIP_WITHOUT_TOKENIZER();
+  SKIP_WITHOUT_QWEN2_TOKENIZER();
   Server server;
   Json body = completion("b", "Instruction: 写一首诗\nOutput: ", 20);
   const Reply whole = post(server, "/v1/completions", body.dump());
@@ -288,7 +283,7 @@ TEST(Serve, StreamedChunksConcatenateToTheText) {
 }
 
 TEST(Serve, StopStringsEndTheTextBeforeThem) {
-  SKIP_WITHOUT_TOKENIZER();
+  SKIP_WITHOUT_QWEN2_TOKENIZER();
   Server server;
   const Reply whole = post(server, "/v1/completions", completion("a", "The answer:", 24).dump());
   ASSERT_EQ(whole.status, 200);
@@ -314,7 +309,7 @@ TEST(Serve, StopStringsEndTheTextBeforeThem) {
 }
 
 TEST(Serve, BadInputGetsItsStatusAndTheServerGoesOn) {
-  SKIP_WITHOUT_TOKENIZER();
+  SKIP_WITHOUT_QWEN2_TOKENIZER();
   Server server("--ctx 64");
   const std::string long_prompt(400, 'x');
   const std::pair<std::string, int> cases[] = {
@@ -361,7 +356,7 @@ TEST(Serve, BadInputGetsItsStatusAndTheServerGoesOn) {
 }
 
 TEST(Serve, ApiKeyIsRequiredWhenSet) {
-  SKIP_WITHOUT_TOKENIZER();
+  SKIP_WITHOUT_QWEN2_TOKENIZER();
   Server server("--api-key sesame");
   EXPECT_EQ(get(server, "/v1/models").status, 401);
   EXPECT_EQ(get(server, "/v1/models", {{"Authorization", "Bearer wrong"}}).status, 401);
@@ -376,7 +371,7 @@ TEST(Serve, ApiKeyIsRequiredWhenSet) {
 
 // One slot, one queue place: a third request while both are taken is turned away.
 TEST(Serve, FullQueueAnswers503) {
-  SKIP_WITHOUT_TOKENIZER();
+  SKIP_WITHOUT_QWEN2_TOKENIZER();
   Server server("--max-batch 1 --max-queue 1 --ctx 4096");
   Json body = completion("a", "hi", 4000);
   // Waits until /health shows `busy` running and `queued` waiting requests.
@@ -405,7 +400,7 @@ TEST(Serve, FullQueueAnswers503) {
 // A client that goes away mid-stream frees its slot: the request ends as cancelled instead of
 // running to its 4000 tokens.
 TEST(Serve, ClientThatDisconnectsFreesItsSlot) {
-  SKIP_WITHOUT_TOKENIZER();
+  SKIP_WITHOUT_QWEN2_TOKENIZER();
   Server server("--max-batch 1 --ctx 4096");
   Json body = completion("a", "hi", 4000);
   body["stream"] = true;
@@ -433,7 +428,7 @@ TEST(Serve, ClientThatDisconnectsFreesItsSlot) {
 }
 
 TEST(Serve, SigtermEndsRunningRequestsAndExitsZero) {
-  SKIP_WITHOUT_TOKENIZER();
+  SKIP_WITHOUT_QWEN2_TOKENIZER();
   Server server("--ctx 4096");
   Json body = completion("b", "hi", 4000);
   body["stream"] = true;
@@ -452,7 +447,7 @@ TEST(Serve, SigtermEndsRunningRequestsAndExitsZero) {
 // A bounded load: 16 clients send 48 requests between them to 4 slots (the rest queue):
 // none fails, none is lost, and each answer is the one its model gives alone.
 TEST(Serve, BoundedLoadLosesNothing) {
-  SKIP_WITHOUT_TOKENIZER();
+  SKIP_WITHOUT_QWEN2_TOKENIZER();
   Server server("--max-batch 4 --max-queue 64");
   const std::string models[] = {"base", "a", "b"};
   std::map<std::string, std::string> alone;
@@ -494,7 +489,7 @@ std::string openai_client_missing() {
 
 // A client no one here wrote: the official openai package parses our answers.
 TEST(Serve, OfficialOpenAiClient) {
-  SKIP_WITHOUT_TOKENIZER();
+  SKIP_WITHOUT_QWEN2_TOKENIZER();
   const std::string missing = openai_client_missing();
   if (!missing.empty()) GTEST_SKIP() << missing;
   Server server("--api-key sesame");

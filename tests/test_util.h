@@ -157,6 +157,13 @@ inline bool have_qwen2_tokenizer() {
   std::ifstream in(qwen2_tokenizer_dir() + "/tokenizer.json");
   return in.good();
 }
+// Why a test that needs the Qwen2 tokenizer skips.
+inline constexpr const char* kNeedsQwen2Tokenizer = "needs ../shared (the Qwen2 tokenizer)";
+#define SKIP_WITHOUT_QWEN2_TOKENIZER()                      \
+  do {                                                      \
+    if (!loratune::test::have_qwen2_tokenizer())            \
+      GTEST_SKIP() << loratune::test::kNeedsQwen2Tokenizer; \
+  } while (0)
 
 // The scaled tiny model with the real Qwen2 tokenizer and its 151,936-row vocabulary.
 inline const std::string& qwen2_vocab_tiny_model_dir() {
