@@ -47,11 +47,39 @@ TEST(CliErrors, ModelFolderProblems) {
   expect_clean_failure(logits_cmd(dir.path()), "no config.json");
   std::string m = copy_tiny(dir);
   std::string config = test::read_file(m + "/config.json");
-  config.replace(config.find("\"qwen2\""), 7, "\"llama\"");
-  test::write_file(m + "/config.json", config);
-  expect_clean_failure(logits_cmd(m), "unsupported model_type 'llama'");
+  std::string other = config;
+  other.replace(other.find("\"qwen2\""), 7, "\"gpt2\"");
+  test::write_file(m + "/config.json", other);
+  expect_clean_failure(logits_cmd(m), "unsupported model_type 'gpt2'");
+  other = config;
+  other.replace(other.find("\"rope_theta\""), 0,
+                "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}, ");
+  test::write_file(m + "/config.json", other);
+  expect_clean_failure(logits_cmd(m), "unsupported rope_scaling type 'yarn'");
   test::write_file(m + "/config.json", "{\"model_type\": \"qwen2\",");
   expect_clean_failure(logits_cmd(m), "invalid JSON");
+}
+
+// Mistral's sliding window is refused, clearly, for a sequence longer than it.
+TEST(CliErrors, SequenceLongerThanTheSlidingWindow) {
+  test::TempDir dir;
+  const std::string m = dir / "mistral";
+  ASSERT_EQ(test::run_cli("init-model --preset mistral-7b --num-hidden-layers 1 --hidden-size 32 "
+                          "--intermediate-size 32 --num-attention-heads 2 --num-key-value-heads 1 "
+                          "--vocab-size 300 --out '" +
+                          m + "'")
+                .status,
+            0);
+  std::string config = test::read_file(m + "/config.json");
+  config.replace(config.find("\"sliding_window\": 4096"), 22, "\"sliding_window\": 4");
+  test::write_file(m + "/config.json", config);
+  EXPECT_EQ(test::run_cli("debug logits --model '" + m + "' --ids 1,2,3,4 --out '" +
+                          dir / "ok.safetensors" + "'")
+                .status,
+            0);
+  expect_clean_failure(
+      "debug logits --model '" + m + "' --ids 1,2,3,4,5 --out '" + dir / "no.safetensors" + "'",
+      "longer than the model's sliding_window (4)");
 }
 
 TEST(CliErrors, CorruptSafetensors) {
@@ -149,8 +177,8 @@ TEST(Generate, TextPromptStreamsTextAndStops) {
 }
 
 TEST(InitModel, PresetParameterCounts) {
-  EXPECT_EQ(qwen2_parameter_count(model_preset("qwen2-0.5b")), 494032768);
-  EXPECT_EQ(qwen2_parameter_count(model_preset("qwen2-1.5b")), 1543714304);
+  EXPECT_EQ(model_parameter_count(model_preset("qwen2-0.5b")), 494032768);
+  EXPECT_EQ(model_parameter_count(model_preset("qwen2-1.5b")), 1543714304);
 }
 
 TEST(InitModel, DeterministicAndOverridable) {
@@ -167,7 +195,7 @@ TEST(InitModel, DeterministicAndOverridable) {
   EXPECT_EQ(c.head_dim(), 16);
   ASSERT_EQ(run_cli("init-model --out '" + dir / "c" + "' --dtype bf16 --seed 7").status, 0);
   ModelWeights w(dir / "c", load_model_config(dir / "c"));
-  EXPECT_EQ(w.parameter_count(), qwen2_parameter_count(model_preset("tiny")));
+  EXPECT_EQ(w.parameter_count(), model_parameter_count(model_preset("tiny")));
   test::CommandResult bad = run_cli("init-model --out '" + dir / "d" + "' --num-attention-heads 5");
   EXPECT_EQ(bad.status, 2) << bad.output;
 }

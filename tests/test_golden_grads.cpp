@@ -73,6 +73,10 @@ TEST(GoldenGrads, OddShapeAllLinear) {
 TEST(GoldenGrads, SharpAttentionAllLinear) {
   check_grads("sharp", "sharp_all", "grads_sharp_all.safetensors");
 }
+TEST(GoldenGrads, LlamaAllLinear) {
+  check_grads("tiny_llama", "tiny_llama_all", "grads_tiny_llama_all.safetensors");
+  check_grads("tiny_llama_bias", "tiny_llama_bias_all", "grads_tiny_llama_bias_all.safetensors");
+}
 TEST(GoldenGrads, DefaultLabels) {
   check_grads("tiny", "tiny_qv", "grads_tiny_qv_default_labels.safetensors");
 }

@@ -1,19 +1,29 @@
 // The forward pass against golden logits from the PyTorch reference (tools/reference).
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "io/safetensors.h"
+#include "lora/adapter.h"
 #include "model/transformer.h"
 #include "test_util.h"
 
 namespace loratune {
 namespace {
 
-// Runs every sequence of the golden file packed in one batch and compares each one's rows.
-void check_logits(const std::string& model, const std::string& file) {
+// Runs every sequence of the golden file packed in one batch (with the adapter, when one is
+// named, applied unmerged) and compares each one's rows.
+void check_logits(const std::string& model, const std::string& file,
+                  const std::string& adapter = "") {
   SafetensorsFile g(test::golden(file));
   Transformer m(test::golden("models/" + model));
+  std::unique_ptr<LoraAdapter> lora;
+  if (!adapter.empty()) {
+    lora = std::make_unique<LoraAdapter>(
+        LoraAdapter::load(test::golden("adapters/" + adapter), m.config()));
+    m.set_adapter(lora.get());
+  }
   const int V = m.config().vocab_size;
   std::vector<std::vector<int>> seqs;
   for (int i = 0; g.find("ids." + std::to_string(i)); ++i)
@@ -57,6 +67,18 @@ TEST(GoldenLogits, Bf16Weights) {
 }
 TEST(GoldenLogits, ShardedUntiedSharpAttention) {
   check_logits("sharp", "logits_sharp_batch.safetensors");
+}
+// Llama: no biases, a head_dim of its own, an untied head and llama3 RoPE scaling, over 96
+// positions (past its original context of 64); and with attention_bias (q/k/v/o), mlp_bias,
+// a tied head and an all-linear adapter.
+TEST(GoldenLogits, Llama) {
+  for (const ops::WeightFormat f : test::kF32Formats) {
+    SCOPED_TRACE(ops::format_name(f));
+    const test::BackendScope scope(f);
+    check_logits("tiny_llama", "logits_tiny_llama_long.safetensors");
+    check_logits("tiny_llama_bias", "logits_tiny_llama_bias_batch.safetensors",
+                 "tiny_llama_bias_all");
+  }
 }
 TEST(GoldenLogits, LongSequences) {
   check_logits("tiny", "logits_tiny_long.safetensors");

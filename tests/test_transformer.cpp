@@ -152,7 +152,7 @@ TEST(ModelWeights, TensorsOfBf16ModelAreTheFileValues) {
   const ModelConfig config = load_model_config(dir);
   ModelWeights weights(dir, config);
   SafetensorsFile file(dir + "/model.safetensors");
-  const std::vector<TensorSpec> specs = qwen2_tensor_specs(config);
+  const std::vector<TensorSpec> specs = model_tensor_specs(config);
   const std::vector<const float*> tensors = weights.tensors();
   ASSERT_EQ(tensors.size(), specs.size());
   for (size_t s = 0; s < specs.size(); ++s) {

@@ -18,11 +18,14 @@ namespace {
 
 const CommandSpec kSpec = {
     "init-model",
-    "--preset tiny|qwen2-0.5b|qwen2-1.5b|qwen2-7b --out DIR [options]",
+    "--preset NAME --out DIR [options]",
     "Writes config.json, generation_config.json and model.safetensors with deterministic random\n"
     "weights of exactly the preset's shape (overrides change single sizes).",
     {
-        {"--preset", "NAME", "tiny, qwen2-0.5b, qwen2-1.5b or qwen2-7b", "tiny"},
+        {"--preset", "NAME",
+         "tiny, tiny-llama, qwen2-0.5b, qwen2-1.5b, qwen2-7b, qwen2.5-0.5b, llama3.2-1b, "
+         "smollm2-135m or mistral-7b",
+         "tiny"},
         {"--out", "DIR", "output folder (created if needed)"},
         {"--seed", "S", "random seed", "0"},
         {"--dtype", "f32|bf16", "weight dtype in the file", "f32"},
@@ -43,6 +46,9 @@ const CommandSpec kSpec = {
         {"--rope-theta", "X", "override rope_theta"},
         {"--rms-norm-eps", "X", "override rms_norm_eps"},
         {"--tie-word-embeddings", "true|false", "override tie_word_embeddings"},
+        {"--head-dim", "N", "override head_dim (attention width per head)"},
+        {"--attention-bias", "true|false", "llama/mistral: biases on q/k/v/o"},
+        {"--mlp-bias", "true|false", "llama/mistral: biases on gate/up/down"},
     }};
 
 int positive_int(const ParsedArgs& a, const std::string& name, int current) {
@@ -70,12 +76,22 @@ int run_init_model(const Args& args) {
       positive_int(a, "--max-position-embeddings", c.max_position_embeddings);
   c.rope_theta = a.number("--rope-theta", c.rope_theta);
   c.rms_norm_eps = a.number("--rms-norm-eps", c.rms_norm_eps);
-  if (a.has("--tie-word-embeddings")) {
-    std::string v = a.str("--tie-word-embeddings");
-    if (v != "true" && v != "false")
-      throw UsageError("--tie-word-embeddings must be true or false");
-    c.tie_word_embeddings = v == "true";
+  auto boolean = [&](const char* name, bool& value) {
+    if (!a.has(name)) return;
+    const std::string v = a.str(name);
+    if (v != "true" && v != "false") throw UsageError(std::string(name) + " must be true or false");
+    value = v == "true";
+  };
+  boolean("--tie-word-embeddings", c.tie_word_embeddings);
+  if (c.model_type != "qwen2") {
+    boolean("--attention-bias", c.o_bias);
+    c.qkv_bias = c.o_bias;
+    boolean("--mlp-bias", c.mlp_bias);
+  } else if (a.has("--attention-bias") || a.has("--mlp-bias")) {
+    throw UsageError("--attention-bias and --mlp-bias are for llama and mistral presets", "",
+                     "qwen2 has its q/k/v biases always");
   }
+  if (a.has("--head-dim")) c.head_dim_override = positive_int(a, "--head-dim", 0);
   try {
     c.validate("the requested shape");
   } catch (const Error& e) {
@@ -106,7 +122,7 @@ int run_init_model(const Args& args) {
     copy_files(a.str("--tokenizer"), out, tok_files);
   else
     tokenizer::write_byte_level_tokenizer(out);
-  const int64_t params = qwen2_parameter_count(c);
+  const int64_t params = model_parameter_count(c);
   std::printf("wrote %s: %lld parameters, %d layers, hidden %d, dtype %s\n", out.c_str(),
               static_cast<long long>(params), c.num_hidden_layers, c.hidden_size, dtype.c_str());
   return 0;

@@ -41,7 +41,7 @@ int run_merge(const Args& args) {
   weights.merge_lora(adapter, config);
   const std::vector<std::string> tok_files = tokenizer_files(model_dir);
   const std::vector<const float*> tensors = weights.tensors();
-  const std::vector<TensorSpec> specs = qwen2_tensor_specs(config);
+  const std::vector<TensorSpec> specs = model_tensor_specs(config);
   write_model_folder(
       out, config,
       [&](size_t i, float* values) {

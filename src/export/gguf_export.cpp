@@ -113,10 +113,12 @@ GgmlType parse_export_type(const std::string& name) {
 void export_model_gguf(const std::string& model_dir, const LoraAdapter* adapter, GgmlType type,
                        const std::string& out) {
   const ModelConfig config = load_model_config(model_dir);
+  if (config.model_type != "qwen2")
+    throw Error("GGUF export writes qwen2 models; this one is " + config.model_type, model_dir);
   const tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(model_dir);
   ModelWeights weights(model_dir, config);
   if (adapter) weights.merge_lora(*adapter, config);
-  const std::vector<TensorSpec> specs = qwen2_tensor_specs(config);
+  const std::vector<TensorSpec> specs = model_tensor_specs(config);
   const std::vector<const float*> values = weights.tensors();
 
   std::vector<std::pair<std::string, GgufValue>> kv = {
@@ -145,6 +147,8 @@ void export_model_gguf(const std::string& model_dir, const LoraAdapter* adapter,
 
 void export_lora_gguf(const LoraAdapter& adapter, const ModelConfig& config,
                       const std::string& out) {
+  if (config.model_type != "qwen2")
+    throw Error("GGUF export writes adapters of qwen2 models; this one is " + config.model_type);
   // llama.cpp scales a LoRA by alpha / r: the alpha written is scale · r, which also carries
   // rsLoRA's alpha / sqrt(r).
   int rank = 0;

@@ -1,8 +1,12 @@
 #include "model/config.h"
 
+#include <cmath>
+#include <numbers>
+
 #include "core/error.h"
 #include "io/gguf.h"
 #include "model/gguf_model.h"
+#include "ops/ops.h"
 
 namespace loratune {
 
@@ -43,6 +47,41 @@ std::vector<int> get_ids(const Json& j, const char* key, const std::string& sour
   return ids;
 }
 
+bool get_bool(const Json& j, const char* key, const std::string& source) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return false;
+  if (!it->is_boolean())
+    throw Error(std::string("key '") + key + "' must be true or false", source);
+  return it->get<bool>();
+}
+
+// config.json's rope_scaling: {"rope_type" (or "type"): "linear" | "llama3", "factor", ...}.
+RopeScaling parse_rope_scaling(const Json& j, const std::string& source) {
+  if (!j.is_object()) throw Error("rope_scaling must be an object", source);
+  RopeScaling s;
+  for (const char* key : {"rope_type", "type"})
+    if (auto it = j.find(key); it != j.end() && it->is_string()) s.type = it->get<std::string>();
+  if (s.type == "default") return {};
+  if (s.type != "linear" && s.type != "llama3")
+    throw Error("unsupported rope_scaling type '" + s.type + "'", source,
+                "loratune applies linear and llama3 RoPE scaling");
+  s.factor = get_double(j, "factor", source, 1.0);
+  if (!(s.factor >= 1.0)) throw Error("rope_scaling factor must be at least 1", source);
+  if (s.type == "llama3") {
+    s.low_freq_factor = get_double(j, "low_freq_factor", source, 1.0);
+    s.high_freq_factor = get_double(j, "high_freq_factor", source, 4.0);
+    s.original_max_position_embeddings =
+        get_int(j, "original_max_position_embeddings", source, 8192, false);
+    if (!(s.high_freq_factor > s.low_freq_factor) || !(s.low_freq_factor > 0) ||
+        s.original_max_position_embeddings <= 0)
+      throw Error(
+          "rope_scaling llama3 needs 0 < low_freq_factor < high_freq_factor and a "
+          "positive original_max_position_embeddings",
+          source);
+  }
+  return s;
+}
+
 }  // namespace
 
 void ModelConfig::validate(const std::string& source) const {
@@ -55,7 +94,7 @@ void ModelConfig::validate(const std::string& source) const {
   positive(num_attention_heads, "num_attention_heads");
   positive(num_key_value_heads, "num_key_value_heads");
   positive(vocab_size, "vocab_size");
-  if (hidden_size % num_attention_heads != 0)
+  if (head_dim_override == 0 && hidden_size % num_attention_heads != 0)
     throw Error("hidden_size is not a multiple of num_attention_heads", source);
   if (head_dim() % 2 != 0) throw Error("head dimension must be even for RoPE", source);
   if (num_attention_heads % num_key_value_heads != 0)
@@ -69,10 +108,11 @@ ModelConfig parse_model_config(const Json& j, const std::string& source) {
   auto mt = j.find("model_type");
   if (mt == j.end() || !mt->is_string())
     throw Error("missing model_type", source,
-                "loratune runs Qwen2-family models (model_type qwen2)");
-  if (mt->get<std::string>() != "qwen2")
-    throw Error("unsupported model_type '" + mt->get<std::string>() + "'", source,
-                "loratune runs Qwen2-family models (model_type qwen2, e.g. Qwen2, Qwen2.5)");
+                "loratune runs model_type qwen2 (Qwen2, Qwen2.5), llama and mistral");
+  const std::string type = mt->get<std::string>();
+  if (type != "qwen2" && type != "llama" && type != "mistral")
+    throw Error("unsupported model_type '" + type + "'", source,
+                "loratune runs model_type qwen2 (Qwen2, Qwen2.5), llama and mistral");
   ModelConfig c;
   c.hidden_size = get_int(j, "hidden_size", source, 0, true);
   c.intermediate_size = get_int(j, "intermediate_size", source, 0, true);
@@ -91,8 +131,44 @@ ModelConfig parse_model_config(const Json& j, const std::string& source) {
     c.torch_dtype = it->get<std::string>();
   c.bos_token_id = get_int(j, "bos_token_id", source, -1, false);
   c.eos_token_ids = get_ids(j, "eos_token_id", source);
+  c.model_type = type;
+  if (type != "qwen2") {
+    c.qkv_bias = c.o_bias = get_bool(j, "attention_bias", source);
+    c.mlp_bias = get_bool(j, "mlp_bias", source);
+  }
+  c.head_dim_override = get_int(j, "head_dim", source, 0, false);
+  if (auto it = j.find("rope_scaling"); it != j.end() && !it->is_null())
+    c.rope_scaling = parse_rope_scaling(*it, source);
+  if (type == "mistral") c.sliding_window = get_int(j, "sliding_window", source, 0, false);
   c.validate(source);
   return c;
+}
+
+std::vector<float> rope_inv_freq(const ModelConfig& c) {
+  const int D = c.head_dim();
+  std::vector<float> f(D / 2);
+  ops::rope_inv_freq(f.data(), D, c.rope_theta);
+  const RopeScaling& s = c.rope_scaling;
+  const float factor = static_cast<float>(s.factor);
+  if (s.type == "linear") {
+    for (float& x : f) x /= factor;
+  } else if (s.type == "llama3") {
+    const float old_len = static_cast<float>(s.original_max_position_embeddings);
+    const float low = static_cast<float>(s.low_freq_factor);
+    const float high = static_cast<float>(s.high_freq_factor);
+    const float low_wavelen = old_len / low, high_wavelen = old_len / high;
+    for (float& x : f) {
+      const float wavelen = 2.0f * std::numbers::pi_v<float> / x;
+      const float scaled = wavelen > low_wavelen ? x / factor : x;
+      if (wavelen >= high_wavelen && wavelen <= low_wavelen) {  // between: blended
+        const float smooth = (old_len / wavelen - low) / (high - low);
+        x = (1.0f - smooth) * scaled / factor + smooth * scaled;
+      } else {
+        x = scaled;
+      }
+    }
+  }
+  return f;
 }
 
 ModelConfig load_model_config(const std::string& dir) {
@@ -122,9 +198,12 @@ ModelConfig load_model_config(const std::string& dir) {
 }
 
 Json model_config_to_json(const ModelConfig& c) {
+  const char* architecture = c.model_type == "llama"     ? "LlamaForCausalLM"
+                             : c.model_type == "mistral" ? "MistralForCausalLM"
+                                                         : "Qwen2ForCausalLM";
   Json j = {
-      {"architectures", {"Qwen2ForCausalLM"}},
-      {"model_type", "qwen2"},
+      {"architectures", {architecture}},
+      {"model_type", c.model_type},
       {"hidden_act", "silu"},
       {"hidden_size", c.hidden_size},
       {"intermediate_size", c.intermediate_size},
@@ -149,6 +228,24 @@ Json model_config_to_json(const ModelConfig& c) {
     j["eos_token_id"] = c.eos_token_ids[0];
   else if (!c.eos_token_ids.empty())
     j["eos_token_id"] = c.eos_token_ids;
+  if (c.model_type != "qwen2") {
+    j.erase("max_window_layers");
+    j.erase("use_sliding_window");
+    j["attention_bias"] = c.o_bias;
+    j["mlp_bias"] = c.mlp_bias;
+    j["sliding_window"] = c.sliding_window > 0 ? Json(c.sliding_window) : Json();
+    if (c.model_type == "llama") j.erase("sliding_window");
+  }
+  if (c.head_dim_override > 0) j["head_dim"] = c.head_dim_override;
+  if (!c.rope_scaling.type.empty()) {
+    const RopeScaling& s = c.rope_scaling;
+    j["rope_scaling"] = {{"rope_type", s.type}, {"factor", s.factor}};
+    if (s.type == "llama3") {
+      j["rope_scaling"]["low_freq_factor"] = s.low_freq_factor;
+      j["rope_scaling"]["high_freq_factor"] = s.high_freq_factor;
+      j["rope_scaling"]["original_max_position_embeddings"] = s.original_max_position_embeddings;
+    }
+  }
   return j;
 }
 

@@ -63,9 +63,85 @@ ModelConfig model_preset(const std::string& name) {
     c.tie_word_embeddings = false;
     c.bos_token_id = 151643;
     c.eos_token_ids = {151643};
+  } else if (name == "qwen2.5-0.5b") {
+    c.hidden_size = 896;
+    c.intermediate_size = 4864;
+    c.num_hidden_layers = 24;
+    c.num_attention_heads = 14;
+    c.num_key_value_heads = 2;
+    c.vocab_size = 151936;
+    c.max_position_embeddings = 32768;
+    c.bos_token_id = 151643;
+    c.eos_token_ids = {151643};
+  } else if (name == "tiny-llama") {
+    // The tiny shape as a Llama 3: no biases, an untied head, a head_dim of its own and
+    // llama3 RoPE scaling (whose three frequency bands this head_dim reaches).
+    c.model_type = "llama";
+    c.qkv_bias = false;
+    c.hidden_size = 64;
+    c.intermediate_size = 96;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.head_dim_override = 24;
+    c.vocab_size = 512;
+    c.max_position_embeddings = 4096;
+    c.rope_theta = 500000;
+    c.rms_norm_eps = 1e-5;
+    c.tie_word_embeddings = false;
+    c.rope_scaling = {"llama3", 8.0, 1.0, 4.0, 64};
+    c.bos_token_id = 256;
+    c.eos_token_ids = {256};
+  } else if (name == "llama3.2-1b") {
+    c.model_type = "llama";
+    c.qkv_bias = false;
+    c.hidden_size = 2048;
+    c.intermediate_size = 8192;
+    c.num_hidden_layers = 16;
+    c.num_attention_heads = 32;
+    c.num_key_value_heads = 8;
+    c.head_dim_override = 64;
+    c.vocab_size = 128256;
+    c.max_position_embeddings = 131072;
+    c.rope_theta = 500000;
+    c.rms_norm_eps = 1e-5;
+    c.rope_scaling = {"llama3", 32.0, 1.0, 4.0, 8192};
+    c.bos_token_id = 128000;
+    c.eos_token_ids = {128001};
+  } else if (name == "smollm2-135m") {
+    c.model_type = "llama";
+    c.qkv_bias = false;
+    c.hidden_size = 576;
+    c.intermediate_size = 1536;
+    c.num_hidden_layers = 30;
+    c.num_attention_heads = 9;
+    c.num_key_value_heads = 3;
+    c.vocab_size = 49152;
+    c.max_position_embeddings = 8192;
+    c.rope_theta = 100000;
+    c.rms_norm_eps = 1e-5;
+    c.bos_token_id = 0;
+    c.eos_token_ids = {0};
+  } else if (name == "mistral-7b") {
+    c.model_type = "mistral";
+    c.qkv_bias = false;
+    c.hidden_size = 4096;
+    c.intermediate_size = 14336;
+    c.num_hidden_layers = 32;
+    c.num_attention_heads = 32;
+    c.num_key_value_heads = 8;
+    c.vocab_size = 32000;
+    c.max_position_embeddings = 32768;
+    c.rope_theta = 10000;
+    c.rms_norm_eps = 1e-5;
+    c.tie_word_embeddings = false;
+    c.sliding_window = 4096;
+    c.bos_token_id = 1;
+    c.eos_token_ids = {2};
   } else {
     throw UsageError("unknown preset '" + name + "'", "",
-                     "use tiny, qwen2-0.5b, qwen2-1.5b or qwen2-7b");
+                     "use tiny, tiny-llama, qwen2-0.5b, qwen2-1.5b, qwen2-7b, qwen2.5-0.5b, "
+                     "llama3.2-1b, smollm2-135m or mistral-7b");
   }
   c.generation.eos_token_ids = c.eos_token_ids;
   return c;
@@ -132,7 +208,7 @@ InitScheme parse_init_scheme(const std::string& name) {
 void write_random_model(const std::string& dir, const ModelConfig& config, uint64_t seed,
                         DType dtype, InitScheme scheme) {
   config.validate("model shape");
-  const std::vector<TensorSpec> specs = qwen2_tensor_specs(config);
+  const std::vector<TensorSpec> specs = model_tensor_specs(config);
   write_model_folder(
       dir, config, [&](size_t i, float* out) { fill_tensor(out, specs[i], seed, scheme); }, dtype);
 }

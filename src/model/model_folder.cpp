@@ -15,7 +15,7 @@ namespace loratune {
 void write_model_folder(const std::string& dir, const ModelConfig& config,
                         const TensorValues& values, DType dtype) {
   if (dtype != DType::F32 && dtype != DType::BF16) throw UsageError("--dtype must be f32 or bf16");
-  const std::vector<TensorSpec> specs = qwen2_tensor_specs(config);
+  const std::vector<TensorSpec> specs = model_tensor_specs(config);
   make_dirs(dir);
   ModelConfig c = config;
   c.torch_dtype = dtype == DType::F32 ? "float32" : "bfloat16";

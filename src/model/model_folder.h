@@ -11,10 +11,10 @@
 
 namespace loratune {
 
-// Tensor `index` of qwen2_tensor_specs(config) in f32 into `out` (its numel floats).
+// Tensor `index` of model_tensor_specs(config) in f32 into `out` (its numel floats).
 using TensorValues = std::function<void(size_t index, float* out)>;
 
-// Writes every tensor of qwen2_tensor_specs(config), in that order, as `dtype` (F32 or BF16),
+// Writes every tensor of model_tensor_specs(config), in that order, as `dtype` (F32 or BF16),
 // each made by `values` when it is written (so a 7B model never sits whole in memory), and
 // config.json recording the dtype.
 void write_model_folder(const std::string& dir, const ModelConfig& config,

@@ -21,14 +21,20 @@ uint64_t mix(uint64_t z) {
   return z ^ (z >> 31);
 }
 
+// y[N, C] += b[C] (nothing when b is null).
+void add_bias(float* y, const float* b, int N, int C) {
+  if (!b) return;
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < C; ++c) y[static_cast<size_t>(n) * C + c] += b[c];
+}
+
 }  // namespace
 
 Transformer::Transformer(const std::string& model_dir, bool share_file_pages)
     : config_(load_model_config(model_dir)),
       weights_(std::make_unique<ModelWeights>(model_dir, config_, share_file_pages)),
-      inv_freq_(config_.head_dim() / 2) {
-  ops::rope_inv_freq(inv_freq_.data(), config_.head_dim(), config_.rope_theta);
-}
+      inv_freq_(rope_inv_freq(config_)) {}
 
 void Transformer::check_inputs(const std::vector<int>& tokens,
                                const std::vector<SequenceSpan>& seqs, const KVCache* cache) const {
@@ -44,6 +50,13 @@ void Transformer::check_inputs(const std::vector<int>& tokens,
     if (s.start != covered || s.length < 0)
       throw Error("sequence spans must tile the batch in order");
     covered += s.length;
+    const int end = (cache ? cache->length(s.slot) : 0) + s.length;
+    if (config_.sliding_window > 0 && end > config_.sliding_window)
+      throw Error("a sequence of " + std::to_string(end) +
+                      " positions is longer than the model's "
+                      "sliding_window (" +
+                      std::to_string(config_.sliding_window) + ")",
+                  "", "attention over a sliding window is not built yet: keep sequences within it");
     if (cache) {
       if (s.slot < 0 || s.slot >= cache->slots()) throw Error("sequence slot outside the cache");
       if (cache->length(s.slot) + s.length > cache->capacity())
@@ -187,6 +200,7 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
   ops::attention_forward(att, a.lse.data(), q, spans_.data(), static_cast<int>(spans_.size()), H,
                          Hkv, D, KVD);
   ops::linear_accumulate(x_.data(), att, lw.wo, N);
+  add_bias(x_.data(), lw.bo, N, C);
   lora_forward(l, LoraModule::kO, a, x_.data(), att, seqs, dropout, training);
   if (training) a.q.keep(), a.k.keep(), a.v.keep(), a.att.keep();
   std::memcpy(a.x_mid.data(), x_.data(), NC * sizeof(float));
@@ -194,7 +208,7 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
   ops::rmsnorm_forward(xn_.data(), a.rstd2.data(), x_.data(), lw.post_norm, N, C, eps);
   const size_t NF = static_cast<size_t>(N) * F;
   const bool mlp_lora = has_lora(l, LoraModule::kGate, seqs) || has_lora(l, LoraModule::kUp, seqs);
-  if (ops::is_bf16(lw.w_gate.format()) && !mlp_lora) {
+  if (ops::is_bf16(lw.w_gate.format()) && !mlp_lora && !lw.b_gate) {
     // In bf16 gate/up are bf16 products, as under autocast, written rounded straight into
     // their saved form: half the bytes, and no rounding pass.
     const ops::LinearOutBF16 gate_up[] = {{a.gate.write_bf16(NF), &lw.w_gate},
@@ -206,7 +220,7 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
     // dup_ (unused until the backward).
     float* gate = a.gate.write(NF, dh_);
     float* up = a.up.write(NF, dup_);
-    const ops::LinearOut gate_up[] = {{gate, &lw.w_gate, nullptr}, {up, &lw.w_up, nullptr}};
+    const ops::LinearOut gate_up[] = {{gate, &lw.w_gate, lw.b_gate}, {up, &lw.w_up, lw.b_up}};
     ops::linear_forward_shared(gate_up, 2, xn_.data(), N);
     lora_forward(l, LoraModule::kGate, a, gate, xn_.data(), seqs, dropout, training);
     lora_forward(l, LoraModule::kUp, a, up, xn_.data(), seqs, dropout, training);
@@ -214,6 +228,7 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
     ops::swiglu_forward(xn_.data(), gate, up, static_cast<long>(NF));
   }
   ops::linear_accumulate(x_.data(), xn_.data(), lw.w_down, N);
+  add_bias(x_.data(), lw.b_down, N, C);
   lora_forward(l, LoraModule::kDown, a, x_.data(), xn_.data(), seqs, dropout, training);
 }
 

@@ -58,33 +58,34 @@ std::unique_ptr<float[]> to_f32(const TensorInfo& t) {
 
 }  // namespace
 
-std::vector<TensorSpec> qwen2_tensor_specs(const ModelConfig& c) {
+std::vector<TensorSpec> model_tensor_specs(const ModelConfig& c) {
   const int64_t C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
   const int64_t QD = int64_t(c.num_attention_heads) * c.head_dim(), KVD = c.kv_dim();
   std::vector<TensorSpec> specs = {{"model.embed_tokens.weight", {V, C}}};
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
+    auto linear = [&](const std::string& name, int64_t out, int64_t in, bool bias) {
+      specs.push_back({p + name + ".weight", {out, in}});
+      if (bias) specs.push_back({p + name + ".bias", {out}});
+    };
     specs.push_back({p + "input_layernorm.weight", {C}});
-    specs.push_back({p + "self_attn.q_proj.weight", {QD, C}});
-    specs.push_back({p + "self_attn.q_proj.bias", {QD}});
-    specs.push_back({p + "self_attn.k_proj.weight", {KVD, C}});
-    specs.push_back({p + "self_attn.k_proj.bias", {KVD}});
-    specs.push_back({p + "self_attn.v_proj.weight", {KVD, C}});
-    specs.push_back({p + "self_attn.v_proj.bias", {KVD}});
-    specs.push_back({p + "self_attn.o_proj.weight", {C, QD}});
+    linear("self_attn.q_proj", QD, C, c.qkv_bias);
+    linear("self_attn.k_proj", KVD, C, c.qkv_bias);
+    linear("self_attn.v_proj", KVD, C, c.qkv_bias);
+    linear("self_attn.o_proj", C, QD, c.o_bias);
     specs.push_back({p + "post_attention_layernorm.weight", {C}});
-    specs.push_back({p + "mlp.gate_proj.weight", {F, C}});
-    specs.push_back({p + "mlp.up_proj.weight", {F, C}});
-    specs.push_back({p + "mlp.down_proj.weight", {C, F}});
+    linear("mlp.gate_proj", F, C, c.mlp_bias);
+    linear("mlp.up_proj", F, C, c.mlp_bias);
+    linear("mlp.down_proj", C, F, c.mlp_bias);
   }
   specs.push_back({"model.norm.weight", {C}});
   if (!c.tie_word_embeddings) specs.push_back({"lm_head.weight", {V, C}});
   return specs;
 }
 
-int64_t qwen2_parameter_count(const ModelConfig& c) {
+int64_t model_parameter_count(const ModelConfig& c) {
   int64_t n = 0;
-  for (const TensorSpec& s : qwen2_tensor_specs(c)) n += shape_numel(s.shape);
+  for (const TensorSpec& s : model_tensor_specs(c)) n += shape_numel(s.shape);
   return n;
 }
 
@@ -98,7 +99,7 @@ ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config, bo
   for (int l = 0; l < config.num_hidden_layers; ++l)
     for (int i = 0; i < kNumLoraModules; ++i)
       packed_names.insert(matrix_name(l, static_cast<LoraModule>(i)));
-  for (const TensorSpec& spec : qwen2_tensor_specs(config)) {
+  for (const TensorSpec& spec : model_tensor_specs(config)) {
     const TensorInfo& t = store_->get(spec.name);
     if (t.shape != spec.shape)
       throw Error("tensor '" + spec.name + "' has shape " + shape_str(t.shape) +
@@ -151,6 +152,10 @@ ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config, bo
     lw.bq = find(p + "self_attn.q_proj.bias");
     lw.bk = find(p + "self_attn.k_proj.bias");
     lw.bv = find(p + "self_attn.v_proj.bias");
+    lw.bo = find(p + "self_attn.o_proj.bias");
+    lw.b_gate = find(p + "mlp.gate_proj.bias");
+    lw.b_up = find(p + "mlp.up_proj.bias");
+    lw.b_down = find(p + "mlp.down_proj.bias");
     for (int i = 0; i < kNumLoraModules; ++i) {
       const auto m = static_cast<LoraModule>(i);
       pack(matrix_name(l, m), packed_matrix(lw, m));

@@ -17,7 +17,8 @@
 
 namespace loratune {
 
-// One layer as the kernels read it: norms and biases in place, matrices packed.
+// One layer as the kernels read it: norms and biases in place, matrices packed. A bias the
+// config does not have is nullptr.
 struct LayerWeights {
   const float* input_norm = nullptr;  // [C]
   ops::PackedWeight wq;               // [H*D, C]
@@ -27,21 +28,26 @@ struct LayerWeights {
   ops::PackedWeight wv;               // [Hkv*D, C]
   const float* bv = nullptr;          // [Hkv*D]
   ops::PackedWeight wo;               // [C, H*D]
+  const float* bo = nullptr;          // [C]
   const float* post_norm = nullptr;   // [C]
   ops::PackedWeight w_gate;           // [F, C]
+  const float* b_gate = nullptr;      // [F]
   ops::PackedWeight w_up;             // [F, C]
+  const float* b_up = nullptr;        // [F]
   ops::PackedWeight w_down;           // [C, F]
+  const float* b_down = nullptr;      // [C]
 };
 
-// One tensor of the Qwen2 layout: its HF name and shape.
+// One tensor of the model's layout: its HF name and shape.
 struct TensorSpec {
   std::string name;
   std::vector<int64_t> shape;
 };
 
-// Every tensor a Qwen2 checkpoint holds, in a stable order (lm_head only when untied).
-std::vector<TensorSpec> qwen2_tensor_specs(const ModelConfig& c);
-int64_t qwen2_parameter_count(const ModelConfig& c);
+// Every tensor a checkpoint of this config holds, in a stable order (biases as the config has
+// them, lm_head only when untied).
+std::vector<TensorSpec> model_tensor_specs(const ModelConfig& c);
+int64_t model_parameter_count(const ModelConfig& c);
 
 class ModelWeights {
  public:
@@ -65,7 +71,7 @@ class ModelWeights {
   // Row `token` of the embedding into out[C]. Tied models read it from the packed lm_head,
   // so the embedding's file pages (0.5 GB for Qwen2) need not be resident as well.
   void embedding_row(int token, float* out) const;
-  // Every tensor of qwen2_tensor_specs(config), in that order, in the file's layout (matrices
+  // Every tensor of model_tensor_specs(config), in that order, in the file's layout (matrices
   // held only packed are unpacked into copies).
   std::vector<const float*> tensors();
   int64_t parameter_count() const { return parameter_count_; }

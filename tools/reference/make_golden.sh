@@ -65,7 +65,8 @@ else
 fi
 
 # only this script's folders are replaced; other golden files are left alone
-rm -rf $M/tiny $M/tiny_bf16 $M/odd $M/sharp $A/tiny_qv $A/tiny_all $A/odd_all $A/sharp_all $A/tiny_qv_rslora
+rm -rf $M/tiny $M/tiny_bf16 $M/odd $M/sharp $A/tiny_qv $A/tiny_all $A/odd_all $A/sharp_all $A/tiny_qv_rslora \
+  $M/tiny_llama $M/tiny_llama_bias $A/tiny_llama_all $A/tiny_llama_bias_all
 mkdir -p "$M" "$A"
 
 # ---- models and adapters
@@ -83,6 +84,14 @@ ref make-model --seed 5 --untied --shards 2 --out $M/sharp
 ref init-adapter --model $M/sharp --out $A/sharp_all --lora-r 4 --lora-alpha 16 --target-modules all-linear --b-std 0.2 --seed 4
 mk_adapter --model $M/tiny --out $A/tiny_qv_rslora --lora-r 4 --lora-alpha 16 --use-rslora --target-modules q_proj,v_proj \
   --b-std 0.02 --seed 1
+# Llama: no biases, head_dim 24 of its own, untied head, llama3 RoPE scaling over an original
+# context of 64 (its three frequency bands all occur); and with attention_bias, mlp_bias and a
+# tied head.
+mk_model --preset tiny-llama --seed 13 --out $M/tiny_llama
+mk_model --preset tiny-llama --seed 17 --attention-bias true --mlp-bias true --tie-word-embeddings true \
+  --out $M/tiny_llama_bias
+mk_adapter --model $M/tiny_llama --out $A/tiny_llama_all --lora-r 4 --lora-alpha 16 --target-modules all-linear --b-std 0.02 --seed 5
+mk_adapter --model $M/tiny_llama_bias --out $A/tiny_llama_bias_all --lora-r 4 --lora-alpha 16 --target-modules all-linear --b-std 0.02 --seed 6
 
 # ---- token ids (fixed; tiny vocab is 512)
 ONE="481,186,311,205,419,271,251,510,362,425,223,316,338,76,211,479"
@@ -102,6 +111,8 @@ ref logits --double --model $M/sharp --ids "$BATCH" --out $G/logits_sharp_batch.
 ref logits --double --model $M/tiny --ids "$LONG" --out $G/logits_tiny_long.safetensors
 ref logits --double --model $M/sharp --ids "$LONG" --out $G/logits_sharp_long.safetensors
 ref logits --double --model $M/tiny --adapter $A/tiny_all --ids "$BATCH" --out $G/logits_tiny_adapter_all_batch.safetensors
+ref logits --double --model $M/tiny_llama --ids "$LONG" --out $G/logits_tiny_llama_long.safetensors
+ref logits --double --model $M/tiny_llama_bias --adapter $A/tiny_llama_bias_all --ids "$BATCH" --out $G/logits_tiny_llama_bias_batch.safetensors
 
 # ---- loss + LoRA gradients (float64, written as float32)
 ref grads --model $M/tiny --adapter $A/tiny_qv --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_tiny_qv.safetensors
@@ -110,6 +121,8 @@ ref grads --model $M/tiny --adapter $A/tiny_qv_rslora --ids "$TRAIN_IDS" --label
 ref grads --model $M/odd --adapter $A/odd_all --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_odd_all.safetensors
 ref grads --model $M/sharp --adapter $A/sharp_all --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_sharp_all.safetensors
 ref grads --model $M/tiny --adapter $A/tiny_qv --ids "$TRAIN_IDS" --out $G/grads_tiny_qv_default_labels.safetensors
+ref grads --model $M/tiny_llama --adapter $A/tiny_llama_all --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_tiny_llama_all.safetensors
+ref grads --model $M/tiny_llama_bias --adapter $A/tiny_llama_bias_all --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_tiny_llama_bias_all.safetensors
 
 # ---- AdamW runs (float64)
 ref adamw --model $M/tiny --adapter $A/tiny_qv --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --steps 10 --lr 1e-3 \

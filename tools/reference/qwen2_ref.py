@@ -45,8 +45,9 @@ class Config:
               "num_key_value_heads", "vocab_size")
 
     def __init__(self, d, where="config.json"):
-        if d.get("model_type") != "qwen2":
-            raise RefError(f"{where}: model_type {d.get('model_type')!r} is not qwen2")
+        self.model_type = d.get("model_type")
+        if self.model_type not in ("qwen2", "llama", "mistral"):
+            raise RefError(f"{where}: model_type {self.model_type!r} is not qwen2, llama or mistral")
         for k in self.FIELDS:
             if not isinstance(d.get(k), int) or d[k] <= 0:
                 raise RefError(f"{where}: {k} missing or not a positive integer")
@@ -60,13 +61,25 @@ class Config:
         self.eps = float(d.get("rms_norm_eps", 1e-6))
         self.tied = bool(d.get("tie_word_embeddings", False))
         self.max_pos = int(d.get("max_position_embeddings", 32768))
-        if self.C % self.H or self.H % self.Hkv:
-            raise RefError(f"{where}: hidden_size % heads or heads % kv_heads is not zero")
-        self.D = self.C // self.H
+        # Biases: Qwen2 on q/k/v; Llama and Mistral on q/k/v/o (attention_bias) and on
+        # gate/up/down (mlp_bias), as transformers' modeling files.
+        if self.model_type == "qwen2":
+            self.qkv_bias, self.o_bias, self.mlp_bias = True, False, False
+        else:
+            self.qkv_bias = self.o_bias = bool(d.get("attention_bias", False))
+            self.mlp_bias = bool(d.get("mlp_bias", False))
+        if self.H % self.Hkv:
+            raise RefError(f"{where}: heads % kv_heads is not zero")
+        self.D = d.get("head_dim") or (self.C // self.H)
+        if not d.get("head_dim") and self.C % self.H:
+            raise RefError(f"{where}: hidden_size % heads is not zero")
         if self.D % 2:
             raise RefError(f"{where}: head_dim {self.D} is odd")
-        if d.get("rope_scaling"):
-            raise RefError(f"{where}: rope_scaling is not supported by the reference")
+        self.rope_scaling = d.get("rope_scaling") or None
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
+            if kind not in ("linear", "llama3"):
+                raise RefError(f"{where}: rope_scaling {kind!r} is not supported by the reference")
         if d.get("use_sliding_window"):
             raise RefError(f"{where}: use_sliding_window is not supported by the reference")
 
@@ -76,16 +89,20 @@ def weight_shapes(cfg):
     s = {"model.embed_tokens.weight": (cfg.V, C), "model.norm.weight": (C,)}
     for i in range(cfg.L):
         p = f"model.layers.{i}."
-        s.update({
-            p + "input_layernorm.weight": (C,),
-            p + "self_attn.q_proj.weight": (H * D, C), p + "self_attn.q_proj.bias": (H * D,),
-            p + "self_attn.k_proj.weight": (Hkv * D, C), p + "self_attn.k_proj.bias": (Hkv * D,),
-            p + "self_attn.v_proj.weight": (Hkv * D, C), p + "self_attn.v_proj.bias": (Hkv * D,),
-            p + "self_attn.o_proj.weight": (C, H * D),
-            p + "post_attention_layernorm.weight": (C,),
-            p + "mlp.gate_proj.weight": (F, C), p + "mlp.up_proj.weight": (F, C),
-            p + "mlp.down_proj.weight": (C, F),
-        })
+
+        def linear(name, out, inp, bias):
+            s[p + name + ".weight"] = (out, inp)
+            if bias:
+                s[p + name + ".bias"] = (out,)
+        s[p + "input_layernorm.weight"] = (C,)
+        linear("self_attn.q_proj", H * D, C, cfg.qkv_bias)
+        linear("self_attn.k_proj", Hkv * D, C, cfg.qkv_bias)
+        linear("self_attn.v_proj", Hkv * D, C, cfg.qkv_bias)
+        linear("self_attn.o_proj", C, H * D, cfg.o_bias)
+        s[p + "post_attention_layernorm.weight"] = (C,)
+        linear("mlp.gate_proj", F, C, cfg.mlp_bias)
+        linear("mlp.up_proj", F, C, cfg.mlp_bias)
+        linear("mlp.down_proj", C, F, cfg.mlp_bias)
     if not cfg.tied:
         s["lm_head.weight"] = (cfg.V, C)
     return s
@@ -121,10 +138,32 @@ class Model:
         exactly as transformers does, then cast to the compute dtype."""
         D = self.cfg.D
         inv_freq = 1.0 / (self.cfg.theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
+        inv_freq = scale_rope(inv_freq, self.cfg.rope_scaling)
         pos = torch.arange(T, dtype=torch.int64).float()
         freqs = torch.outer(pos, inv_freq)  # [T, D/2] fp32
         emb = torch.cat([freqs, freqs], dim=-1)  # [T, D]
         return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+
+
+def scale_rope(inv_freq, scaling):
+    """rope_scaling as transformers' _compute_linear_scaling_rope_parameters and
+    _compute_llama3_parameters compute it, in fp32."""
+    if scaling is None:
+        return inv_freq
+    kind = scaling.get("rope_type", scaling.get("type"))
+    factor = float(scaling["factor"])
+    if kind == "linear":
+        return inv_freq / factor
+    low = float(scaling.get("low_freq_factor", 1.0))
+    high = float(scaling.get("high_freq_factor", 4.0))
+    old_len = float(scaling.get("original_max_position_embeddings", 8192))
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+    return torch.where(medium, smoothed, scaled)
 
 
 def rms_norm(x, weight, eps):
@@ -264,7 +303,9 @@ class Adapter:
 
 # ----------------------------------------------------------------------------- forward / loss
 
-def linear(m, adapter, x, key, bias=True):
+def linear(m, adapter, x, key):
+    """x · Wᵀ (+ the bias where the model has one) (+ the LoRA branch)."""
+    bias = key + ".bias" in m.w
     if torch.is_autocast_cpu_enabled():
         return _linear_autocast(m, adapter, x, key, bias)
     y = x @ m.w[key + ".weight"].T
@@ -318,11 +359,11 @@ def forward(m, ids, adapter=None):
         s = s.masked_fill(causal, float("-inf"))
         a = torch.softmax(s.to(soft_dtype), dim=-1).to(m.dtype)
         o = (a @ v).transpose(0, 1).reshape(T, H * D)  # head-major features
-        x = x + linear(m, adapter, o, p + "self_attn.o_proj", bias=False)
+        x = x + linear(m, adapter, o, p + "self_attn.o_proj")
         h = rms_norm(x, m.w[p + "post_attention_layernorm.weight"], cfg.eps)
-        g = linear(m, adapter, h, p + "mlp.gate_proj", bias=False)
-        u = linear(m, adapter, h, p + "mlp.up_proj", bias=False)
-        x = x + linear(m, adapter, torch.nn.functional.silu(g) * u, p + "mlp.down_proj", bias=False)
+        g = linear(m, adapter, h, p + "mlp.gate_proj")
+        u = linear(m, adapter, h, p + "mlp.up_proj")
+        x = x + linear(m, adapter, torch.nn.functional.silu(g) * u, p + "mlp.down_proj")
     x = rms_norm(x, m.w["model.norm.weight"], cfg.eps)
     return x @ m.lm_head.T  # [T, V]
 
