@@ -77,6 +77,9 @@ TEST(GoldenGrads, LlamaAllLinear) {
   check_grads("tiny_llama", "tiny_llama_all", "grads_tiny_llama_all.safetensors");
   check_grads("tiny_llama_bias", "tiny_llama_bias_all", "grads_tiny_llama_bias_all.safetensors");
 }
+TEST(GoldenGrads, Qwen3AllLinear) {
+  check_grads("tiny_qwen3", "tiny_qwen3_all", "grads_tiny_qwen3_all.safetensors");
+}
 TEST(GoldenGrads, DefaultLabels) {
   check_grads("tiny", "tiny_qv", "grads_tiny_qv_default_labels.safetensors");
 }

@@ -80,6 +80,15 @@ TEST(GoldenLogits, Llama) {
                  "tiny_llama_bias_all");
   }
 }
+// Qwen3: per-head q/k RMSNorm before RoPE, no biases, head_dim 32 (hidden 64, 4 heads), an
+// all-linear adapter, over 96 positions.
+TEST(GoldenLogits, Qwen3) {
+  for (const ops::WeightFormat f : test::kF32Formats) {
+    SCOPED_TRACE(ops::format_name(f));
+    const test::BackendScope scope(f);
+    check_logits("tiny_qwen3", "logits_tiny_qwen3_long.safetensors", "tiny_qwen3_all");
+  }
+}
 TEST(GoldenLogits, LongSequences) {
   check_logits("tiny", "logits_tiny_long.safetensors");
   check_logits("sharp", "logits_sharp_long.safetensors");

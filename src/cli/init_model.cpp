@@ -23,8 +23,8 @@ const CommandSpec kSpec = {
     "weights of exactly the preset's shape (overrides change single sizes).",
     {
         {"--preset", "NAME",
-         "tiny, tiny-llama, qwen2-0.5b, qwen2-1.5b, qwen2-7b, qwen2.5-0.5b, llama3.2-1b, "
-         "smollm2-135m or mistral-7b",
+         "tiny, tiny-llama, tiny-qwen3, qwen2-0.5b, qwen2-1.5b, qwen2-7b, qwen2.5-0.5b, "
+         "qwen3-0.6b, llama3.2-1b, smollm2-135m or mistral-7b",
          "tiny"},
         {"--out", "DIR", "output folder (created if needed)"},
         {"--seed", "S", "random seed", "0"},
@@ -83,12 +83,12 @@ int run_init_model(const Args& args) {
     value = v == "true";
   };
   boolean("--tie-word-embeddings", c.tie_word_embeddings);
-  if (c.model_type != "qwen2") {
+  if (c.model_type != "qwen2") {  // mlp_bias: llama and mistral
     boolean("--attention-bias", c.o_bias);
     c.qkv_bias = c.o_bias;
     boolean("--mlp-bias", c.mlp_bias);
   } else if (a.has("--attention-bias") || a.has("--mlp-bias")) {
-    throw UsageError("--attention-bias and --mlp-bias are for llama and mistral presets", "",
+    throw UsageError("--attention-bias and --mlp-bias are for llama, mistral and qwen3 presets", "",
                      "qwen2 has its q/k/v biases always");
   }
   if (a.has("--head-dim")) c.head_dim_override = positive_int(a, "--head-dim", 0);

@@ -108,11 +108,11 @@ ModelConfig parse_model_config(const Json& j, const std::string& source) {
   auto mt = j.find("model_type");
   if (mt == j.end() || !mt->is_string())
     throw Error("missing model_type", source,
-                "loratune runs model_type qwen2 (Qwen2, Qwen2.5), llama and mistral");
+                "loratune runs model_type qwen2 (Qwen2, Qwen2.5), qwen3, llama and mistral");
   const std::string type = mt->get<std::string>();
-  if (type != "qwen2" && type != "llama" && type != "mistral")
+  if (type != "qwen2" && type != "qwen3" && type != "llama" && type != "mistral")
     throw Error("unsupported model_type '" + type + "'", source,
-                "loratune runs model_type qwen2 (Qwen2, Qwen2.5), llama and mistral");
+                "loratune runs model_type qwen2 (Qwen2, Qwen2.5), qwen3, llama and mistral");
   ModelConfig c;
   c.hidden_size = get_int(j, "hidden_size", source, 0, true);
   c.intermediate_size = get_int(j, "intermediate_size", source, 0, true);
@@ -134,8 +134,9 @@ ModelConfig parse_model_config(const Json& j, const std::string& source) {
   c.model_type = type;
   if (type != "qwen2") {
     c.qkv_bias = c.o_bias = get_bool(j, "attention_bias", source);
-    c.mlp_bias = get_bool(j, "mlp_bias", source);
+    if (type != "qwen3") c.mlp_bias = get_bool(j, "mlp_bias", source);
   }
+  c.qk_norm = type == "qwen3";
   c.head_dim_override = get_int(j, "head_dim", source, 0, false);
   if (auto it = j.find("rope_scaling"); it != j.end() && !it->is_null())
     c.rope_scaling = parse_rope_scaling(*it, source);
@@ -200,6 +201,7 @@ ModelConfig load_model_config(const std::string& dir) {
 Json model_config_to_json(const ModelConfig& c) {
   const char* architecture = c.model_type == "llama"     ? "LlamaForCausalLM"
                              : c.model_type == "mistral" ? "MistralForCausalLM"
+                             : c.model_type == "qwen3"   ? "Qwen3ForCausalLM"
                                                          : "Qwen2ForCausalLM";
   Json j = {
       {"architectures", {architecture}},
@@ -228,14 +230,14 @@ Json model_config_to_json(const ModelConfig& c) {
     j["eos_token_id"] = c.eos_token_ids[0];
   else if (!c.eos_token_ids.empty())
     j["eos_token_id"] = c.eos_token_ids;
-  if (c.model_type != "qwen2") {
+  if (c.model_type == "llama" || c.model_type == "mistral") {
     j.erase("max_window_layers");
     j.erase("use_sliding_window");
-    j["attention_bias"] = c.o_bias;
     j["mlp_bias"] = c.mlp_bias;
     j["sliding_window"] = c.sliding_window > 0 ? Json(c.sliding_window) : Json();
     if (c.model_type == "llama") j.erase("sliding_window");
   }
+  if (c.model_type != "qwen2") j["attention_bias"] = c.o_bias;
   if (c.head_dim_override > 0) j["head_dim"] = c.head_dim_override;
   if (!c.rope_scaling.type.empty()) {
     const RopeScaling& s = c.rope_scaling;

@@ -1,7 +1,8 @@
 // Model configuration, read from a Hugging Face config.json and generation_config.json:
-// model_type "qwen2" (Qwen2, Qwen2.5), "llama" (Llama 2/3.x, SmolLM2, TinyLlama) or
+// model_type "qwen2" (Qwen2, Qwen2.5), "qwen3", "llama" (Llama 2/3.x, SmolLM2, TinyLlama) or
 // "mistral". They share one decoder (RMSNorm, GQA attention with RoPE, SwiGLU MLP); what
-// differs is below: biases, head_dim, RoPE scaling, Mistral's sliding window.
+// differs is below: biases, head_dim, Qwen3's q/k norms, RoPE scaling, Mistral's sliding
+// window.
 #pragma once
 
 #include <string>
@@ -44,11 +45,12 @@ struct ModelConfig {
   double rms_norm_eps = 1e-6;
   bool tie_word_embeddings = false;
   std::string torch_dtype = "float32";
-  // Biases: Qwen2 has them on q/k/v; Llama and Mistral on q/k/v/o with attention_bias and
-  // on gate/up/down with mlp_bias.
+  // Biases: Qwen2 has them on q/k/v; Llama, Mistral and Qwen3 on q/k/v/o with attention_bias,
+  // Llama and Mistral on gate/up/down with mlp_bias.
   bool qkv_bias = true;
   bool o_bias = false;
   bool mlp_bias = false;
+  bool qk_norm = false;       // Qwen3: RMSNorm of each q and k head before RoPE
   int head_dim_override = 0;  // config.json's head_dim; 0: hidden_size / heads
   RopeScaling rope_scaling;
   int sliding_window = 0;  // Mistral: a token sees this many positions (itself included); 0: all

@@ -92,6 +92,35 @@ ModelConfig model_preset(const std::string& name) {
     c.rope_scaling = {"llama3", 8.0, 1.0, 4.0, 64};
     c.bos_token_id = 256;
     c.eos_token_ids = {256};
+  } else if (name == "tiny-qwen3") {
+    // The tiny shape as a Qwen3: q/k norms, no biases, a head_dim unlike hidden / heads.
+    c.model_type = "qwen3";
+    c.qkv_bias = false;
+    c.qk_norm = true;
+    c.hidden_size = 64;
+    c.intermediate_size = 96;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.head_dim_override = 32;
+    c.vocab_size = 512;
+    c.max_position_embeddings = 4096;
+    c.bos_token_id = 256;
+    c.eos_token_ids = {256};
+  } else if (name == "qwen3-0.6b") {
+    c.model_type = "qwen3";
+    c.qkv_bias = false;
+    c.qk_norm = true;
+    c.hidden_size = 1024;
+    c.intermediate_size = 3072;
+    c.num_hidden_layers = 28;
+    c.num_attention_heads = 16;
+    c.num_key_value_heads = 8;
+    c.head_dim_override = 128;
+    c.vocab_size = 151936;
+    c.max_position_embeddings = 40960;
+    c.bos_token_id = 151643;
+    c.eos_token_ids = {151645};
   } else if (name == "llama3.2-1b") {
     c.model_type = "llama";
     c.qkv_bias = false;
@@ -140,8 +169,8 @@ ModelConfig model_preset(const std::string& name) {
     c.eos_token_ids = {2};
   } else {
     throw UsageError("unknown preset '" + name + "'", "",
-                     "use tiny, tiny-llama, qwen2-0.5b, qwen2-1.5b, qwen2-7b, qwen2.5-0.5b, "
-                     "llama3.2-1b, smollm2-135m or mistral-7b");
+                     "use tiny, tiny-llama, tiny-qwen3, qwen2-0.5b, qwen2-1.5b, qwen2-7b, "
+                     "qwen2.5-0.5b, qwen3-0.6b, llama3.2-1b, smollm2-135m or mistral-7b");
   }
   c.generation.eos_token_ids = c.eos_token_ids;
   return c;

@@ -177,6 +177,16 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
   lora_forward(l, LoraModule::kQ, a, q, xn_.data(), seqs, dropout, training);
   lora_forward(l, LoraModule::kK, a, k, xn_.data(), seqs, dropout, training);
   lora_forward(l, LoraModule::kV, a, v, xn_.data(), seqs, dropout, training);
+  if (lw.q_norm) {  // Qwen3: RMSNorm over each head's D features before RoPE
+    grow(a.q_pre, static_cast<size_t>(N) * QD);
+    grow(a.k_pre, static_cast<size_t>(N) * KVD);
+    grow(a.rstd_q, static_cast<size_t>(N) * H);
+    grow(a.rstd_k, static_cast<size_t>(N) * Hkv);
+    std::memcpy(a.q_pre.data(), q, static_cast<size_t>(N) * QD * sizeof(float));
+    std::memcpy(a.k_pre.data(), k, static_cast<size_t>(N) * KVD * sizeof(float));
+    ops::rmsnorm_forward(q, a.rstd_q.data(), a.q_pre.data(), lw.q_norm, N * H, D, eps);
+    ops::rmsnorm_forward(k, a.rstd_k.data(), a.k_pre.data(), lw.k_norm, N * Hkv, D, eps);
+  }
   ops::rope_forward(q, pos_.data(), inv_freq_.data(), N, H, D);
   ops::rope_forward(k, pos_.data(), inv_freq_.data(), N, Hkv, D);
 

@@ -30,11 +30,14 @@ struct SequenceSpan {
 // What one layer's forward leaves behind: the backward reads it (training keeps one per
 // layer; inference reuses one for every layer).
 struct LayerActivations {
-  std::vector<float> x_in;        // [N, C] residual stream entering the layer
-  std::vector<float> rstd1;       // [N]
-  ops::SavedActivation q, k, v;   // [N, H·D], [N, Hkv·D] ×2, after RoPE
-  ops::SavedActivation att;       // [N, H·D] attention output (o_proj input)
-  std::vector<float> lse;         // [N, H] softmax log-sum-exp
+  std::vector<float> x_in;       // [N, C] residual stream entering the layer
+  std::vector<float> rstd1;      // [N]
+  ops::SavedActivation q, k, v;  // [N, H·D], [N, Hkv·D] ×2, after RoPE
+  ops::SavedActivation att;      // [N, H·D] attention output (o_proj input)
+  std::vector<float> lse;        // [N, H] softmax log-sum-exp
+  // Qwen3's per-head q/k norms: q and k before them [N, H·D], [N, Hkv·D], and their rstd
+  // [N, H], [N, Hkv] (empty for other models).
+  std::vector<float> q_pre, k_pre, rstd_q, rstd_k;
   std::vector<float> x_mid;       // [N, C] residual stream after attention
   std::vector<float> rstd2;       // [N]
   ops::SavedActivation gate, up;  // [N, F] MLP pre-activations (bf16 in bf16 mode)
@@ -158,6 +161,7 @@ class Transformer {
   std::vector<ops::AttentionSpan> spans_;
   std::vector<LayerActivations> acts_;  // one per layer in training, one shared otherwise
   std::vector<float> dx_, dxn_, dq_, dk_, dv_, datt_, dh_, dup_, du_, loss_scratch_;
+  std::vector<float> dq_pre_, dk_pre_;  // Qwen3: q/k gradients before the per-head norms
   std::vector<int> loss_rows_, loss_targets_;
 };
 

@@ -7,6 +7,8 @@
 #include "core/error.h"
 #include "model/transformer.h"
 
+#include <utility>
+
 namespace loratune {
 
 namespace {
@@ -107,6 +109,16 @@ void Transformer::layer_backward(int l, LayerActivations& a, const std::vector<S
                           static_cast<int>(spans_.size()), H, Hkv, D);
   ops::rope_backward(dq_.data(), pos_.data(), inv_freq_.data(), N, H, D);
   ops::rope_backward(dk_.data(), pos_.data(), inv_freq_.data(), N, Hkv, D);
+  if (lw.q_norm) {  // through Qwen3's per-head norms, into dq_/dk_ again
+    dq_pre_.assign(static_cast<size_t>(N) * QD, 0.0f);
+    dk_pre_.assign(static_cast<size_t>(N) * KVD, 0.0f);
+    ops::rmsnorm_backward(dq_pre_.data(), dq_.data(), a.rstd_q.data(), a.q_pre.data(), lw.q_norm,
+                          N * H, D);
+    ops::rmsnorm_backward(dk_pre_.data(), dk_.data(), a.rstd_k.data(), a.k_pre.data(), lw.k_norm,
+                          N * Hkv, D);
+    std::swap(dq_, dq_pre_);
+    std::swap(dk_, dk_pre_);
+  }
   if (has_lora(LoraModule::kQ) || has_lora(LoraModule::kK) || has_lora(LoraModule::kV))
     ops::rmsnorm_forward(xn, nullptr, a.x_in.data(), lw.input_norm, N, C, eps);
   float* dxn = lower_lora ? dxn_.data() : nullptr;

@@ -72,6 +72,10 @@ std::vector<TensorSpec> model_tensor_specs(const ModelConfig& c) {
     linear("self_attn.q_proj", QD, C, c.qkv_bias);
     linear("self_attn.k_proj", KVD, C, c.qkv_bias);
     linear("self_attn.v_proj", KVD, C, c.qkv_bias);
+    if (c.qk_norm) {
+      specs.push_back({p + "self_attn.q_norm.weight", {c.head_dim()}});
+      specs.push_back({p + "self_attn.k_norm.weight", {c.head_dim()}});
+    }
     linear("self_attn.o_proj", C, QD, c.o_bias);
     specs.push_back({p + "post_attention_layernorm.weight", {C}});
     linear("mlp.gate_proj", F, C, c.mlp_bias);
@@ -153,6 +157,8 @@ ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config, bo
     lw.bk = find(p + "self_attn.k_proj.bias");
     lw.bv = find(p + "self_attn.v_proj.bias");
     lw.bo = find(p + "self_attn.o_proj.bias");
+    lw.q_norm = find(p + "self_attn.q_norm.weight");
+    lw.k_norm = find(p + "self_attn.k_norm.weight");
     lw.b_gate = find(p + "mlp.gate_proj.bias");
     lw.b_up = find(p + "mlp.up_proj.bias");
     lw.b_down = find(p + "mlp.down_proj.bias");

@@ -27,6 +27,8 @@ struct LayerWeights {
   const float* bk = nullptr;          // [Hkv*D]
   ops::PackedWeight wv;               // [Hkv*D, C]
   const float* bv = nullptr;          // [Hkv*D]
+  const float* q_norm = nullptr;      // [D] Qwen3: RMSNorm weight of each query head
+  const float* k_norm = nullptr;      // [D] ... and of each key head
   ops::PackedWeight wo;               // [C, H*D]
   const float* bo = nullptr;          // [C]
   const float* post_norm = nullptr;   // [C]

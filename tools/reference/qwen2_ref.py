@@ -46,8 +46,8 @@ class Config:
 
     def __init__(self, d, where="config.json"):
         self.model_type = d.get("model_type")
-        if self.model_type not in ("qwen2", "llama", "mistral"):
-            raise RefError(f"{where}: model_type {self.model_type!r} is not qwen2, llama or mistral")
+        if self.model_type not in ("qwen2", "qwen3", "llama", "mistral"):
+            raise RefError(f"{where}: model_type {self.model_type!r} is not qwen2, qwen3, llama or mistral")
         for k in self.FIELDS:
             if not isinstance(d.get(k), int) or d[k] <= 0:
                 raise RefError(f"{where}: {k} missing or not a positive integer")
@@ -67,7 +67,9 @@ class Config:
             self.qkv_bias, self.o_bias, self.mlp_bias = True, False, False
         else:
             self.qkv_bias = self.o_bias = bool(d.get("attention_bias", False))
-            self.mlp_bias = bool(d.get("mlp_bias", False))
+            self.mlp_bias = self.model_type != "qwen3" and bool(d.get("mlp_bias", False))
+        # Qwen3: RMSNorm (eps rms_norm_eps) of each q and k head before RoPE.
+        self.qk_norm = self.model_type == "qwen3"
         if self.H % self.Hkv:
             raise RefError(f"{where}: heads % kv_heads is not zero")
         self.D = d.get("head_dim") or (self.C // self.H)
@@ -98,6 +100,9 @@ def weight_shapes(cfg):
         linear("self_attn.q_proj", H * D, C, cfg.qkv_bias)
         linear("self_attn.k_proj", Hkv * D, C, cfg.qkv_bias)
         linear("self_attn.v_proj", Hkv * D, C, cfg.qkv_bias)
+        if cfg.qk_norm:
+            s[p + "self_attn.q_norm.weight"] = (D,)
+            s[p + "self_attn.k_norm.weight"] = (D,)
         linear("self_attn.o_proj", C, H * D, cfg.o_bias)
         s[p + "post_attention_layernorm.weight"] = (C,)
         linear("mlp.gate_proj", F, C, cfg.mlp_bias)
@@ -348,8 +353,12 @@ def forward(m, ids, adapter=None):
     for i in range(cfg.L):
         p = f"model.layers.{i}."
         h = rms_norm(x, m.w[p + "input_layernorm.weight"], cfg.eps)
-        q = linear(m, adapter, h, p + "self_attn.q_proj").view(T, H, D).transpose(0, 1)  # [H, T, D]
-        k = linear(m, adapter, h, p + "self_attn.k_proj").view(T, Hkv, D).transpose(0, 1)  # [Hkv, T, D]
+        q = linear(m, adapter, h, p + "self_attn.q_proj").view(T, H, D)
+        k = linear(m, adapter, h, p + "self_attn.k_proj").view(T, Hkv, D)
+        if cfg.qk_norm:
+            q = rms_norm(q, m.w[p + "self_attn.q_norm.weight"], cfg.eps)
+            k = rms_norm(k, m.w[p + "self_attn.k_norm.weight"], cfg.eps)
+        q, k = q.transpose(0, 1), k.transpose(0, 1)  # [H, T, D], [Hkv, T, D]
         v = linear(m, adapter, h, p + "self_attn.v_proj").view(T, Hkv, D).transpose(0, 1)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
