@@ -576,6 +576,30 @@ TEST(Template, ChatMLFormat) {
   EXPECT_THROW(parse_template_kind("vicuna"), UsageError);
 }
 
+// Llama 3's chat template (its tokenizer_config.json's Jinja, rendered by hand): begin of
+// text, header-wrapped turns with trimmed contents, each ended by <|eot_id|>.
+TEST(Template, Llama3Format) {
+  using namespace loratune::data;
+  PromptParts p = apply_template(TemplateKind::kLlama3, {"Translate ", "hola", "hello", ""});
+  EXPECT_EQ(p.prompt,
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nTranslate \nhola"
+            "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_EQ(p.completion, "hello");
+  const std::pair<std::string, std::string> turns[] = {{"Hi", " Hello! "}};
+  Example ex{"More", "", "", "Be brief."};
+  EXPECT_EQ(apply_template_with_history(TemplateKind::kLlama3, ex, turns).prompt,
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nMore<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_STREQ(template_end_token(TemplateKind::kLlama3), "<|eot_id|>");
+  EXPECT_TRUE(template_has_end_token(TemplateKind::kLlama3));
+  EXPECT_FALSE(template_has_end_token(TemplateKind::kSeed));
+  EXPECT_EQ(parse_template_kind("llama3"), TemplateKind::kLlama3);
+  EXPECT_STREQ(template_name(TemplateKind::kLlama3), "llama3");
+}
+
 TEST(Template, AlpacaFormat) {
   using namespace loratune::data;
   PromptParts with = apply_template(TemplateKind::kAlpaca, {"Translate", "hola", "hello", ""});

@@ -25,7 +25,7 @@ const CommandSpec kSpec = {
         {"--adapter", "DIR", "PEFT LoRA adapter folder, applied unmerged"},
         {"--data", "FILE", "JSON array or JSONL", "", true},
         {"--json", "", "print one JSON object instead of text"},
-        {"--template", "NAME", "seed, alpaca or chatml", "seed"},
+        {"--template", "NAME", "seed, alpaca, chatml or llama3", "seed"},
         {"--max-length", "N", "truncate examples to N tokens", "512"},
         {"--train-on-prompt", "", "score the prompt tokens too"},
         {"--per-device-eval-batch-size", "N", "examples per batch", "8"},

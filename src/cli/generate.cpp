@@ -39,7 +39,8 @@ const CommandSpec kSpec = {
         {"--prompt", "TEXT", "the instruction (or, with --template raw, the whole prompt)"},
         {"--instruction", "TEXT", "same as --prompt"},
         {"--input", "TEXT", "the record's input field (seed/chatml templates)"},
-        {"--template", "NAME", "seed (Instruction: ...\\nOutput: ), alpaca, chatml or raw", "seed"},
+        {"--template", "NAME", "seed (Instruction: ...\\nOutput: ), alpaca, chatml, llama3 or raw",
+         "seed"},
         {"--system", "TEXT", "system prompt for chatml", "You are a helpful assistant."},
         {"--prompt-ids", "IDS", "prompt as comma-separated token ids (no template)"},
         {"--chat", "", "interactive: read one instruction per line from stdin, keep the turns"},
@@ -155,8 +156,12 @@ int run_generate(const Args& args) {
     throw Error("the model folder has no tokenizer", model_dir,
                 "add tokenizer.json (init-model --tokenizer DIR) or use --prompt-ids");
   for (int32_t id : tok->stop_ids()) opt.eos_token_ids.push_back(id);
-  if (a.str("--template", "seed") == "chatml")
-    if (auto end = tok->token_id("<|im_end|>")) opt.eos_token_ids.push_back(*end);
+  if (const std::string name = a.str("--template", "seed"); name != "raw") {
+    const data::TemplateKind kind = data::parse_template_kind(name);
+    if (data::template_has_end_token(kind))
+      if (auto end = tok->token_id(data::template_end_token(kind)))
+        opt.eos_token_ids.push_back(*end);
+  }
   auto encode = [&](const std::string& text) {
     std::vector<int32_t> ids = tok->encode(text);
     return std::vector<int>(ids.begin(), ids.end());

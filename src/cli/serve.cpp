@@ -39,7 +39,7 @@ const CommandSpec kSpec = {
          "", true},
         {"--template", "NAME",
          "chat template of adapters without prompt_template.json: seed, "
-         "alpaca or chatml",
+         "alpaca, chatml or llama3",
          "the model's"},
         {"--host", "HOST", "address to listen on", "127.0.0.1"},
         {"--port", "PORT", "port (0: any free one, printed at start)", "8000"},

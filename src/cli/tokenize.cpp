@@ -28,7 +28,8 @@ const CommandSpec kSpec = {
         {"--jsonl", "",
          "each line of --file is JSON: a string, {\"text\": ...}, or an "
          "{instruction, input, output} record (formatted by --template)"},
-        {"--template", "NAME", "prompt template for instruction records: seed or chatml", "seed"},
+        {"--template", "NAME",
+         "prompt template for instruction records: seed, alpaca, chatml or llama3", "seed"},
         {"--ids-only", "", "print only the id list of each text"},
         {"--split-special", "", "treat special-token text such as <|im_start|> as plain text"},
         {"--decode", "IDS", "decode a comma-separated id list instead of encoding"},

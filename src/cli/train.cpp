@@ -56,7 +56,7 @@ const CommandSpec kSpec = {
          "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj or all-linear", "q_proj,v_proj"},
         {"--use-rslora", "", "scale alpha/sqrt(r)"},
         {"--max-length", "N", "truncate examples to N tokens", "512"},
-        {"--template", "NAME", "seed, alpaca or chatml", "seed"},
+        {"--template", "NAME", "seed, alpaca, chatml or llama3", "seed"},
         {"--data-fraction", "X", "use the first fraction of the data", "1.0"},
         {"--eval-fraction", "X", "the last fraction of that is eval data", "0.2"},
         {"--shuffle", "", "shuffle the records (with --seed) before taking fractions"},

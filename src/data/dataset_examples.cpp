@@ -85,7 +85,7 @@ std::optional<TokenizedExample> tokenize_one(const Record& record, const tokeniz
 
 int end_token_id(const tokenizer::Tokenizer& tok, TemplateKind kind) {
   const char* name = template_end_token(kind);
-  if (kind != TemplateKind::kChatML && tok.eos_id() >= 0 && tok.is_valid(tok.eos_id())) {
+  if (!template_has_end_token(kind) && tok.eos_id() >= 0 && tok.is_valid(tok.eos_id())) {
     return tok.eos_id();
   }
   std::optional<int32_t> id = tok.token_id(name);

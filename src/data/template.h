@@ -9,6 +9,11 @@
 //   chatml  Qwen2-Instruct's default: "<|im_start|>system\n{system}<|im_end|>\n"
 //           "<|im_start|>user\n{instruction[\n{input}]}<|im_end|>\n<|im_start|>assistant\n"
 //           + "{output}"; the answer ends with <|im_end|> (the template's end token).
+//   llama3  Llama 3's chat format: "<|begin_of_text|>" [+ "<|start_header_id|>system
+//           <|end_header_id|>\n\n{system}<|eot_id|>" when there is a system prompt] +
+//           "<|start_header_id|>user<|end_header_id|>\n\n{instruction[\n{input}]}<|eot_id|>"
+//           "<|start_header_id|>assistant<|end_header_id|>\n\n" + "{output}" (each content
+//           trimmed, as its chat template does); the answer ends with <|eot_id|>.
 //
 // The prompt and the completion are returned apart: the data pipeline tokenizes them
 // separately, so the boundary is tokenized the same way in training and in generation, and
@@ -23,9 +28,9 @@
 
 namespace loratune::data {
 
-enum class TemplateKind { kSeed, kAlpaca, kChatML };
+enum class TemplateKind { kSeed, kAlpaca, kChatML, kLlama3 };
 
-// "seed", "alpaca" or "chatml"; throws UsageError for anything else.
+// "seed", "alpaca", "chatml" or "llama3"; throws UsageError for anything else.
 TemplateKind parse_template_kind(std::string_view name);
 const char* template_name(TemplateKind kind);
 
@@ -51,6 +56,7 @@ PromptParts apply_template(TemplateKind kind, const Example& example);
 //   chatml  the system block once, then "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>
 //           assistant\n{assistant}<|im_end|>\n" per turn (Qwen2's chat template), then the
 //           final user turn and the assistant header.
+//   llama3  after the system turn, a user and an assistant turn per earlier exchange.
 // With no history this equals apply_template(kind, example).
 PromptParts apply_template_with_history(
     TemplateKind kind, const Example& example,
@@ -67,10 +73,15 @@ std::optional<TemplateKind> read_adapter_template(const std::string& adapter_dir
 void write_adapter_template(const std::string& adapter_dir, TemplateKind kind);
 
 // The chat template a model folder declares: ChatML where tokenizer_config.json's
-// chat_template uses <|im_start|> (Qwen2's), else nullopt.
+// chat_template uses <|im_start|> (Qwen2's, Qwen3's), llama3 where it uses
+// <|start_header_id|>, else nullopt.
 std::optional<TemplateKind> model_chat_template(const std::string& model_dir);
 
-// The token that ends a completion: "<|endoftext|>" for seed, "<|im_end|>" for chatml.
+// The token that ends a completion: "<|endoftext|>" for seed and alpaca (or the tokenizer's
+// eos), "<|im_end|>" for chatml, "<|eot_id|>" for llama3.
 const char* template_end_token(TemplateKind kind);
+// Whether the template ends answers with a token of its own (chatml, llama3) rather than the
+// tokenizer's eos.
+bool template_has_end_token(TemplateKind kind);
 
 }  // namespace loratune::data

@@ -213,8 +213,9 @@ ParsedRequest parse_request(Endpoint endpoint, const std::string& body_text,
                : (static_cast<uint64_t>(std::random_device()()) << 32) | std::random_device()();
   g.stop = stop_strings(body);
   g.eos_ids = ctx.eos_ids;
-  if (chat && r.model->chat_template == data::TemplateKind::kChatML)
-    if (auto end = ctx.tokenizer.token_id("<|im_end|>")) g.eos_ids.push_back(*end);
+  if (chat && data::template_has_end_token(r.model->chat_template))
+    if (auto end = ctx.tokenizer.token_id(data::template_end_token(r.model->chat_template)))
+      g.eos_ids.push_back(*end);
 
   r.stream = boolean(body, "stream");
   r.return_token_ids = boolean(body, "return_token_ids");
