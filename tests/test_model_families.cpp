@@ -21,13 +21,7 @@ void check_family(const std::string& preset, const std::string& tokenizer, int v
       "init-model --preset " + preset + " --seed 3 --tokenizer '" + npm_tokenizer_dir(tokenizer) +
       "' --vocab-size " + std::to_string(vocab_size) + " --out '" + model + "'");
   ASSERT_EQ(r.status, 0) << r.output;
-  test::write_file(dir / "data.jsonl",
-                   "{\"instruction\": \"What is the capital of France?\", \"input\": \"\", "
-                   "\"output\": \"Paris.\"}\n"
-                   "{\"instruction\": \"Translate to Chinese.\", \"input\": \"dog\", "
-                   "\"output\": \"狗\"}\n"
-                   "{\"instruction\": \"2 + 3 =\", \"input\": \"\", \"output\": \"5\"}\n"
-                   "{\"instruction\": \"Say hi.\", \"output\": \"hi!\"}\n");
+  test::write_file(dir / "data.jsonl", test::kFourAnswers);
   // The recipe's file, with what a four-record set needs to be learnt by heart: every record
   // trained on (no eval split, so no best model to load), 80 steps at a high rate.
   std::string recipe = test::read_file(test::source_dir() + "/examples/seed.yaml");

@@ -72,13 +72,7 @@ TEST(Trainer, EpochsEvalCheckpointsAndBestModel) {
 // answer (and stops at the learned EOS), the base model does not.
 TEST(Trainer, AdapterReproducesTrainedAnswers) {
   test::TempDir dir;
-  test::write_file(dir / "data.jsonl",
-                   "{\"instruction\": \"What is the capital of France?\", \"input\": \"\", "
-                   "\"output\": \"Paris.\"}\n"
-                   "{\"instruction\": \"Translate to Chinese.\", \"input\": \"dog\", "
-                   "\"output\": \"狗\"}\n"
-                   "{\"instruction\": \"2 + 3 =\", \"input\": \"\", \"output\": \"5\"}\n"
-                   "{\"instruction\": \"Say hi.\", \"output\": \"hi!\"}\n");
+  test::write_file(dir / "data.jsonl", test::kFourAnswers);
   test::CommandResult r = run_cli(
       "train --model '" + test::learnable_tiny_model_dir() + "' --data '" + dir / "data.jsonl" +
       "' --output-dir '" + dir / "out" +

@@ -172,6 +172,14 @@ inline const std::string& qwen2_vocab_tiny_model_dir() {
   return path;
 }
 
+// Four instruction records a tiny model can learn by heart (the trained-answer tests).
+inline constexpr const char* kFourAnswers =
+    "{\"instruction\": \"What is the capital of France?\", \"input\": \"\", "
+    "\"output\": \"Paris.\"}\n"
+    "{\"instruction\": \"Translate to Chinese.\", \"input\": \"dog\", \"output\": \"狗\"}\n"
+    "{\"instruction\": \"2 + 3 =\", \"input\": \"\", \"output\": \"5\"}\n"
+    "{\"instruction\": \"Say hi.\", \"output\": \"hi!\"}\n";
+
 // The records of a trainer_log.jsonl, in order.
 inline std::vector<Json> log_records(const std::string& path) {
   std::vector<Json> out;

@@ -15,165 +15,122 @@
 
 namespace loratune {
 
+namespace {
+
+// One preset: a family and its shape. Families set biases, q/k norms and the defaults below.
+struct Preset {
+  const char* name;
+  const char* model_type;
+  int hidden, intermediate, layers, heads, kv_heads;
+  int head_dim;  // 0: hidden / heads
+  int vocab, max_positions;
+  double rope_theta, rms_norm_eps;
+  bool tied;
+  int bos, eos;
+  RopeScaling rope_scaling = {};
+  int sliding_window = 0;
+};
+
+// The tiny presets are small enough for tests in milliseconds; their vocabulary holds the 256
+// byte tokens and the special tokens of the built-in byte-level tokenizer. tiny-llama has a
+// head_dim of its own, an untied head and llama3 RoPE scaling whose three frequency bands its
+// head_dim reaches; tiny-qwen3 a head_dim unlike hidden / heads. The others are the real
+// models' shapes.
+const Preset kPresets[] = {
+    {"tiny", "qwen2", 64, 128, 2, 4, 2, 0, 512, 4096, 1e6, 1e-6, true, 256, 256},
+    {"tiny-llama",
+     "llama",
+     64,
+     96,
+     2,
+     4,
+     2,
+     24,
+     512,
+     4096,
+     500000,
+     1e-5,
+     false,
+     256,
+     256,
+     {"llama3", 8.0, 1.0, 4.0, 64}},
+    {"tiny-qwen3", "qwen3", 64, 96, 2, 4, 2, 32, 512, 4096, 1e6, 1e-6, true, 256, 256},
+    {"qwen2-0.5b", "qwen2", 896, 4864, 24, 14, 2, 0, 151936, 131072, 1e6, 1e-6, true, 151643,
+     151643},
+    {"qwen2-1.5b", "qwen2", 1536, 8960, 28, 12, 2, 0, 151936, 131072, 1e6, 1e-6, true, 151643,
+     151643},
+    {"qwen2-7b", "qwen2", 3584, 18944, 28, 28, 4, 0, 152064, 131072, 1e6, 1e-6, false, 151643,
+     151643},
+    {"qwen2.5-0.5b", "qwen2", 896, 4864, 24, 14, 2, 0, 151936, 32768, 1e6, 1e-6, true, 151643,
+     151643},
+    {"qwen3-0.6b", "qwen3", 1024, 3072, 28, 16, 8, 128, 151936, 40960, 1e6, 1e-6, true, 151643,
+     151645},
+    {"llama3.2-1b",
+     "llama",
+     2048,
+     8192,
+     16,
+     32,
+     8,
+     64,
+     128256,
+     131072,
+     500000,
+     1e-5,
+     true,
+     128000,
+     128001,
+     {"llama3", 32.0, 1.0, 4.0, 8192}},
+    {"smollm2-135m", "llama", 576, 1536, 30, 9, 3, 0, 49152, 8192, 100000, 1e-5, true, 0, 0},
+    {"mistral-7b",
+     "mistral",
+     4096,
+     14336,
+     32,
+     32,
+     8,
+     0,
+     32000,
+     32768,
+     10000,
+     1e-5,
+     false,
+     1,
+     2,
+     {},
+     4096},
+};
+
+}  // namespace
+
 ModelConfig model_preset(const std::string& name) {
-  ModelConfig c;
-  c.rope_theta = 1e6;
-  c.rms_norm_eps = 1e-6;
-  c.tie_word_embeddings = true;
-  if (name == "tiny") {
-    // Small enough for tests in milliseconds; the vocabulary holds the 256 byte tokens and
-    // the special tokens of the built-in byte-level tokenizer.
-    c.hidden_size = 64;
-    c.intermediate_size = 128;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.vocab_size = 512;
-    c.max_position_embeddings = 4096;
-    c.bos_token_id = 256;
-    c.eos_token_ids = {256};
-  } else if (name == "qwen2-0.5b") {
-    c.hidden_size = 896;
-    c.intermediate_size = 4864;
-    c.num_hidden_layers = 24;
-    c.num_attention_heads = 14;
-    c.num_key_value_heads = 2;
-    c.vocab_size = 151936;
-    c.max_position_embeddings = 131072;
-    c.bos_token_id = 151643;
-    c.eos_token_ids = {151643};
-  } else if (name == "qwen2-1.5b") {
-    c.hidden_size = 1536;
-    c.intermediate_size = 8960;
-    c.num_hidden_layers = 28;
-    c.num_attention_heads = 12;
-    c.num_key_value_heads = 2;
-    c.vocab_size = 151936;
-    c.max_position_embeddings = 131072;
-    c.bos_token_id = 151643;
-    c.eos_token_ids = {151643};
-  } else if (name == "qwen2-7b") {
-    c.hidden_size = 3584;
-    c.intermediate_size = 18944;
-    c.num_hidden_layers = 28;
-    c.num_attention_heads = 28;
-    c.num_key_value_heads = 4;
-    c.vocab_size = 152064;
-    c.max_position_embeddings = 131072;
-    c.tie_word_embeddings = false;
-    c.bos_token_id = 151643;
-    c.eos_token_ids = {151643};
-  } else if (name == "qwen2.5-0.5b") {
-    c.hidden_size = 896;
-    c.intermediate_size = 4864;
-    c.num_hidden_layers = 24;
-    c.num_attention_heads = 14;
-    c.num_key_value_heads = 2;
-    c.vocab_size = 151936;
-    c.max_position_embeddings = 32768;
-    c.bos_token_id = 151643;
-    c.eos_token_ids = {151643};
-  } else if (name == "tiny-llama") {
-    // The tiny shape as a Llama 3: no biases, an untied head, a head_dim of its own and
-    // llama3 RoPE scaling (whose three frequency bands this head_dim reaches).
-    c.model_type = "llama";
-    c.qkv_bias = false;
-    c.hidden_size = 64;
-    c.intermediate_size = 96;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.head_dim_override = 24;
-    c.vocab_size = 512;
-    c.max_position_embeddings = 4096;
-    c.rope_theta = 500000;
-    c.rms_norm_eps = 1e-5;
-    c.tie_word_embeddings = false;
-    c.rope_scaling = {"llama3", 8.0, 1.0, 4.0, 64};
-    c.bos_token_id = 256;
-    c.eos_token_ids = {256};
-  } else if (name == "tiny-qwen3") {
-    // The tiny shape as a Qwen3: q/k norms, no biases, a head_dim unlike hidden / heads.
-    c.model_type = "qwen3";
-    c.qkv_bias = false;
-    c.qk_norm = true;
-    c.hidden_size = 64;
-    c.intermediate_size = 96;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.head_dim_override = 32;
-    c.vocab_size = 512;
-    c.max_position_embeddings = 4096;
-    c.bos_token_id = 256;
-    c.eos_token_ids = {256};
-  } else if (name == "qwen3-0.6b") {
-    c.model_type = "qwen3";
-    c.qkv_bias = false;
-    c.qk_norm = true;
-    c.hidden_size = 1024;
-    c.intermediate_size = 3072;
-    c.num_hidden_layers = 28;
-    c.num_attention_heads = 16;
-    c.num_key_value_heads = 8;
-    c.head_dim_override = 128;
-    c.vocab_size = 151936;
-    c.max_position_embeddings = 40960;
-    c.bos_token_id = 151643;
-    c.eos_token_ids = {151645};
-  } else if (name == "llama3.2-1b") {
-    c.model_type = "llama";
-    c.qkv_bias = false;
-    c.hidden_size = 2048;
-    c.intermediate_size = 8192;
-    c.num_hidden_layers = 16;
-    c.num_attention_heads = 32;
-    c.num_key_value_heads = 8;
-    c.head_dim_override = 64;
-    c.vocab_size = 128256;
-    c.max_position_embeddings = 131072;
-    c.rope_theta = 500000;
-    c.rms_norm_eps = 1e-5;
-    c.rope_scaling = {"llama3", 32.0, 1.0, 4.0, 8192};
-    c.bos_token_id = 128000;
-    c.eos_token_ids = {128001};
-  } else if (name == "smollm2-135m") {
-    c.model_type = "llama";
-    c.qkv_bias = false;
-    c.hidden_size = 576;
-    c.intermediate_size = 1536;
-    c.num_hidden_layers = 30;
-    c.num_attention_heads = 9;
-    c.num_key_value_heads = 3;
-    c.vocab_size = 49152;
-    c.max_position_embeddings = 8192;
-    c.rope_theta = 100000;
-    c.rms_norm_eps = 1e-5;
-    c.bos_token_id = 0;
-    c.eos_token_ids = {0};
-  } else if (name == "mistral-7b") {
-    c.model_type = "mistral";
-    c.qkv_bias = false;
-    c.hidden_size = 4096;
-    c.intermediate_size = 14336;
-    c.num_hidden_layers = 32;
-    c.num_attention_heads = 32;
-    c.num_key_value_heads = 8;
-    c.vocab_size = 32000;
-    c.max_position_embeddings = 32768;
-    c.rope_theta = 10000;
-    c.rms_norm_eps = 1e-5;
-    c.tie_word_embeddings = false;
-    c.sliding_window = 4096;
-    c.bos_token_id = 1;
-    c.eos_token_ids = {2};
-  } else {
-    throw UsageError("unknown preset '" + name + "'", "",
-                     "use tiny, tiny-llama, tiny-qwen3, qwen2-0.5b, qwen2-1.5b, qwen2-7b, "
-                     "qwen2.5-0.5b, qwen3-0.6b, llama3.2-1b, smollm2-135m or mistral-7b");
+  for (const Preset& p : kPresets) {
+    if (name != p.name) continue;
+    ModelConfig c;
+    c.model_type = p.model_type;
+    c.qkv_bias = c.model_type == "qwen2";  // others: attention_bias, false unless asked
+    c.qk_norm = c.model_type == "qwen3";
+    c.hidden_size = p.hidden;
+    c.intermediate_size = p.intermediate;
+    c.num_hidden_layers = p.layers;
+    c.num_attention_heads = p.heads;
+    c.num_key_value_heads = p.kv_heads;
+    c.head_dim_override = p.head_dim;
+    c.vocab_size = p.vocab;
+    c.max_position_embeddings = p.max_positions;
+    c.rope_theta = p.rope_theta;
+    c.rms_norm_eps = p.rms_norm_eps;
+    c.tie_word_embeddings = p.tied;
+    c.rope_scaling = p.rope_scaling;
+    c.sliding_window = p.sliding_window;
+    c.bos_token_id = p.bos;
+    c.eos_token_ids = {p.eos};
+    c.generation.eos_token_ids = c.eos_token_ids;
+    return c;
   }
-  c.generation.eos_token_ids = c.eos_token_ids;
-  return c;
+  std::string names;
+  for (const Preset& p : kPresets) names += (names.empty() ? "" : ", ") + std::string(p.name);
+  throw UsageError("unknown preset '" + name + "'", "", "use " + names);
 }
 
 void make_dirs(const std::string& dir) {
