@@ -141,6 +141,9 @@ ModelConfig parse_model_config(const Json& j, const std::string& source) {
   if (auto it = j.find("rope_scaling"); it != j.end() && !it->is_null())
     c.rope_scaling = parse_rope_scaling(*it, source);
   if (type == "mistral") c.sliding_window = get_int(j, "sliding_window", source, 0, false);
+  if ((type == "qwen2" || type == "qwen3") && get_bool(j, "use_sliding_window", source))
+    throw Error("use_sliding_window is not supported", source,
+                "attention over a sliding window is not built yet");
   c.validate(source);
   return c;
 }
