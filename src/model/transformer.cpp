@@ -245,8 +245,8 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
 void Transformer::forward(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
                           KVCache* cache, const std::vector<int>& logit_rows, float* logits) {
   check_inputs(tokens, seqs, cache);
-  // Generation: a sequence's tokens must not depend on what else shares its batch.
-  const ops::RowInvariantProducts row_invariant;
+  // Generation: one kernel whatever the batch's row count.
+  const ops::OneKernelPerShape one_kernel;
   const int N = static_cast<int>(tokens.size());
   for (int r : logit_rows)
     if (r < 0 || r >= N) throw Error("logit row outside the batch");

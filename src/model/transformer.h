@@ -93,8 +93,8 @@ class Transformer {
 
   // Runs tokens[N] (split into `seqs`) through the model and writes the logits of the packed
   // rows listed in `logit_rows` to logits[logit_rows.size(), V]. With `cache`, each
-  // sequence's keys and values are appended to its slot and attention sees the past. Each
-  // sequence's logits are those it has in a pass of its own (ops::RowInvariantProducts).
+  // sequence's keys and values are appended to its slot and attention sees the past. The
+  // products keep one kernel at every row count (ops::OneKernelPerShape).
   // Throws Error for token ids outside the vocabulary or a full cache.
   void forward(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
                KVCache* cache, const std::vector<int>& logit_rows, float* logits);

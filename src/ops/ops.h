@@ -33,21 +33,21 @@ void linear_forward_to_bf16(const LinearOutBF16* outs, int n, const float* x, in
 // dx[N, in] = dy[N, out] · w[out, in] (+= when accumulate). Frozen weights: no dw.
 void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate);
 
-// While one lives on a thread, that thread's products with frozen weights give every row the
-// value it has in a product of that row alone, whatever the row count (one kernel for every
-// M): a sequence decoded in a batch then gets the tokens it gets alone. Costs the prefill of
-// long prompts the faster fixed-row-count kernels.
-class RowInvariantProducts {
+// While one lives on a thread, that thread's products with frozen weights use one kernel at
+// every row count (no switch to the fixed-row-count kernels at 32 rows, which round
+// differently): a prompt's prefill then computes as in `generate` whether it comes alone or
+// with other sequences. (Kernels still differ in the last bit between some row counts.)
+class OneKernelPerShape {
  public:
-  RowInvariantProducts();
-  ~RowInvariantProducts();
-  RowInvariantProducts(const RowInvariantProducts&) = delete;
-  RowInvariantProducts& operator=(const RowInvariantProducts&) = delete;
+  OneKernelPerShape();
+  ~OneKernelPerShape();
+  OneKernelPerShape(const OneKernelPerShape&) = delete;
+  OneKernelPerShape& operator=(const OneKernelPerShape&) = delete;
 
  private:
   bool previous_;
 };
-bool row_invariant_products();
+bool one_kernel_per_shape();
 
 // LoRA branch of a linear layer: u[N, r] = x · Aᵀ (saved), y[N, out] += s · u · Bᵀ.
 // x is the branch input (already dropped out when training with dropout).

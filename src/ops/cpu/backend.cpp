@@ -53,16 +53,16 @@ Backend choose_backend(Precision precision) {
   return {precision, cpu_features().avx512() ? WeightFormat::kRowsF32 : WeightFormat::kBlocksF32};
 }
 
-thread_local bool t_row_invariant = false;
+thread_local bool t_one_kernel_per_shape = false;
 
-RowInvariantProducts::RowInvariantProducts() : previous_(t_row_invariant) {
-  t_row_invariant = true;
+OneKernelPerShape::OneKernelPerShape() : previous_(t_one_kernel_per_shape) {
+  t_one_kernel_per_shape = true;
 }
-RowInvariantProducts::~RowInvariantProducts() {
-  t_row_invariant = previous_;
+OneKernelPerShape::~OneKernelPerShape() {
+  t_one_kernel_per_shape = previous_;
 }
-bool row_invariant_products() {
-  return t_row_invariant;
+bool one_kernel_per_shape() {
+  return t_one_kernel_per_shape;
 }
 
 void set_backend(const Backend& backend) {

@@ -41,7 +41,7 @@ struct Key {
 // does on a reduction longer than kFixedRowsMaxK (the lm_head's input gradient sums over the
 // vocabulary: 78 against 107 ms for 256 rows of Qwen2). fp32 products are as fast with M at
 // run time.
-// (Not under RowInvariantProducts: the two kernels round differently.)
+// (Not under OneKernelPerShape: the two kernels round differently.)
 constexpr int kFixedRowsMin = 32;
 constexpr long kFixedRowsMaxK = 16384;
 // Row counts vary from step to step with packed sequences: the least recently used fixed-M
@@ -112,7 +112,7 @@ void run(void* c, const void* a, const PackedWeight& w, int N, bool accumulate, 
   const memory::dim K = backward ? w.out() : w.in(), Nout = backward ? w.in() : w.out();
   if (lda == 0) lda = K;
   const bool fixed_rows =
-      bf16 && N >= kFixedRowsMin && K <= kFixedRowsMaxK && !row_invariant_products();
+      bf16 && N >= kFixedRowsMin && K <= kFixedRowsMaxK && !one_kernel_per_shape();
   const int rows = fixed_rows ? N : 0;
   const std::shared_ptr<const Primitive> held =
       primitive({w.in(), w.out(), backward, accumulate, bf16, lda, rows, c_bf16});
