@@ -34,9 +34,11 @@ void linear_forward_to_bf16(const LinearOutBF16* outs, int n, const float* x, in
 void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate);
 
 // While one lives on a thread, that thread's products with frozen weights use one kernel at
-// every row count (no switch to the fixed-row-count kernels at 32 rows, which round
-// differently): a prompt's prefill then computes as in `generate` whether it comes alone or
-// with other sequences. (Kernels still differ in the last bit between some row counts.)
+// every row count: no switch to the fixed-row-count kernels at 32 rows, and a single row goes
+// through the kernel of many (oneDNN's gemv rounds otherwise). With oneDNN's bf16 kernels a
+// row's value then does not depend on the other rows of its product, so a sequence decoded in
+// a batch gets the tokens it gets alone. (oneDNN's fp32 kernels and loratune's own ones still
+// round a row differently at some row counts.)
 class OneKernelPerShape {
  public:
   OneKernelPerShape();

@@ -2,6 +2,7 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -111,6 +112,20 @@ void run(void* c, const void* a, const PackedWeight& w, int N, bool accumulate, 
   const bool bf16 = w.format() == WeightFormat::kRowsBF16;
   const memory::dim K = backward ? w.out() : w.in(), Nout = backward ? w.in() : w.out();
   if (lda == 0) lda = K;
+  if (bf16 && N == 1 && one_kernel_per_shape()) {
+    // One row goes through oneDNN's gemv, which rounds otherwise than its gemm; as the first
+    // of two rows (the second zero) it gets the value it has among any number of rows.
+    thread_local std::vector<uint16_t> a2;
+    thread_local std::vector<float> c2;
+    a2.assign(2 * static_cast<size_t>(K), 0);
+    std::memcpy(a2.data(), a, static_cast<size_t>(K) * sizeof(uint16_t));
+    const size_t c_bytes = static_cast<size_t>(Nout) * (c_bf16 ? sizeof(uint16_t) : sizeof(float));
+    c2.resize(2 * static_cast<size_t>(Nout));
+    if (accumulate) std::memcpy(c2.data(), c, c_bytes);
+    run(c2.data(), a2.data(), w, 2, accumulate, backward, K, c_bf16);
+    std::memcpy(c, c2.data(), c_bytes);
+    return;
+  }
   const bool fixed_rows =
       bf16 && N >= kFixedRowsMin && K <= kFixedRowsMaxK && !one_kernel_per_shape();
   const int rows = fixed_rows ? N : 0;
