@@ -36,9 +36,8 @@ void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, b
 // While one lives on a thread, that thread's products with frozen weights use one kernel at
 // every row count: no switch to the fixed-row-count kernels at 32 rows, and a single row goes
 // through the kernel of many (oneDNN's gemv rounds otherwise). With oneDNN's bf16 kernels a
-// row's value then does not depend on the other rows of its product, so a sequence decoded in
-// a batch gets the tokens it gets alone. (oneDNN's fp32 kernels and loratune's own ones still
-// round a row differently at some row counts.)
+// row's value then does not depend on the other rows of its product (oneDNN's fp32 kernels
+// and loratune's own ones still round a row differently at some row counts).
 class OneKernelPerShape {
  public:
   OneKernelPerShape();
