@@ -240,11 +240,11 @@ void Engine::step(std::vector<Running>& running) {
     rows.push_back(start + n - 1);
   }
   const int V = model_.config().vocab_size;
-  std::vector<float> logits(rows.size() * static_cast<size_t>(V));
-  model_.forward(tokens, spans, &cache_, rows, logits.data());
+  logits_.resize(rows.size() * static_cast<size_t>(V));
+  model_.forward(tokens, spans, &cache_, rows, logits_.data());
   for (size_t i = 0; i < running.size(); ++i) {
     Running& r = running[i];
-    const int token = r.sampler.next(&logits[i * static_cast<size_t>(V)], V, r.history);
+    const int token = r.sampler.next(&logits_[i * static_cast<size_t>(V)], V, r.history);
     r.produced.push_back(token);
     r.history.push_back(token);
     r.input.assign(1, token);
@@ -256,8 +256,8 @@ void Engine::step(std::vector<Running>& running) {
     r.held += r.decoder.push(token);
     if (r.send_safe_text()) {
       r.end(FinishReason::kStop, false);
-    } else if (static_cast<int>(r.produced.size()) >= r.request.max_tokens ||
-               cache_.length(r.slot) + 1 > context_) {
+    } else if (static_cast<int>(r.produced.size()) >= r.request.max_tokens) {
+      // (submit() made prompt + max_tokens fit the context, so the cache never overflows.)
       r.end(FinishReason::kLength, true);
     }
   }

@@ -92,7 +92,6 @@ class Engine {
   void shutdown();
 
   EngineStats stats();
-  int context() const { return context_; }
   int slots() const { return slots_; }
 
  private:
@@ -106,6 +105,7 @@ class Engine {
   const tokenizer::Tokenizer& tokenizer_;
   const int slots_, context_, max_queue_;
   KVCache cache_;
+  std::vector<float> logits_;  // [rows, V] of the last step, reused (engine thread only)
   std::mutex mutex_;
   std::condition_variable work_;
   std::deque<std::pair<std::shared_ptr<Job>, GenerationRequest>> queue_;
