@@ -279,24 +279,28 @@ TEST(OpsBackward, RopeFastMatchesRef) {
 
 struct AttentionShape {
   int Nq, past, H, Hkv, D;
+  int window = 0;  // sliding window; 0: none
 };
 
 TEST(OpsBackward, AttentionRefMatchesFiniteDifferences) {
-  for (const AttentionShape& sh : {AttentionShape{5, 0, 3, 1, 6}, AttentionShape{5, 0, 4, 2, 6},
-                                   AttentionShape{4, 3, 4, 2, 6}}) {
+  for (const AttentionShape& sh :
+       {AttentionShape{5, 0, 3, 1, 6}, AttentionShape{5, 0, 4, 2, 6}, AttentionShape{4, 3, 4, 2, 6},
+        AttentionShape{6, 0, 4, 2, 6, 3}, AttentionShape{4, 3, 4, 2, 6, 2}}) {
     const int Nq = sh.Nq, n_all = sh.past + sh.Nq, H = sh.H, Hkv = sh.Hkv, D = sh.D;
     const std::string name = "attention H=" + std::to_string(H) + " Hkv=" + std::to_string(Hkv) +
-                             " past=" + std::to_string(sh.past);
+                             " past=" + std::to_string(sh.past) +
+                             " window=" + std::to_string(sh.window);
     auto q = random_vec(Nq * H * D, 60), k = random_vec(n_all * Hkv * D, 61);
     auto v = random_vec(n_all * Hkv * D, 62), g = random_vec(Nq * H * D, 63);
     std::vector<double> out(Nq * H * D);
     auto loss = [&] {
-      ref::attention_forward(out.data(), q.data(), k.data(), v.data(), Nq, sh.past, H, Hkv, D);
+      ref::attention_forward(out.data(), q.data(), k.data(), v.data(), Nq, sh.past, H, Hkv, D,
+                             sh.window);
       return dot(g, out);
     };
     std::vector<double> dq(q.size(), kGarbage), dk(k.size(), kGarbage), dv(v.size(), kGarbage);
     ref::attention_backward(dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(),
-                            Nq, sh.past, H, Hkv, D);
+                            Nq, sh.past, H, Hkv, D, sh.window);
     expect_fd(q, dq, loss, name + " dq");
     expect_fd(k, dk, loss, name + " dk");
     expect_fd(v, dv, loss, name + " dv");
@@ -304,7 +308,8 @@ TEST(OpsBackward, AttentionRefMatchesFiniteDifferences) {
 }
 
 // The mask on its own: a gradient on the first query only reaches the first key and value,
-// and a query that sees a single key gets no gradient (its softmax is constant).
+// and a query that sees a single key gets no gradient (its softmax is constant). Under a
+// sliding window of 2, the last query reaches only the last two keys.
 TEST(OpsBackward, AttentionRefIsCausal) {
   const int Nq = 5, H = 4, Hkv = 2, D = 6;
   auto q = random_vec(Nq * H * D, 64), k = random_vec(Nq * Hkv * D, 65);
@@ -322,13 +327,24 @@ TEST(OpsBackward, AttentionRefIsCausal) {
     else
       EXPECT_EQ(dv[i], 0.0) << i;
   }
+  std::fill(g.begin(), g.end(), 0.0);
+  for (int d = 0; d < H * D; ++d) g[(Nq - 1) * H * D + d] = 1.0 + d;
+  ref::attention_backward(dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(),
+                          Nq, 0, H, Hkv, D, 2);
+  for (size_t i = 0; i < dk.size(); ++i) {
+    const bool seen = i >= static_cast<size_t>((Nq - 2) * Hkv * D);
+    EXPECT_EQ(dk[i] != 0.0, seen) << i;
+    EXPECT_EQ(dv[i] != 0.0, seen) << i;
+  }
 }
 
 TEST(OpsBackward, AttentionFastMatchesRef) {
-  for (const AttentionShape& sh : {AttentionShape{0, 0, 3, 1, 6}, AttentionShape{0, 0, 4, 2, 6},
-                                   AttentionShape{0, 0, 6, 2, 8}}) {
+  for (const AttentionShape& sh :
+       {AttentionShape{0, 0, 3, 1, 6}, AttentionShape{0, 0, 4, 2, 6}, AttentionShape{0, 0, 6, 2, 8},
+        AttentionShape{0, 0, 4, 2, 6, 3}, AttentionShape{0, 0, 4, 2, 6, 70}}) {
     const int H = sh.H, Hkv = sh.Hkv, D = sh.D, QD = H * D, KVD = Hkv * D;
-    const std::string name = "attention H=" + std::to_string(H) + " Hkv=" + std::to_string(Hkv);
+    const std::string name = "attention H=" + std::to_string(H) + " Hkv=" + std::to_string(Hkv) +
+                             " window=" + std::to_string(sh.window);
     // Packed sequences of lengths 5, 0, 1, 3 and 150 (over two row blocks of 64); keys and
     // values sit at the query rows.
     const std::vector<int> lens = {5, 0, 1, 3, 150};
@@ -346,20 +362,20 @@ TEST(OpsBackward, AttentionFastMatchesRef) {
     }
     std::vector<float> out(N * QD), lse(N * H), out_ref(N * QD), lse_ref(N * H);
     ops::attention_forward(out.data(), lse.data(), q.data(), spans.data(),
-                           static_cast<int>(spans.size()), H, Hkv, D, KVD);
+                           static_cast<int>(spans.size()), H, Hkv, D, KVD, sh.window);
     std::vector<float> dq(N * QD, kGarbage), dk(N * KVD, kGarbage), dv(N * KVD, kGarbage);
     ops::attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), out.data(), lse.data(),
                             q.data(), k.data(), v.data(), spans.data(),
-                            static_cast<int>(spans.size()), H, Hkv, D);
+                            static_cast<int>(spans.size()), H, Hkv, D, sh.window);
     std::vector<float> dq_ref(N * QD), dk_ref(N * KVD), dv_ref(N * KVD);
     for (const auto& sp : spans) {
       if (sp.q_len == 0) continue;
       const long qo = static_cast<long>(sp.q_start) * QD, ko = static_cast<long>(sp.q_start) * KVD;
       ref::attention_forward(out_ref.data() + qo, lse_ref.data() + sp.q_start * H, q.data() + qo,
-                             k.data() + ko, v.data() + ko, sp.q_len, 0, H, Hkv, D);
+                             k.data() + ko, v.data() + ko, sp.q_len, 0, H, Hkv, D, sh.window);
       ref::attention_backward(dq_ref.data() + qo, dk_ref.data() + ko, dv_ref.data() + ko,
                               dout.data() + qo, q.data() + qo, k.data() + ko, v.data() + ko,
-                              sp.q_len, 0, H, Hkv, D);
+                              sp.q_len, 0, H, Hkv, D, sh.window);
     }
     expect_close(out, out_ref, name + " out");
     expect_close(lse, lse_ref, name + " lse");

@@ -184,12 +184,16 @@ TEST(OpsForward, AttentionPackedAndWithPast) {
   auto k1 = random_vec((past1 + len1) * KVD, 10), v1 = random_vec((past1 + len1) * KVD, 11);
   std::vector<ops::AttentionSpan> spans = {{0, len0, 0, k0.data(), v0.data()},
                                            {len0, len1, past1, k1.data(), v1.data()}};
-  std::vector<float> out((len0 + len1) * QD), out_ref((len0 + len1) * QD);
-  ops::attention_forward(out.data(), nullptr, q.data(), spans.data(), 2, H, Hkv, D, KVD);
-  ref::attention_forward(out_ref.data(), q.data(), k0.data(), v0.data(), len0, 0, H, Hkv, D);
-  ref::attention_forward(out_ref.data() + len0 * QD, q.data() + len0 * QD, k1.data(), v1.data(),
-                         len1, past1, H, Hkv, D);
-  expect_close(out, out_ref, 1e-5f);
+  // Without a window, and sliding windows within a row block, across blocks, and across the past.
+  for (int window : {0, 5, 80, 3}) {
+    std::vector<float> out((len0 + len1) * QD), out_ref((len0 + len1) * QD);
+    ops::attention_forward(out.data(), nullptr, q.data(), spans.data(), 2, H, Hkv, D, KVD, window);
+    ref::attention_forward(out_ref.data(), q.data(), k0.data(), v0.data(), len0, 0, H, Hkv, D,
+                           window);
+    ref::attention_forward(out_ref.data() + len0 * QD, q.data() + len0 * QD, k1.data(), v1.data(),
+                           len1, past1, H, Hkv, D, window);
+    expect_close(out, out_ref, 1e-5f);
+  }
 }
 
 TEST(OpsForward, FastExpWithinTwoUlp) {

@@ -496,6 +496,85 @@ TEST(TokenizerJson, MalformedFilesGiveClearErrors) {
   EXPECT_NE(error_of(wordpiece).find("unsupported model type"), std::string::npos);
 }
 
+namespace {
+
+// A SentencePiece-style tokenizer.json: "▁" for spaces, byte tokens for 'A' and the two bytes
+// of "é", Llama 2's normalizer and decoder; `extra` (",\"decoder\": ...") replaces members (the
+// JSON parser keeps the last of equal keys).
+std::string sentencepiece_json(const std::string& model_extra, const std::string& extra = "") {
+  return R"({"normalizer":{"type":"Sequence","normalizers":[
+    {"type":"Prepend","prepend":"▁"},{"type":"Replace","pattern":{"String":" "},"content":"▁"}]},
+  "pre_tokenizer":null,
+  "added_tokens":[{"id":0,"content":"<unk>","special":true},{"id":1,"content":"<s>","special":true}],
+  "post_processor":{"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"<s>","type_id":0}},
+    {"Sequence":{"id":"A","type_id":0}}],"special_tokens":{"<s>":{"id":"<s>","ids":[1],"tokens":["<s>"]}}},
+  "decoder":{"type":"Sequence","decoders":[{"type":"Replace","pattern":{"String":"▁"},"content":" "},
+    {"type":"ByteFallback"},{"type":"Fuse"},{"type":"Strip","content":" ","start":1,"stop":0}]},
+  "model":{"type":"BPE","unk_token":"<unk>","fuse_unk":true,)" +
+         model_extra +
+         R"("vocab":{"<unk>":0,"<s>":1,"<0x41>":2,"<0xC3>":3,"<0xA9>":4,"▁":5,"a":6,"b":7,
+    "▁a":8,"ab":9,"▁ab":10},"merges":["▁ a","a b","▁a b"]})" +
+         extra + "}";
+}
+
+}  // namespace
+
+TEST(TokenizerJson, SentencePieceCharactersByteFallbackAndUnknowns) {
+  const Tokenizer tok = Tokenizer::from_json(sentencepiece_json(R"("byte_fallback":true,)"), "t");
+  using Ids = std::vector<int32_t>;
+  EXPECT_EQ(tok.encode("ab ab"), (Ids{10, 10}));     // one word "▁ab▁ab"
+  EXPECT_EQ(tok.encode("b ab"), (Ids{5, 7, 10}));    // ▁ b ▁a b, then ▁a b
+  EXPECT_EQ(tok.encode("aab"), (Ids{8, 9}));         // ▁a a b: the lower rank first
+  EXPECT_EQ(tok.encode("aé"), (Ids{8, 3, 4}));       // é is not a token: its two byte tokens
+  EXPECT_EQ(tok.encode("A"), (Ids{5, 2}));           // an ASCII byte token, one-byte word
+  EXPECT_EQ(tok.encode("a中文b"), (Ids{8, 0, 7}));   // no byte tokens for 中文: one fused unk
+  EXPECT_EQ(tok.decode(Ids{10, 10}), "ab ab");       // Strip takes the prepended space
+  EXPECT_EQ(tok.decode(Ids{8, 3, 4}), "aé");         // byte tokens decode to their bytes
+  EXPECT_EQ(tok.decode(Ids{1, 8}, false), "<s> a");  // the Strip acts on the whole text
+  EncodeOptions bos;
+  bos.add_special_tokens = true;
+  EXPECT_EQ(tok.encode("a", bos), (Ids{1, 8}));
+  EXPECT_EQ(tok.bos_id(), -1);  // no tokenizer_config: the template alone adds it
+  // Without byte_fallback, characters outside the vocabulary are unknown.
+  const Tokenizer strict = Tokenizer::from_json(sentencepiece_json(""), "t");
+  EXPECT_EQ(strict.encode("aé"), (Ids{8, 0}));
+}
+
+TEST(TokenizerJson, SentencePieceComponentsOutsideTheImplementationAreRefused) {
+  auto err = [](const std::string& extra) { return error_of(sentencepiece_json("", extra)); };
+  EXPECT_NE(err(R"(,"decoder":{"type":"WordPiece"})").find("unsupported decoder"),
+            std::string::npos);
+  EXPECT_NE(
+      err(R"(,"decoder":{"type":"Sequence","decoders":[{"type":"Strip","content":" ","start":1,"stop":0}]})")
+          .find("Strip of leading spaces after Fuse"),
+      std::string::npos);
+  EXPECT_NE(err(R"(,"normalizer":{"type":"Replace","pattern":{"Regex":" +"},"content":"▁"})")
+                .find("{\"String\": ...}"),
+            std::string::npos);
+  EXPECT_NE(err(R"(,"normalizer":{"type":"NFKC"})").find("unsupported normalizer"),
+            std::string::npos);
+  EXPECT_NE(err(R"(,"pre_tokenizer":{"type":"Whitespace"})").find("for SentencePiece tokens"),
+            std::string::npos);
+  EXPECT_NE(
+      err(R"(,"pre_tokenizer":{"type":"Metaspace","replacement":"▁","prepend_scheme":"twice"})")
+          .find("prepend_scheme"),
+      std::string::npos);
+  EXPECT_NE(
+      err(R"(,"post_processor":{"type":"RobertaProcessing"})").find("unsupported post_processor"),
+      std::string::npos);
+  EXPECT_NE(
+      err(R"(,"post_processor":{"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"<x>"}},{"Sequence":{"id":"A"}}]})")
+          .find("special_tokens lacks"),
+      std::string::npos);
+  EXPECT_NE(err(R"(,"post_processor":{"type":"TemplateProcessing","single":[]})")
+                .find("lacks the sequence"),
+            std::string::npos);
+  // Byte fallback needs SentencePiece tokens: with a ByteLevel decoder it is refused.
+  EXPECT_NE(error_of(tiny_json(R"({"a":0})", R"([],"byte_fallback":true)"))
+                .find("byte_fallback with a ByteLevel decoder"),
+            std::string::npos);
+}
+
 TEST(TokenizerJson, LoadErrorsNameTheFolder) {
   TempDir tmp;
   try {

@@ -98,10 +98,15 @@ class GoldenIds {
   uint64_t count_ = 0;
 };
 
+// What decoding the ids gives back: the text NFC-normalised (Qwen's tokenizers normalise), the
+// text itself (Llama's), or something not checked here (Metaspace decoders drop the first
+// token's spaces).
+enum class Decoded { kNfcText, kText, kUnchecked };
+
 // The ids of every text against a golden file of the same texts (hashes checked), and the
-// decode back to the text (NFC-normalised where the tokenizer normalises: Qwen's, not Llama 3's).
+// decode back to the text.
 void check_texts(const Tokenizer& tok, const std::vector<std::string>& texts,
-                 const fs::path& golden_path, bool nfc_normalised = true) {
+                 const fs::path& golden_path, Decoded decoded = Decoded::kNfcText) {
   GoldenIds golden(golden_path);
   ASSERT_EQ(golden.count(), texts.size());
   int mismatches = 0;
@@ -114,8 +119,9 @@ void check_texts(const Tokenizer& tok, const std::vector<std::string>& texts,
     std::vector<int32_t> ids = tok.encode(texts[i]);
     if (ids != expected && ++mismatches <= 5)
       ADD_FAILURE() << golden_path << " text " << i << " differs: " << texts[i].substr(0, 80);
-    EXPECT_EQ(tok.decode(ids), nfc_normalised ? nfc(texts[i]) : texts[i])
-        << golden_path << " text " << i;
+    if (decoded != Decoded::kUnchecked)
+      EXPECT_EQ(tok.decode(ids), decoded == Decoded::kNfcText ? nfc(texts[i]) : texts[i])
+          << golden_path << " text " << i;
   }
   EXPECT_EQ(mismatches, 0);
 }
@@ -152,15 +158,30 @@ fs::path npm_tokenizer(const std::string& name) {
 
 // The shared case texts and both alpaca samples through another family's real tokenizer;
 // `alpaca_golden` names its alpaca golden files ("tokenizer_llama3" -> _alpaca_zh.bin, ...).
-void check_family(const std::string& name, const std::string& alpaca_golden, bool nfc_normalised) {
-  const Tokenizer tok = Tokenizer::load(npm_tokenizer(name).string());
+std::vector<std::string> case_texts() {
   std::vector<std::string> cases;
   for (const Case& c : read_cases(kShared / "tokenizer" / "qwen2_cases.jsonl"))
     cases.push_back(c.text);
-  check_texts(tok, cases, kGolden / ("tokenizer_" + name + "_cases.bin"), nfc_normalised);
+  return cases;
+}
+
+void check_family(const std::string& name, const std::string& alpaca_golden, Decoded decoded) {
+  const Tokenizer tok = Tokenizer::load(npm_tokenizer(name).string());
+  check_texts(tok, case_texts(), kGolden / ("tokenizer_" + name + "_cases.bin"), decoded);
   for (const char* data : {"alpaca_zh", "alpaca_en"})
     check_texts(tok, alpaca_texts(std::string(data) + "_demo"),
-                kGolden / (alpaca_golden + "_" + data + ".bin"), nfc_normalised);
+                kGolden / (alpaca_golden + "_" + data + ".bin"), decoded);
+}
+
+// The Llama 2 package's tokenizer.json with the members of tests/golden/tokenizer_NAME.patch.json
+// replaced (as make_tokenizer_golden.js does): the Metaspace forms that newer conversions of
+// the same SentencePiece vocabulary use.
+Tokenizer sentencepiece_variant(const std::string& name) {
+  nlohmann::json spec = nlohmann::json::parse(read_all(npm_tokenizer("llama2")));
+  const nlohmann::json patch =
+      nlohmann::json::parse(read_all(kGolden / ("tokenizer_" + name + ".patch.json")));
+  for (auto it = patch.begin(); it != patch.end(); ++it) spec[it.key()] = it.value();
+  return Tokenizer::from_json(spec.dump(), name);
 }
 
 }  // namespace
@@ -258,7 +279,7 @@ TEST(Qwen2Tokenizer, StreamingDecodeOfChineseIsWholeCharacters) {
 TEST(Llama3Tokenizer, CasesAndAlpacaMatchReference) {
   REQUIRE_SHARED(kShared / "tokenizer" / "qwen2_cases.jsonl");
   REQUIRE_NPM_TOKENIZER("llama3");
-  check_family("llama3", "tokenizer_llama3", false);
+  check_family("llama3", "tokenizer_llama3", Decoded::kText);
 }
 
 // Qwen3's BPE and pre-tokenizer are Qwen2's: the reference gives the alpaca records the same
@@ -266,5 +287,77 @@ TEST(Llama3Tokenizer, CasesAndAlpacaMatchReference) {
 TEST(Qwen3Tokenizer, CasesAndAlpacaMatchReference) {
   REQUIRE_SHARED(kShared / "tokenizer" / "qwen2_cases.jsonl");
   REQUIRE_NPM_TOKENIZER("qwen3");
-  check_family("qwen3", "tokenizer", true);
+  check_family("qwen3", "tokenizer", Decoded::kNfcText);
+}
+
+// SentencePiece-style BPE with byte fallback: the Prepend/Replace normalizer, no pre-tokenizer,
+// the Replace/ByteFallback/Fuse/Strip decoder (the Llama 2 / Mistral tokenizer.json).
+TEST(Llama2Tokenizer, CasesAndAlpacaMatchReference) {
+  REQUIRE_SHARED(kShared / "tokenizer" / "qwen2_cases.jsonl");
+  REQUIRE_NPM_TOKENIZER("llama2");
+  check_family("llama2", "tokenizer_llama2", Decoded::kText);
+}
+
+TEST(Llama2Tokenizer, MetaspaceVariantsMatchReference) {
+  REQUIRE_SHARED(kShared / "tokenizer" / "qwen2_cases.jsonl");
+  REQUIRE_NPM_TOKENIZER("llama2");
+  for (const char* name : {"metaspace_first", "metaspace_always_split"})
+    check_texts(sentencepiece_variant(name), case_texts(),
+                kGolden / ("tokenizer_" + std::string(name) + "_cases.bin"), Decoded::kUnchecked);
+}
+
+// Ids and decoded texts that Hugging Face tokenizers 0.23 gives for these texts (added tokens
+// split the text before normalisation; Metaspace's "first" prepends only at the text's start;
+// the Strip decoder takes one leading space of the whole text, the Metaspace decoder every
+// space of the first token).
+TEST(Llama2Tokenizer, SpecialTokensBosAndDecodeRulesMatchReference) {
+  REQUIRE_NPM_TOKENIZER("llama2");
+  const Tokenizer legacy = Tokenizer::load(npm_tokenizer("llama2").string());
+  const Tokenizer first = sentencepiece_variant("metaspace_first");
+  const Tokenizer always = sentencepiece_variant("metaspace_always_split");
+  using Ids = std::vector<int32_t>;
+  EXPECT_EQ(legacy.bos_id(), 1);
+  EXPECT_EQ(legacy.eos_id(), 2);
+  EXPECT_EQ(legacy.encode("  hi  there"), (Ids{259, 12014, 28705, 736}));
+  EXPECT_EQ(first.encode("  hi  there"), (Ids{28705, 12014, 28705, 736}));
+  EXPECT_EQ(legacy.decode(Ids{259, 12014, 28705, 736}), "  hi  there");
+  EXPECT_EQ(first.decode(Ids{28705, 12014, 28705, 736}), " hi  there");
+  EXPECT_EQ(always.decode(Ids{28705, 12014, 28705, 736}), " hi  there");  // "▁" is dropped
+  EXPECT_EQ(legacy.encode("<s>hello</s> x"), (Ids{1, 6312, 28709, 2, 28705, 1318}));
+  EXPECT_EQ(first.encode("<s>hello</s> x"), (Ids{1, 21558, 2, 1318}));
+  EXPECT_EQ(always.encode("<s>hello</s> x"), (Ids{1, 6312, 28709, 2, 1318}));
+  EXPECT_EQ(legacy.decode(Ids{1, 6312, 28709, 2, 28705, 1318}), "<s> hello</s>  x");
+  EXPECT_EQ(legacy.decode(Ids{1, 6312, 28709, 2, 28705, 1318}, true), "hello  x");
+  EXPECT_EQ(always.decode(Ids{1, 6312, 28709, 2, 1318}), "<s> hello</s> x");
+  const Ids bytes{264, 13, 13, 28726, 28705, 29142, 29119, 28705, 30575};
+  EXPECT_EQ(legacy.encode("a\n\nb 日本 😀"), bytes);
+  EXPECT_EQ(legacy.decode(bytes), "a\n\nb 日本 😀");
+  EXPECT_EQ(always.decode(bytes), "a<0x0A><0x0A>b 日本 😀");  // no ByteFallback decoder
+  // The post-processor's BOS comes with add_special_tokens, also for the empty text.
+  EncodeOptions with_bos;
+  with_bos.add_special_tokens = true;
+  EXPECT_EQ(legacy.encode("Hello world", with_bos), (Ids{1, 22557, 1526}));
+  EXPECT_EQ(legacy.encode("", with_bos), (Ids{1}));
+  // A prompt gets the BOS once, also when its text starts with one.
+  Ids prompt;
+  legacy.encode_prompt_into("Hello world", prompt);
+  legacy.encode_prompt_into("<s>Hello", prompt);
+  EXPECT_EQ(prompt, (Ids{1, 22557, 1526, 1, 22557}));
+  // An answer encoded after its prompt gets no "▁" in front: the parts decode to the whole.
+  EncodeOptions answer;
+  answer.continuation = true;
+  for (const Tokenizer* tok : {&legacy, &first}) {
+    Ids ids = tok->encode("Output: ");
+    tok->encode_into("Paris.", ids, answer);
+    EXPECT_EQ(tok->decode(ids), "Output: Paris.");
+  }
+  // Streaming gives what decode gives, leading-space rules included.
+  for (const Tokenizer* tok : {&legacy, &first, &always}) {
+    const Ids ids = tok->encode(" Hi 日本 😀 there");
+    StreamDecoder stream(*tok);
+    std::string streamed;
+    for (int32_t id : ids) streamed += stream.push(id);
+    streamed += stream.finish();
+    EXPECT_EQ(streamed, tok->decode(ids));
+  }
 }

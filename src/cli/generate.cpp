@@ -163,7 +163,8 @@ int run_generate(const Args& args) {
         opt.eos_token_ids.push_back(*end);
   }
   auto encode = [&](const std::string& text) {
-    std::vector<int32_t> ids = tok->encode(text);
+    std::vector<int32_t> ids;
+    tok->encode_prompt_into(text, ids);
     return std::vector<int>(ids.begin(), ids.end());
   };
   if (!a.flag("--chat")) {

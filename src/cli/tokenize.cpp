@@ -32,6 +32,8 @@ const CommandSpec kSpec = {
          "prompt template for instruction records: seed, alpaca, chatml or llama3", "seed"},
         {"--ids-only", "", "print only the id list of each text"},
         {"--split-special", "", "treat special-token text such as <|im_start|> as plain text"},
+        {"--add-special-tokens", "",
+         "add the post-processor's special tokens (Llama's BOS), as Hugging Face's default"},
         {"--decode", "IDS", "decode a comma-separated id list instead of encoding"},
         {"--skip-special-tokens", "", "leave special tokens out of --decode's text"},
     }};
@@ -145,6 +147,7 @@ int run_tokenize(const Args& args) {
   }
   tokenizer::EncodeOptions options;
   options.split_special = a.flag("--split-special");
+  options.add_special_tokens = a.flag("--add-special-tokens");
   const bool ids_only = a.flag("--ids-only");
   std::string out;
   std::vector<int32_t> ids;

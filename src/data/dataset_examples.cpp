@@ -61,9 +61,11 @@ std::optional<TokenizedExample> tokenize_one(const Record& record, const tokeniz
                                              int64_t* full_length) {
   PromptParts parts = apply_template_with_history(opt.kind, record.example, record.history);
   TokenizedExample ex;
-  tok.encode_into(parts.prompt, ex.ids);
+  tok.encode_prompt_into(parts.prompt, ex.ids);  // with Llama's BOS, as tokenizer(text) gives
   const size_t prompt_len = ex.ids.size();
-  tok.encode_into(parts.completion, ex.ids);
+  tokenizer::EncodeOptions answer;
+  answer.continuation = true;
+  tok.encode_into(parts.completion, ex.ids, answer);
   ex.ids.push_back(end_id);
   *full_length = static_cast<int64_t>(ex.ids.size());
   ex.labels = ex.ids;

@@ -143,7 +143,8 @@ ModelConfig parse_model_config(const Json& j, const std::string& source) {
   if (type == "mistral") c.sliding_window = get_int(j, "sliding_window", source, 0, false);
   if ((type == "qwen2" || type == "qwen3") && get_bool(j, "use_sliding_window", source))
     throw Error("use_sliding_window is not supported", source,
-                "attention over a sliding window is not built yet");
+                "sliding windows are built for Mistral; Qwen's per-layer windows "
+                "(max_window_layers) are not");
   c.validate(source);
   return c;
 }

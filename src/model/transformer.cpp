@@ -50,13 +50,6 @@ void Transformer::check_inputs(const std::vector<int>& tokens,
     if (s.start != covered || s.length < 0)
       throw Error("sequence spans must tile the batch in order");
     covered += s.length;
-    const int end = (cache ? cache->length(s.slot) : 0) + s.length;
-    if (config_.sliding_window > 0 && end > config_.sliding_window)
-      throw Error("a sequence of " + std::to_string(end) +
-                      " positions is longer than the model's "
-                      "sliding_window (" +
-                      std::to_string(config_.sliding_window) + ")",
-                  "", "attention over a sliding window is not built yet: keep sequences within it");
     if (cache) {
       if (s.slot < 0 || s.slot >= cache->slots()) throw Error("sequence slot outside the cache");
       if (cache->length(s.slot) + s.length > cache->capacity())
@@ -208,7 +201,7 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
     }
   }
   ops::attention_forward(att, a.lse.data(), q, spans_.data(), static_cast<int>(spans_.size()), H,
-                         Hkv, D, KVD);
+                         Hkv, D, KVD, config_.sliding_window);
   ops::linear_accumulate(x_.data(), att, lw.wo, N);
   add_bias(x_.data(), lw.bo, N, C);
   lora_forward(l, LoraModule::kO, a, x_.data(), att, seqs, dropout, training);

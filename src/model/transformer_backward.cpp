@@ -106,7 +106,7 @@ void Transformer::layer_backward(int l, LayerActivations& a, const std::vector<S
     spans_[i] = {seqs[i].start, seqs[i].length, 0, nullptr, nullptr};
   ops::attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), att, a.lse.data(),
                           a.q.widened(q_), a.k.widened(k_), a.v.widened(v_), spans_.data(),
-                          static_cast<int>(spans_.size()), H, Hkv, D);
+                          static_cast<int>(spans_.size()), H, Hkv, D, config_.sliding_window);
   ops::rope_backward(dq_.data(), pos_.data(), inv_freq_.data(), N, H, D);
   ops::rope_backward(dk_.data(), pos_.data(), inv_freq_.data(), N, Hkv, D);
   if (lw.q_norm) {  // through Qwen3's per-head norms, into dq_/dk_ again

@@ -88,15 +88,16 @@ struct AttentionSpan {
 // Causal grouped-query attention for every span: out[N, H·D] from q[N, H·D].
 // Scale 1/sqrt(D), softmax in fp32, query head h reads kv head h / (H / Hkv).
 // lse[N, H] (may be null) saves each row's log-sum-exp for the backward.
+// window > 0: the query at position i sees only keys i−window+1..i (Mistral's sliding window).
 void attention_forward(float* out, float* lse, const float* q, const AttentionSpan* spans,
-                       int n_spans, int H, int Hkv, int D, int kv_stride);
+                       int n_spans, int H, int Hkv, int D, int kv_stride, int window);
 // Backward of packed training attention (every span has past = 0 and its keys/values at
 // rows q_start.. of k and v [N, Hkv·D]; the span's k/v pointers are not read). Recomputes
 // the probabilities from q, k and lse instead of storing [T, T] per head.
 // Writes dq [N, H·D], dk and dv [N, Hkv·D].
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
                         const float* lse, const float* q, const float* k, const float* v,
-                        const AttentionSpan* spans, int n_spans, int H, int Hkv, int D);
+                        const AttentionSpan* spans, int n_spans, int H, int Hkv, int D, int window);
 
 // h[n] = silu(gate[n]) · up[n]
 void swiglu_forward(float* h, const float* gate, const float* up, long n);

@@ -42,8 +42,11 @@ bool boolean(const Json& body, const char* name) {
   return v->get<bool>();
 }
 
+// A text prompt's ids, with the BOS of models whose tokenizer adds one (as vLLM and
+// llama-server do).
 std::vector<int> encode(const tokenizer::Tokenizer& tok, const std::string& text) {
-  const std::vector<int32_t> ids = tok.encode(text);
+  std::vector<int32_t> ids;
+  tok.encode_prompt_into(text, ids);
   return std::vector<int>(ids.begin(), ids.end());
 }
 

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "tokenizer/unicode.h"
 
 namespace loratune::tokenizer {
 
@@ -47,6 +48,19 @@ void BpeModel::set_byte_tokens(const int32_t (&ids)[256], int32_t unk_id, bool f
   std::copy(std::begin(ids), std::end(ids), byte_ids_);
   unk_id_ = unk_id;
   fuse_unk_ = fuse_unk;
+}
+
+void BpeModel::set_char_tokens(std::unordered_map<char32_t, int32_t> chars,
+                               const int32_t (&byte_ids)[256], bool byte_fallback, int32_t unk_id,
+                               bool fuse_unk) {
+  set_byte_tokens(byte_ids, unk_id, fuse_unk);
+  chars_ = true;
+  byte_fallback_ = byte_fallback;
+  for (char32_t c = 0; c < 128; ++c) {
+    auto it = chars.find(c);
+    ascii_ids_[c] = it == chars.end() ? -1 : it->second;
+  }
+  char_ids_ = std::move(chars);
 }
 
 void BpeModel::grow() {
@@ -95,8 +109,42 @@ void BpeModel::add_merge(int32_t left, int32_t right, int32_t merged, uint32_t r
   merged_by_rank_[rank] = merged;
 }
 
+void BpeModel::initial_char_symbols(std::string_view text, std::vector<int32_t>& syms) const {
+  bool last_unk = false;
+  for (size_t i = 0; i < text.size();) {
+    const size_t start = i;
+    const char32_t cp = next_code_point(text, i);
+    int32_t id = -1;
+    if (cp < 128) {
+      id = ascii_ids_[cp];
+    } else if (auto it = char_ids_.find(cp); it != char_ids_.end()) {
+      id = it->second;
+    }
+    if (id >= 0) {
+      syms.push_back(id);
+      last_unk = false;
+      continue;
+    }
+    bool bytes_known = byte_fallback_;
+    for (size_t k = start; k < i && bytes_known; ++k)
+      bytes_known = byte_ids_[static_cast<unsigned char>(text[k])] >= 0;
+    if (bytes_known) {
+      for (size_t k = start; k < i; ++k)
+        syms.push_back(byte_ids_[static_cast<unsigned char>(text[k])]);
+      last_unk = false;
+    } else if (unk_id_ >= 0 && !(fuse_unk_ && last_unk)) {
+      syms.push_back(unk_id_);
+      last_unk = true;
+    }
+  }
+}
+
 void BpeModel::initial_symbols(std::string_view bytes, std::vector<int32_t>& syms) const {
   syms.clear();
+  if (chars_) {
+    initial_char_symbols(bytes, syms);
+    return;
+  }
   bool last_unk = false;
   for (char c : bytes) {
     int32_t id = byte_ids_[static_cast<unsigned char>(c)];

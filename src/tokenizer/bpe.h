@@ -1,4 +1,4 @@
-// Byte-level BPE by merge rank, as Hugging Face tokenizers applies it: the lowest-ranked
+// BPE by merge rank, as Hugging Face tokenizers applies it: the lowest-ranked
 // adjacent pair is merged first, ties going to the leftmost pair, until no pair has a merge.
 // Short words use a flat array; long ones (thousands of bytes of one character class) a heap,
 // so that the work stays O(n log n). A per-thread word cache skips repeated words.
@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -22,6 +23,11 @@ class BpeModel {
   // The token of each single byte (-1 where the vocabulary has none), and the unknown token
   // used for such bytes (-1: drop them, as tokenizers does without an unk_token).
   void set_byte_tokens(const int32_t (&ids)[256], int32_t unk_id, bool fuse_unk);
+  // SentencePiece-style symbols instead: each UTF-8 character of a word is its own token
+  // (`chars`); a character the vocabulary lacks becomes the tokens of its bytes (the "<0xAB>"
+  // tokens in `byte_ids`) with byte fallback when all of them exist, else the unknown token.
+  void set_char_tokens(std::unordered_map<char32_t, int32_t> chars, const int32_t (&byte_ids)[256],
+                       bool byte_fallback, int32_t unk_id, bool fuse_unk);
   // Declares that merging (left, right) gives `merged`; rank is the merge's line number.
   // A later merge of the same pair replaces the earlier one.
   void add_merge(int32_t left, int32_t right, int32_t merged, uint32_t rank);
@@ -29,7 +35,7 @@ class BpeModel {
   // Every merge as (left, right), by increasing rank.
   std::vector<std::pair<int32_t, int32_t>> merges() const;
 
-  // Appends the ids of one pre-tokenized piece (raw bytes) to `out`.
+  // Appends the ids of one pre-tokenized piece (raw bytes; valid UTF-8 for characters) to `out`.
   void encode_word(std::string_view bytes, std::vector<int32_t>& out) const;
 
   // The same, with the algorithm chosen by the caller (tests check both against each other).
@@ -68,9 +74,15 @@ class BpeModel {
   std::vector<int32_t> merged_by_rank_;
   int shift_ = 60;  // 64 - log2(slots_.size())
   size_t count_ = 0;
+  void initial_char_symbols(std::string_view text, std::vector<int32_t>& syms) const;
+
   int32_t byte_ids_[256] = {};
   int32_t unk_id_ = -1;
   bool fuse_unk_ = false;
+  bool chars_ = false;  // SentencePiece-style symbols
+  bool byte_fallback_ = false;
+  int32_t ascii_ids_[128] = {};
+  std::unordered_map<char32_t, int32_t> char_ids_;
 };
 
 // Token spelling -> id, as a flat open-addressing table (the vocabulary has ~150k entries and

@@ -2,13 +2,17 @@
 // special tokens from tokenizer_config.json and config.json. The slow-file layout is first
 // turned into the tokenizer.json structure, so both go through one builder.
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <unordered_map>
 
 #include "core/error.h"
 #include "io/gguf.h"
+#include "tokenizer/components.h"
+#include "tokenizer/json_fields.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/tokenizer_data.h"
 #include "tokenizer/unicode.h"
@@ -20,8 +24,20 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Ids may have gaps, but a file must not make us allocate far more than it holds.
-constexpr int64_t kMaxId = (int64_t{1} << 24) - 1;
+// The byte of a ByteFallback token "<0xAB>", or -1.
+int byte_token_value(const std::string& s) {
+  if (s.size() != 6 || s.compare(0, 3, "<0x") != 0 || s[5] != '>') return -1;
+  int value = 0;
+  for (char c : s.substr(3, 2)) {
+    const int digit = c >= '0' && c <= '9'   ? c - '0'
+                      : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                      : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                             : -1;
+    if (digit < 0) return -1;
+    value = value * 16 + digit;
+  }
+  return value;
+}
 
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -39,104 +55,6 @@ json parse_json(std::string_view text, const std::string& where) {
   } catch (const json::exception& e) {
     throw Error(std::string("not valid JSON: ") + e.what(), where);
   }
-}
-
-const json* member(const json& obj, const char* key) {
-  if (!obj.is_object()) return nullptr;
-  auto it = obj.find(key);
-  return it == obj.end() || it->is_null() ? nullptr : &*it;
-}
-
-bool get_bool(const json& obj, const char* key, bool fallback, const std::string& where) {
-  const json* v = member(obj, key);
-  if (!v) return fallback;
-  if (!v->is_boolean()) throw Error(std::string("'") + key + "' must be true or false", where);
-  return v->get<bool>();
-}
-
-std::string get_string(const json& obj, const char* key, const std::string& where) {
-  const json* v = member(obj, key);
-  if (!v) return "";
-  if (!v->is_string()) throw Error(std::string("'") + key + "' must be a string", where);
-  return v->get<std::string>();
-}
-
-std::string type_of(const json& obj, const std::string& where) {
-  if (!obj.is_object()) throw Error("expected an object with a \"type\"", where);
-  return get_string(obj, "type", where);
-}
-
-int64_t get_id(const json& v, const std::string& where) {
-  if (!v.is_number_integer() && !v.is_number_unsigned())
-    throw Error("token id must be an integer", where);
-  int64_t id = v.is_number_unsigned() ? static_cast<int64_t>(std::min<uint64_t>(
-                                            v.get<uint64_t>(), static_cast<uint64_t>(kMaxId) + 1))
-                                      : v.get<int64_t>();
-  if (id < 0 || id > kMaxId)
-    throw Error("token id " + std::to_string(id) + " is out of range", where,
-                "ids must lie in 0.." + std::to_string(kMaxId));
-  return id;
-}
-
-Normalizer parse_normalizer(const json* n, const std::string& where) {
-  if (!n) return Normalizer::kNone;
-  std::string type = type_of(*n, where);
-  if (type == "NFC") return Normalizer::kNfc;
-  if (type == "Sequence") {
-    const json* list = member(*n, "normalizers");
-    if (!list || !list->is_array()) throw Error("'normalizers' must be a list", where);
-    Normalizer result = Normalizer::kNone;
-    for (const json& item : *list) {
-      if (parse_normalizer(&item, where) == Normalizer::kNfc) result = Normalizer::kNfc;
-    }
-    return result;
-  }
-  throw Error("unsupported normalizer '" + type + "'", where,
-              "loratune implements the NFC normalizer of Qwen2-style byte-level BPE");
-}
-
-void check_byte_level(const json& p, bool allow_regex, const std::string& where) {
-  if (get_bool(p, "add_prefix_space", false, where))
-    throw Error("ByteLevel add_prefix_space=true is not supported", where);
-  if (!allow_regex && get_bool(p, "use_regex", true, where))
-    throw Error("a ByteLevel pre-tokenizer after a Split must have use_regex=false", where);
-}
-
-SplitPattern parse_split(const json& p, const std::string& where) {
-  const json* pattern = member(p, "pattern");
-  const json* regex = pattern ? member(*pattern, "Regex") : nullptr;
-  if (!regex || !regex->is_string())
-    throw Error("the Split pre-tokenizer needs a {\"Regex\": ...} pattern", where);
-  std::string behavior = get_string(p, "behavior", where);
-  if (behavior != "Isolated" || get_bool(p, "invert", false, where))
-    throw Error("unsupported Split behavior '" + behavior + "'", where,
-                "loratune implements behavior \"Isolated\" without invert");
-  auto kind = split_pattern_from_regex(regex->get<std::string>());
-  if (!kind)
-    throw Error("unsupported pre-tokenizer regex " + regex->dump(), where,
-                "loratune implements the Qwen2, Llama-3 and GPT-2 split patterns");
-  return *kind;
-}
-
-SplitPattern parse_pre_tokenizer(const json* p, const std::string& where) {
-  if (!p) throw Error("missing pre_tokenizer", where, "a byte-level BPE needs one");
-  std::string type = type_of(*p, where);
-  if (type == "ByteLevel") {
-    check_byte_level(*p, true, where);
-    if (!get_bool(*p, "use_regex", true, where))
-      throw Error("a ByteLevel pre-tokenizer without regex is not supported", where);
-    return SplitPattern::kGpt2;
-  }
-  if (type == "Sequence") {
-    const json* list = member(*p, "pretokenizers");
-    if (list && list->is_array() && list->size() == 2 && type_of((*list)[0], where) == "Split" &&
-        type_of((*list)[1], where) == "ByteLevel") {
-      check_byte_level((*list)[1], false, where);
-      return parse_split((*list)[0], where);
-    }
-  }
-  throw Error("unsupported pre_tokenizer '" + type + "'", where,
-              "loratune implements Sequence[Split(regex), ByteLevel] and ByteLevel");
 }
 
 void parse_added_token(const json& t, AddedToken& a, const std::string& where) {
@@ -204,10 +122,16 @@ Tokenizer TokenizerBuilder::build(const json& root, const std::string& where,
   if (!get_string(*model, "continuing_subword_prefix", mwhere).empty() ||
       !get_string(*model, "end_of_word_suffix", mwhere).empty())
     throw Error("continuing_subword_prefix / end_of_word_suffix are not supported", mwhere,
-                "loratune implements byte-level BPE as used by Qwen2");
-  if (get_bool(*model, "byte_fallback", false, mwhere))
-    throw Error("byte_fallback is not supported", mwhere);
+                "loratune implements the BPE of Qwen2, Llama and Mistral");
+  parse_text_pipeline(root, where, *d);
+  const bool sentencepiece = d->alphabet == Alphabet::kSentencePiece;
+  const bool byte_fallback = get_bool(*model, "byte_fallback", false, mwhere);
+  if (byte_fallback && !sentencepiece)
+    throw Error("byte_fallback with a ByteLevel decoder is not supported", mwhere,
+                "byte fallback belongs to SentencePiece-style vocabularies (\"▁\" for spaces)");
   d->ignore_merges = get_bool(*model, "ignore_merges", false, mwhere);
+  if (d->ignore_merges && sentencepiece)
+    throw Error("ignore_merges is supported for byte-level BPE only", mwhere);
 
   const json* vocab = member(*model, "vocab");
   if (!vocab || !vocab->is_object())
@@ -243,7 +167,7 @@ Tokenizer TokenizerBuilder::build(const json& root, const std::string& where,
       } catch (const std::exception&) {
         id = -1;
       }
-      if (id < 0 || id > kMaxId) throw Error("the key must be a token id", w);
+      if (id < 0 || id > kMaxTokenId) throw Error("the key must be a token id", w);
       bool known = false;
       for (const AddedToken& a : added) known = known || a.id == id;
       if (known) continue;
@@ -275,12 +199,13 @@ Tokenizer TokenizerBuilder::build(const json& root, const std::string& where,
     d->token_ids.insert(it.key(), static_cast<int32_t>(id));
   }
 
-  // Bytes of each vocabulary token: byte-level characters mapped back to bytes; a token with
-  // any other character decodes to its own UTF-8 (as the ByteLevel decoder does).
+  // Bytes of each token. Byte-level: its characters mapped back to bytes, or its own UTF-8
+  // when it has any other character (as the ByteLevel decoder does). SentencePiece: its UTF-8
+  // with the space symbol as a space, and "<0xAB>" as that byte under ByteFallback.
   int16_t byte_of[324];
   std::fill(std::begin(byte_of), std::end(byte_of), int16_t{-1});
   for (int b = 0; b < 256; ++b) byte_of[byte_level_char(static_cast<unsigned char>(b))] = b;
-  auto bytes_of = [&](const std::string& s) {
+  auto byte_level_bytes = [&](const std::string& s) {
     std::string out;
     size_t i = 0;
     while (i < s.size()) {
@@ -290,20 +215,67 @@ Tokenizer TokenizerBuilder::build(const json& root, const std::string& where,
     }
     return out;
   };
+  auto sentencepiece_bytes = [&](const std::string& s) {
+    if (d->decoder.byte_tokens) {
+      if (int b = byte_token_value(s); b >= 0) return std::string(1, static_cast<char>(b));
+    }
+    std::string out;
+    const std::string& space = d->decoder.space_symbol;
+    for (size_t i = 0; i < s.size();) {
+      if (s.compare(i, space.size(), space) == 0) {
+        out.push_back(' ');
+        i += space.size();
+      } else {
+        out.push_back(s[i++]);
+      }
+    }
+    return out;
+  };
+  auto bytes_of = [&](const std::string& s) {
+    return sentencepiece ? sentencepiece_bytes(s) : byte_level_bytes(s);
+  };
   for (size_t id = 0; id < n; ++id)
     if (d->flags[id]) d->token_bytes[id] = bytes_of(d->token_strings[id]);
 
-  for (int b = 0; b < 256; ++b) {
-    std::string s;
-    append_utf8(s, byte_level_char(static_cast<unsigned char>(b)));
-    d->byte_ids[b] = d->token_ids.find(s);
-  }
   int32_t unk = -1;
   if (std::string u = get_string(*model, "unk_token", mwhere); !u.empty()) {
     unk = d->token_ids.find(u);
     if (unk < 0) throw Error("unk_token '" + u + "' is not in the vocabulary", mwhere);
   }
-  d->bpe.set_byte_tokens(d->byte_ids, unk, get_bool(*model, "fuse_unk", false, mwhere));
+  const bool fuse_unk = get_bool(*model, "fuse_unk", false, mwhere);
+  if (sentencepiece) {
+    // Symbols are characters; the byte tokens serve the fallback. Words of one byte are ASCII
+    // characters, looked up in byte_ids.
+    std::unordered_map<char32_t, int32_t> chars;
+    for (size_t id = 0; id < n; ++id) {
+      const std::string& s = d->token_strings[id];
+      size_t i = 0;
+      if (!d->flags[id] || s.empty()) continue;
+      const char32_t cp = next_code_point(s, i);
+      if (i == s.size()) chars.emplace(cp, static_cast<int32_t>(id));
+    }
+    int32_t fallback_ids[256];
+    for (int b = 0; b < 256; ++b) {
+      char name[8];
+      std::snprintf(name, sizeof name, "<0x%02X>", b);
+      fallback_ids[b] = d->token_ids.find(name);
+    }
+    for (int b = 0; b < 256; ++b) {
+      auto it = chars.find(static_cast<char32_t>(b));
+      d->byte_ids[b] = b >= 128            ? -1
+                       : it != chars.end() ? it->second
+                       : byte_fallback     ? fallback_ids[b]
+                                           : -1;
+    }
+    d->bpe.set_char_tokens(std::move(chars), fallback_ids, byte_fallback, unk, fuse_unk);
+  } else {
+    for (int b = 0; b < 256; ++b) {
+      std::string s;
+      append_utf8(s, byte_level_char(static_cast<unsigned char>(b)));
+      d->byte_ids[b] = d->token_ids.find(s);
+    }
+    d->bpe.set_byte_tokens(d->byte_ids, unk, fuse_unk);
+  }
 
   const json* merges = member(*model, "merges");
   if (merges && !merges->is_array()) throw Error("\"merges\" must be a list", mwhere);
@@ -358,12 +330,7 @@ Tokenizer TokenizerBuilder::build(const json& root, const std::string& where,
   d->raw_matcher.build(d->added, false);
   d->normalized_matcher.build(d->added, true);
 
-  d->normalizer = parse_normalizer(member(root, "normalizer"), where + ": normalizer");
-  d->pattern = parse_pre_tokenizer(member(root, "pre_tokenizer"), where + ": pre_tokenizer");
-  const json* decoder = member(root, "decoder");
-  if (!decoder || type_of(*decoder, where + ": decoder") != "ByteLevel")
-    throw Error("unsupported or missing decoder", where + ": decoder",
-                "loratune implements the ByteLevel decoder");
+  parse_post_processor(root, where + ": post_processor", *d);
 
   // Special ids: tokenizer_config.json first, config.json for what it leaves open.
   auto resolve = [&](const char* key) -> int32_t {

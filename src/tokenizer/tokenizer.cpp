@@ -111,59 +111,137 @@ ThreadState& thread_state(uint64_t uid) {
   return state;
 }
 
+// Appends the ids of one pre-tokenized word.
+void encode_word(const TokenizerData& d, ThreadState& st, std::string_view word,
+                 std::vector<int32_t>& ids) {
+  if (word.size() == 1) {
+    int32_t id = d.byte_ids[static_cast<unsigned char>(word[0])];
+    if (id >= 0) {
+      ids.push_back(id);
+      return;
+    }
+  }
+  if (d.ignore_merges) {
+    if (int32_t id = d.raw_word_ids.find(word); id >= 0) {
+      ids.push_back(id);
+      return;
+    }
+  }
+  if (word.size() > WordCache::kMaxWordBytes) {
+    d.bpe.encode_word(word, ids);
+    return;
+  }
+  uint64_t h = hash_bytes(word);
+  if (st.cache.lookup(word, h, ids)) return;
+  size_t start = ids.size();
+  d.bpe.encode_word(word, ids);
+  st.cache.insert(word, h, ids.data() + start, ids.size() - start);
+}
+
+// SentencePiece-style pre-tokenization: the Metaspace rule (spaces to "▁", one in front,
+// words cut before each "▁"), or none (the text is one word). `at_start`: the text begins the
+// input (Metaspace's prepend_scheme "first").
+void encode_metaspace(const TokenizerData& d, ThreadState& st, std::string_view text, bool at_start,
+                      std::vector<int32_t>& ids) {
+  const MetaspaceRule& m = d.metaspace;
+  if (!m.enabled) {
+    encode_word(d, st, text, ids);
+    return;
+  }
+  std::string spaced;
+  const bool prepend = m.prepend == MetaspaceRule::Prepend::kAlways ||
+                       (m.prepend == MetaspaceRule::Prepend::kFirst && at_start);
+  for (char c : text) {
+    if (c == ' ')
+      spaced += m.replacement;
+    else
+      spaced.push_back(c);
+  }
+  if (prepend && spaced.compare(0, m.replacement.size(), m.replacement) != 0)
+    spaced.insert(0, m.replacement);
+  if (!m.split) {
+    encode_word(d, st, spaced, ids);
+    return;
+  }
+  size_t begin = 0;
+  for (size_t at = spaced.find(m.replacement, 1); at != std::string::npos;
+       at = spaced.find(m.replacement, at + 1)) {
+    encode_word(d, st, std::string_view(spaced).substr(begin, at - begin), ids);
+    begin = at;
+  }
+  encode_word(d, st, std::string_view(spaced).substr(begin), ids);
+}
+
 // Pre-tokenizes and BPE-encodes normalised text that holds no added tokens.
-void encode_plain(const TokenizerData& d, std::string_view text, std::vector<int32_t>& ids) {
+void encode_plain(const TokenizerData& d, std::string_view text, bool at_start,
+                  std::vector<int32_t>& ids) {
   if (text.empty()) return;
-  if (text.size() > UINT32_MAX)
-    throw Error("cannot encode a text of more than 4 GiB at once", "tokenizer",
+  if (text.size() > UINT32_MAX / 4)
+    throw Error("cannot encode a text of more than 1 GiB at once", "tokenizer",
                 "split the text into smaller parts");
   ThreadState& st = thread_state(d.uid);
-  pre_tokenize(d.pattern, text, st.pieces);
-  for (const Piece& piece : st.pieces) {
-    std::string_view word = text.substr(piece.begin, piece.end - piece.begin);
-    if (word.size() == 1) {
-      int32_t id = d.byte_ids[static_cast<unsigned char>(word[0])];
-      if (id >= 0) {
-        ids.push_back(id);
-        continue;
-      }
-    }
-    if (d.ignore_merges) {
-      if (int32_t id = d.raw_word_ids.find(word); id >= 0) {
-        ids.push_back(id);
-        continue;
-      }
-    }
-    if (word.size() > WordCache::kMaxWordBytes) {
-      d.bpe.encode_word(word, ids);
-      continue;
-    }
-    uint64_t h = hash_bytes(word);
-    if (st.cache.lookup(word, h, ids)) continue;
-    size_t start = ids.size();
-    d.bpe.encode_word(word, ids);
-    st.cache.insert(word, h, ids.data() + start, ids.size() - start);
+  if (d.alphabet == Alphabet::kSentencePiece) {
+    encode_metaspace(d, st, text, at_start, ids);
+    return;
   }
+  pre_tokenize(d.pattern, text, st.pieces);
+  for (const Piece& piece : st.pieces)
+    encode_word(d, st, text.substr(piece.begin, piece.end - piece.begin), ids);
+}
+
+// The normalizer's steps on `text`; returns `text` itself when nothing changes. `continues`:
+// the text goes on from earlier text, so no Prepend puts a space in front.
+std::string_view normalise(const TokenizerData& d, std::string_view text, bool continues,
+                           std::string& buffer) {
+  for (const NormalizerStep& step : d.normalizers) {
+    std::string out;
+    switch (step.kind) {
+      case NormalizerStep::Kind::kNfc:
+        if (!nfc_if_needed(text, out)) continue;
+        break;
+      case NormalizerStep::Kind::kPrepend:
+        if (text.empty() || continues) continue;
+        out = step.text;
+        out += text;
+        break;
+      case NormalizerStep::Kind::kReplace:
+        if (text.find(step.text) == std::string_view::npos) continue;
+        for (size_t i = 0; i < text.size();) {
+          if (text.compare(i, step.text.size(), step.text) == 0) {
+            out += step.with;
+            i += step.text.size();
+          } else {
+            out.push_back(text[i++]);
+          }
+        }
+        break;
+    }
+    buffer = std::move(out);
+    text = buffer;
+  }
+  return text;
 }
 
 // Normalises a stretch of raw text between added tokens, then matches normalized added tokens.
-void encode_segment(const TokenizerData& d, std::string_view text, const EncodeOptions& options,
-                    std::vector<int32_t>& ids) {
+// `first`: the stretch starts the text.
+void encode_segment(const TokenizerData& d, std::string_view text, bool first,
+                    const EncodeOptions& options, std::vector<int32_t>& ids) {
   if (text.empty()) return;
   std::string normalised;
-  if (d.normalizer == Normalizer::kNfc && nfc_if_needed(text, normalised)) text = normalised;
+  text = normalise(d, text, first && options.continuation, normalised);
+  const bool at_start = first && !options.continuation;
   if (d.normalized_matcher.empty()) {
-    encode_plain(d, text, ids);
+    encode_plain(d, text, at_start, ids);
     return;
   }
   size_t pos = 0;
   AddedTokenMatcher::Match m;
   while (d.normalized_matcher.next(text, pos, options.split_special, m)) {
-    encode_plain(d, text.substr(pos, m.begin - pos), ids);
+    encode_plain(d, text.substr(pos, m.begin - pos), at_start && pos == 0, ids);
     ids.push_back(m.id);
     pos = m.end;
   }
-  encode_plain(d, text.substr(pos), ids);
+  encode_plain(d, text.substr(pos), at_start && pos == 0, ids);
 }
 
 }  // namespace
@@ -176,14 +254,26 @@ void Tokenizer::encode_into(std::string_view text, std::vector<int32_t>& ids,
     repaired = utf8_lossy(text);
     text = repaired;
   }
+  if (options.add_special_tokens) ids.insert(ids.end(), d.prefix_ids.begin(), d.prefix_ids.end());
   size_t pos = 0;
   AddedTokenMatcher::Match m;
   while (d.raw_matcher.next(text, pos, options.split_special, m)) {
-    encode_segment(d, text.substr(pos, m.begin - pos), options, ids);
+    encode_segment(d, text.substr(pos, m.begin - pos), pos == 0, options, ids);
     ids.push_back(m.id);
     pos = m.end;
   }
-  encode_segment(d, text.substr(pos), options, ids);
+  encode_segment(d, text.substr(pos), pos == 0, options, ids);
+  if (options.add_special_tokens) ids.insert(ids.end(), d.suffix_ids.begin(), d.suffix_ids.end());
+}
+
+void Tokenizer::encode_prompt_into(std::string_view text, std::vector<int32_t>& ids) const {
+  const size_t start = ids.size();
+  encode_into(text, ids);
+  const std::vector<int32_t>& prefix = data_->prefix_ids;
+  if (ids.size() - start >= prefix.size() &&
+      std::equal(prefix.begin(), prefix.end(), ids.begin() + static_cast<std::ptrdiff_t>(start)))
+    return;
+  ids.insert(ids.begin() + static_cast<std::ptrdiff_t>(start), prefix.begin(), prefix.end());
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, const EncodeOptions& options) const {
@@ -219,11 +309,30 @@ std::optional<int32_t> Tokenizer::token_id(std::string_view token) const {
   return id;
 }
 
+// Appends the bytes of one token under the decoder's rules (the first token of a Metaspace
+// decoder loses its spaces, a Strip decoder eats leading spaces of the text).
+void Tokenizer::append_decoded(int32_t id, DecodeState& state, std::string& bytes) const {
+  std::string_view token = data_->token_bytes[id];
+  const DecoderRule& rule = data_->decoder;
+  const bool first = state.first;
+  state.first = false;
+  for (char c : token) {
+    if (c == ' ' &&
+        ((first && rule.first_token_drops_spaces) || state.stripped < rule.strip_leading_spaces)) {
+      ++state.stripped;
+      continue;
+    }
+    state.stripped = rule.strip_leading_spaces;  // only leading spaces are stripped
+    bytes.push_back(c);
+  }
+}
+
 std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) const {
   std::string bytes;
+  DecodeState state;
   for (int32_t id : ids) {
     if (!is_valid(id) || (skip_special && is_special(id))) continue;
-    bytes += data_->token_bytes[id];
+    append_decoded(id, state, bytes);
   }
   if (is_valid_utf8(bytes)) return bytes;
   return utf8_lossy(bytes);
@@ -258,7 +367,7 @@ const std::vector<int32_t>& Tokenizer::stop_ids() const {
 std::string StreamDecoder::push(int32_t id) {
   std::string out;
   if (!tokenizer_.is_valid(id) || (skip_special_ && tokenizer_.is_special(id))) return out;
-  pending_ += tokenizer_.token_bytes(id);
+  tokenizer_.append_decoded(id, state_, pending_);
   size_t held = append_utf8_lossy_partial(out, pending_);
   pending_.erase(0, pending_.size() - held);
   return out;
@@ -268,6 +377,7 @@ std::string StreamDecoder::finish() {
   std::string out;
   append_utf8_lossy(out, pending_);
   pending_.clear();
+  state_ = {};
   return out;
 }
 

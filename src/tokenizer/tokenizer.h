@@ -1,11 +1,14 @@
-// The Qwen2 tokenizer (byte-level BPE), id-for-id identical to Hugging Face `tokenizers`.
+// BPE tokenizers from tokenizer.json, id-for-id identical to Hugging Face `tokenizers`: the
+// byte-level ones (Qwen2, Qwen3, Llama 3) and the SentencePiece-style ones with byte fallback
+// (Llama 2, TinyLlama, Mistral).
 //
 // Encoding: invalid UTF-8 is first repaired (each maximal invalid subpart becomes U+FFFD, like
 // Python's errors="replace"); added tokens with normalized=false are matched on the raw text
-// (leftmost-longest, as tokenizers does); the text between them is NFC-normalised, split by the
-// pre-tokenizer regex, mapped to bytes and merged by BPE rank. encode() never adds BOS/EOS.
+// (leftmost-longest, as tokenizers does); the text between them is normalised (NFC, or
+// Prepend/Replace of "▁"), pre-tokenized (the split regex, or Metaspace) and merged by BPE
+// rank. The post-processor's special tokens (a BOS) come only with add_special_tokens.
 // Decoding: ids -> bytes -> UTF-8 with invalid sequences replaced by U+FFFD; ids that name no
-// token are skipped, as tokenizers does.
+// token are skipped, as tokenizers does; the decoder's leading-space rules apply.
 //
 // A Tokenizer is immutable after loading, cheap to copy (shared state) and safe to use from
 // several threads at once; each thread keeps its own word cache.
@@ -35,6 +38,12 @@ struct EncodeOptions {
   // Treat the text of special tokens ("<|im_start|>") as plain text, like Hugging Face
   // split_special_tokens=True. Non-special added tokens are still matched.
   bool split_special = false;
+  // The post-processor's tokens around the text (Llama's BOS), like Hugging Face
+  // add_special_tokens=True.
+  bool add_special_tokens = false;
+  // The text continues earlier text (an answer after its prompt): SentencePiece-style
+  // tokenizers put no "▁" in front of it, so the two parts decode to the joined text.
+  bool continuation = false;
 };
 
 class TokenizerData;
@@ -52,6 +61,10 @@ class Tokenizer {
   // Appends the ids of `text` to `ids`.
   void encode_into(std::string_view text, std::vector<int32_t>& ids,
                    const EncodeOptions& options = {}) const;
+  // Appends the ids of a prompt: the post-processor's leading tokens (the BOS that
+  // tokenizer(text) gives Llama models) and the text, without a second BOS where the text
+  // itself starts with one (chat templates write it).
+  void encode_prompt_into(std::string_view text, std::vector<int32_t>& ids) const;
 
   std::string decode(std::span<const int32_t> ids, bool skip_special = false) const;
   // The raw bytes of one token (possibly part of a UTF-8 character); empty for unknown ids.
@@ -78,6 +91,12 @@ class Tokenizer {
  private:
   explicit Tokenizer(std::shared_ptr<const TokenizerData> data) : data_(std::move(data)) {}
   friend class TokenizerBuilder;
+  friend class StreamDecoder;
+  struct DecodeState {
+    bool first = true;  // no token decoded yet
+    int stripped = 0;   // leading spaces stripped so far
+  };
+  void append_decoded(int32_t id, DecodeState& state, std::string& bytes) const;
   std::shared_ptr<const TokenizerData> data_;
 };
 
@@ -95,6 +114,7 @@ class StreamDecoder {
  private:
   Tokenizer tokenizer_;
   bool skip_special_;
+  Tokenizer::DecodeState state_;
   std::string pending_;
 };
 

@@ -31,7 +31,38 @@ class AddedTokenMatcher {
   std::array<std::vector<uint16_t>, 256> by_first_byte_;  // indices into tokens_
 };
 
-enum class Normalizer { kNone, kNfc };
+// One step of tokenizer.json's normalizer (a Sequence is a list of them).
+struct NormalizerStep {
+  enum class Kind { kNfc, kPrepend, kReplace };
+  Kind kind = Kind::kNfc;
+  std::string text;  // kPrepend: what goes in front (of non-empty text); kReplace: what is replaced
+  std::string with;  // kReplace: its replacement
+};
+
+// How the vocabulary spells text. Byte-level (Qwen2, Llama 3): every byte has a printable
+// stand-in and the pre-tokenizer is a regex split. SentencePiece-style (Llama 2, Mistral):
+// tokens are UTF-8 characters with "▁" for a space, characters outside the vocabulary become
+// "<0xAB>" byte tokens (byte_fallback), and the text is one word or split at each "▁".
+enum class Alphabet { kByteLevel, kSentencePiece };
+
+// The Metaspace pre-tokenizer: spaces become `replacement`, which is also put in front of the
+// text (kFirst: only of the text's first stretch, before any added token) unless it starts
+// with one; `split` cuts the text before each replacement.
+struct MetaspaceRule {
+  enum class Prepend { kAlways, kFirst, kNever };
+  bool enabled = false;
+  std::string replacement;
+  Prepend prepend = Prepend::kAlways;
+  bool split = true;
+};
+
+// What the decoder does beyond mapping each token to its bytes.
+struct DecoderRule {
+  std::string space_symbol;               // SentencePiece: what decodes to a space ("▁")
+  bool byte_tokens = false;               // "<0xAB>" decodes to the byte 0xAB (ByteFallback)
+  int strip_leading_spaces = 0;           // Strip after Fuse: of the whole text
+  bool first_token_drops_spaces = false;  // Metaspace: the first token's "▁" vanish
+};
 
 class TokenizerData {
  public:
@@ -44,10 +75,17 @@ class TokenizerData {
   TokenIndex raw_word_ids;                 // bytes -> id, with ignore_merges
 
   BpeModel bpe;
+  // Byte-level: the token of each byte. SentencePiece: of each ASCII character (or its byte
+  // token), -1 above 127. Words of one byte are looked up here.
   int32_t byte_ids[256];
   bool ignore_merges = false;
-  Normalizer normalizer = Normalizer::kNfc;
-  SplitPattern pattern = SplitPattern::kQwen2;
+  Alphabet alphabet = Alphabet::kByteLevel;
+  std::vector<NormalizerStep> normalizers;
+  SplitPattern pattern = SplitPattern::kQwen2;  // byte-level
+  MetaspaceRule metaspace;                      // SentencePiece; disabled: the text is one word
+  DecoderRule decoder;
+  // The post-processor's special tokens before and after a single sequence ("<s>" $A).
+  std::vector<int32_t> prefix_ids, suffix_ids;
 
   std::vector<AddedToken> added;
   AddedTokenMatcher raw_matcher;         // added tokens with normalized == false

@@ -5,7 +5,11 @@
 // ../shared/tokenizer/qwen2_cases.jsonl), as produced by Hugging Face `tokenizers` (the
 // reference in ../shared/reference/tokenizer, after `npm ci` in a copy of it).
 //
-// Usage: node make_tokenizer_golden.js REFERENCE_DIR TOKENIZER_JSON (ALPACA_JSON | TEXTS_JSONL) OUT_BIN
+// Usage: node make_tokenizer_golden.js REFERENCE_DIR TOKENIZER_JSON (ALPACA_JSON | TEXTS_JSONL) OUT_BIN [PATCH_JSON]
+//
+// PATCH_JSON: an object whose members replace the tokenizer.json members of the same name (a
+// variant of a real tokenizer, such as tokenizer_metaspace_first.patch.json); the tests apply
+// the same patch.
 //
 // Output format (little-endian; the texts themselves are not stored):
 //   "LTIDS001"                   8-byte magic
@@ -18,9 +22,9 @@
 const fs = require("fs");
 const path = require("path");
 
-const [refDir, tokenizerJson, alpacaJson, outBin] = process.argv.slice(2);
+const [refDir, tokenizerJson, alpacaJson, outBin, patchJson] = process.argv.slice(2);
 if (!outBin) {
-  process.stderr.write("usage: node make_tokenizer_golden.js REFERENCE_DIR TOKENIZER_JSON (ALPACA_JSON | TEXTS_JSONL) OUT_BIN\n");
+  process.stderr.write("usage: node make_tokenizer_golden.js REFERENCE_DIR TOKENIZER_JSON (ALPACA_JSON | TEXTS_JSONL) OUT_BIN [PATCH_JSON]\n");
   process.exit(2);
 }
 const { Tokenizer } = require(path.resolve(refDir, "node_modules", "tokenizers"));
@@ -46,7 +50,9 @@ function varint(out, v) {
 }
 
 async function main() {
-  const tok = Tokenizer.fromString(fs.readFileSync(tokenizerJson, "utf8"));
+  const spec = JSON.parse(fs.readFileSync(tokenizerJson, "utf8"));
+  if (patchJson) Object.assign(spec, JSON.parse(fs.readFileSync(patchJson, "utf8")));
+  const tok = Tokenizer.fromString(JSON.stringify(spec));
   const input = fs.readFileSync(alpacaJson, "utf8");
   const texts = alpacaJson.endsWith(".jsonl")
     ? input.split("\n").filter((l) => l.length > 0).map((l) => JSON.parse(l).text)

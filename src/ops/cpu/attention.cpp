@@ -23,23 +23,29 @@ void head_scores(float* scores, const float* qh, long q_stride, const float* kg,
               n_keys);
 }
 
-// row[0, visible) = softmax of itself, row[visible, n) = 0; returns the log-sum-exp.
-float causal_softmax(float* row, int visible, int n) {
-  const float max_s = row_max(row, visible);
+// row[first, end) = softmax of itself, the rest of row[0, n) = 0; returns the log-sum-exp.
+float causal_softmax(float* row, int first, int end, int n) {
+  const float max_s = row_max(row + first, end - first);
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-  for (int j = 0; j < visible; ++j) sum += (row[j] = fast_exp(row[j] - max_s));
+  for (int j = first; j < end; ++j) sum += (row[j] = fast_exp(row[j] - max_s));
   const float inv = 1.0f / sum;
 #pragma omp simd
-  for (int j = 0; j < visible; ++j) row[j] *= inv;
-  std::fill(row + visible, row + n, 0.0f);
+  for (int j = first; j < end; ++j) row[j] *= inv;
+  std::fill(row, row + first, 0.0f);
+  std::fill(row + end, row + n, 0.0f);
   return max_s + std::log(sum);
+}
+
+// The first key that the query at `position` sees.
+int first_key(int position, int window) {
+  return window > 0 ? std::max(0, position - window + 1) : 0;
 }
 
 }  // namespace
 
 void attention_forward(float* out, float* lse, const float* q, const AttentionSpan* spans,
-                       int n_spans, int H, int Hkv, int D, int kv_stride) {
+                       int n_spans, int H, int Hkv, int D, int kv_stride, int window) {
   const int group = H / Hkv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const long q_stride = static_cast<long>(H) * D;
@@ -61,18 +67,23 @@ void attention_forward(float* out, float* lse, const float* q, const AttentionSp
           const int i0 = b * kRowBlock;
           if (i0 >= sp.q_len) continue;
           const int rows = std::min(kRowBlock, sp.q_len - i0);
-          const int n_keys = sp.past + i0 + rows;
+          // The block sees keys lo..lo+n_keys−1: from its first row's first key to its last row.
+          const int lo = first_key(sp.past + i0, window);
+          const int n_keys = sp.past + i0 + rows - lo;
           const int g = h / group;
           const long q_row = static_cast<long>(sp.q_start) + i0;
+          const long kv_off = static_cast<long>(lo) * kv_stride + g * D;
           scores.resize(static_cast<size_t>(rows) * n_keys);
-          head_scores(scores.data(), q + q_row * q_stride + h * D, q_stride, sp.k + g * D,
+          head_scores(scores.data(), q + q_row * q_stride + h * D, q_stride, sp.k + kv_off,
                       kv_stride, rows, n_keys, D, scale);
           for (int i = 0; i < rows; ++i) {
-            const float l = causal_softmax(scores.data() + static_cast<long>(i) * n_keys,
-                                           sp.past + i0 + i + 1, n_keys);
+            const int position = sp.past + i0 + i;
+            const float l =
+                causal_softmax(scores.data() + static_cast<long>(i) * n_keys,
+                               first_key(position, window) - lo, position + 1 - lo, n_keys);
             if (lse) lse[(q_row + i) * H + h] = l;
           }
-          small_sgemm(false, false, rows, D, n_keys, 1.0f, scores.data(), n_keys, sp.v + g * D,
+          small_sgemm(false, false, rows, D, n_keys, 1.0f, scores.data(), n_keys, sp.v + kv_off,
                       kv_stride, 0.0f, out + q_row * q_stride + h * D, q_stride);
         }
   }
@@ -80,7 +91,8 @@ void attention_forward(float* out, float* lse, const float* q, const AttentionSp
 
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
                         const float* lse, const float* q, const float* k, const float* v,
-                        const AttentionSpan* spans, int n_spans, int H, int Hkv, int D) {
+                        const AttentionSpan* spans, int n_spans, int H, int Hkv, int D,
+                        int window) {
   const int group = H / Hkv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const long q_stride = static_cast<long>(H) * D;
@@ -95,19 +107,22 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
       for (int g = 0; g < Hkv; ++g) {
         const int T = spans[s].q_len, start = spans[s].q_start;
         if (T == 0) continue;
-        const float* kg = k + static_cast<long>(start) * kv_stride + g * D;
-        const float* vg = v + static_cast<long>(start) * kv_stride + g * D;
-        float* dkg = dk + static_cast<long>(start) * kv_stride + g * D;
-        float* dvg = dv + static_cast<long>(start) * kv_stride + g * D;
         for (int t = 0; t < T; ++t) {
-          std::fill_n(dkg + static_cast<long>(t) * kv_stride, D, 0.0f);
-          std::fill_n(dvg + static_cast<long>(t) * kv_stride, D, 0.0f);
+          std::fill_n(dk + (static_cast<long>(start) + t) * kv_stride + g * D, D, 0.0f);
+          std::fill_n(dv + (static_cast<long>(start) + t) * kv_stride + g * D, D, 0.0f);
         }
         p.resize(static_cast<size_t>(std::min(T, kRowBlock)) * T);
         dp.resize(p.size());
         for (int h = g * group; h < (g + 1) * group; ++h)
           for (int i0 = 0; i0 < T; i0 += kRowBlock) {
-            const int rows = std::min(kRowBlock, T - i0), n_keys = i0 + rows;
+            // The block's keys lo..lo+n_keys−1, as in the forward.
+            const int rows = std::min(kRowBlock, T - i0), lo = first_key(i0, window);
+            const int n_keys = i0 + rows - lo;
+            const long kv_off = (static_cast<long>(start) + lo) * kv_stride + g * D;
+            const float* kg = k + kv_off;
+            const float* vg = v + kv_off;
+            float* dkg = dk + kv_off;
+            float* dvg = dv + kv_off;
             const long off = (static_cast<long>(start) + i0) * q_stride + h * D;
             // P = exp(scale·Q·Kᵀ − lse) over the visible keys.
             head_scores(p.data(), q + off, q_stride, kg, kv_stride, rows, n_keys, D, scale);
@@ -122,10 +137,11 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
               const float* orow = out + off + i * q_stride;
               float dot = 0.0f;  // Σ_d dO·O: the softmax backward's row term
               for (int d = 0; d < D; ++d) dot += dorow[d] * orow[d];
-              const int visible = i0 + i + 1;
+              const int first = first_key(i0 + i, window) - lo, end = i0 + i + 1 - lo;
 #pragma omp simd
-              for (int j = 0; j < visible; ++j) prow[j] = fast_exp(prow[j] - l);
-              std::fill(prow + visible, prow + n_keys, 0.0f);
+              for (int j = first; j < end; ++j) prow[j] = fast_exp(prow[j] - l);
+              std::fill(prow, prow + first, 0.0f);
+              std::fill(prow + end, prow + n_keys, 0.0f);
               // dS = P ∘ (dP − rowdot) in place of dP, apart from P, which dV still needs.
 #pragma omp simd
               for (int j = 0; j < n_keys; ++j) dprow[j] = prow[j] * (dprow[j] - dot);
