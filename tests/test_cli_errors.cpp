@@ -60,28 +60,6 @@ TEST(CliErrors, ModelFolderProblems) {
   expect_clean_failure(logits_cmd(m), "invalid JSON");
 }
 
-// Mistral's sliding window is refused, clearly, for a sequence longer than it.
-TEST(CliErrors, SequenceLongerThanTheSlidingWindow) {
-  test::TempDir dir;
-  const std::string m = dir / "mistral";
-  ASSERT_EQ(test::run_cli("init-model --preset mistral-7b --num-hidden-layers 1 --hidden-size 32 "
-                          "--intermediate-size 32 --num-attention-heads 2 --num-key-value-heads 1 "
-                          "--vocab-size 300 --out '" +
-                          m + "'")
-                .status,
-            0);
-  std::string config = test::read_file(m + "/config.json");
-  config.replace(config.find("\"sliding_window\": 4096"), 22, "\"sliding_window\": 4");
-  test::write_file(m + "/config.json", config);
-  EXPECT_EQ(test::run_cli("debug logits --model '" + m + "' --ids 1,2,3,4 --out '" +
-                          dir / "ok.safetensors" + "'")
-                .status,
-            0);
-  expect_clean_failure(
-      "debug logits --model '" + m + "' --ids 1,2,3,4,5 --out '" + dir / "no.safetensors" + "'",
-      "longer than the model's sliding_window (4)");
-}
-
 TEST(CliErrors, CorruptSafetensors) {
   test::TempDir dir;
   std::string m = copy_tiny(dir);

@@ -80,6 +80,11 @@ TEST(GoldenGrads, LlamaAllLinear) {
 TEST(GoldenGrads, Qwen3AllLinear) {
   check_grads("tiny_qwen3", "tiny_qwen3_all", "grads_tiny_qwen3_all.safetensors");
 }
+// Mistral's sliding window of 20 over a 96-token sequence (every token labelled) packed with
+// three short ones.
+TEST(GoldenGrads, MistralSlidingWindowAllLinear) {
+  check_grads("tiny_mistral", "tiny_mistral_all", "grads_tiny_mistral_all.safetensors");
+}
 TEST(GoldenGrads, DefaultLabels) {
   check_grads("tiny", "tiny_qv", "grads_tiny_qv_default_labels.safetensors");
 }

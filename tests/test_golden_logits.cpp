@@ -6,6 +6,7 @@
 
 #include "io/safetensors.h"
 #include "lora/adapter.h"
+#include "model/kv_cache.h"
 #include "model/transformer.h"
 #include "test_util.h"
 
@@ -87,6 +88,39 @@ TEST(GoldenLogits, Qwen3) {
     SCOPED_TRACE(ops::format_name(f));
     const test::BackendScope scope(f);
     check_logits("tiny_qwen3", "logits_tiny_qwen3_long.safetensors", "tiny_qwen3_all");
+  }
+}
+// Mistral: a sliding window of 20 positions, which the 96-token sequence crosses (and a row
+// block of 64 with it), packed with a 16-token one, adapter unmerged; then the same sequence
+// through the KV cache: a prefill past the window and one token at a time.
+TEST(GoldenLogits, MistralSlidingWindow) {
+  for (const ops::WeightFormat f : test::kF32Formats) {
+    SCOPED_TRACE(ops::format_name(f));
+    const test::BackendScope scope(f);
+    check_logits("tiny_mistral", "logits_tiny_mistral_long.safetensors", "tiny_mistral_all");
+  }
+  SafetensorsFile g(test::golden("logits_tiny_mistral_long.safetensors"));
+  Transformer m(test::golden("models/tiny_mistral"));
+  LoraAdapter lora = LoraAdapter::load(test::golden("adapters/tiny_mistral_all"), m.config());
+  m.set_adapter(&lora);
+  ASSERT_EQ(m.config().sliding_window, 20);
+  const std::vector<int> ids = test::read_i32(*g.find("ids.0"));
+  const float* expected = reinterpret_cast<const float*>(g.find("logits.0")->data);
+  const int V = m.config().vocab_size, prefill = 30;
+  KVCache cache(m.config(), 1, static_cast<int>(ids.size()));
+  std::vector<float> step(V);
+  auto check_row = [&](int t) {
+    float max_err = 0;
+    for (int v = 0; v < V; ++v)
+      max_err = std::max(max_err, std::fabs(step[v] - expected[static_cast<size_t>(t) * V + v]));
+    EXPECT_LE(max_err, 1e-4f) << "position " << t;
+  };
+  m.forward(std::vector<int>(ids.begin(), ids.begin() + prefill), {{0, prefill, 0}}, &cache,
+            {prefill - 1}, step.data());
+  check_row(prefill - 1);
+  for (int t = prefill; t < static_cast<int>(ids.size()); ++t) {
+    m.forward({ids[t]}, {{0, 1, 0}}, &cache, {0}, step.data());
+    check_row(t);
   }
 }
 TEST(GoldenLogits, LongSequences) {

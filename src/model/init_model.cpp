@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <vector>
 
 #include "core/error.h"
@@ -34,8 +35,8 @@ struct Preset {
 // The tiny presets are small enough for tests in milliseconds; their vocabulary holds the 256
 // byte tokens and the special tokens of the built-in byte-level tokenizer. tiny-llama has a
 // head_dim of its own, an untied head and llama3 RoPE scaling whose three frequency bands its
-// head_dim reaches; tiny-qwen3 a head_dim unlike hidden / heads. The others are the real
-// models' shapes.
+// head_dim reaches; tiny-qwen3 a head_dim unlike hidden / heads; tiny-mistral a sliding window
+// of 20 positions. The others are the real models' shapes.
 const Preset kPresets[] = {
     {"tiny", "qwen2", 64, 128, 2, 4, 2, 0, 512, 4096, 1e6, 1e-6, true, 256, 256},
     {"tiny-llama",
@@ -55,6 +56,23 @@ const Preset kPresets[] = {
      256,
      {"llama3", 8.0, 1.0, 4.0, 64}},
     {"tiny-qwen3", "qwen3", 64, 96, 2, 4, 2, 32, 512, 4096, 1e6, 1e-6, true, 256, 256},
+    {"tiny-mistral",
+     "mistral",
+     64,
+     96,
+     2,
+     4,
+     2,
+     0,
+     512,
+     4096,
+     10000,
+     1e-5,
+     false,
+     256,
+     256,
+     {},
+     20},
     {"qwen2-0.5b", "qwen2", 896, 4864, 24, 14, 2, 0, 151936, 131072, 1e6, 1e-6, true, 151643,
      151643},
     {"qwen2-1.5b", "qwen2", 1536, 8960, 28, 12, 2, 0, 151936, 131072, 1e6, 1e-6, true, 151643,
@@ -128,9 +146,15 @@ ModelConfig model_preset(const std::string& name) {
     c.generation.eos_token_ids = c.eos_token_ids;
     return c;
   }
+  throw UsageError("unknown preset '" + name + "'", "", "use " + model_preset_names());
+}
+
+std::string model_preset_names() {
   std::string names;
-  for (const Preset& p : kPresets) names += (names.empty() ? "" : ", ") + std::string(p.name);
-  throw UsageError("unknown preset '" + name + "'", "", "use " + names);
+  const size_t n = std::size(kPresets);
+  for (size_t i = 0; i < n; ++i)
+    names += std::string(i == 0 ? "" : i + 1 == n ? " or " : ", ") + kPresets[i].name;
+  return names;
 }
 
 void make_dirs(const std::string& dir) {

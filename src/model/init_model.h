@@ -11,6 +11,8 @@
 namespace loratune {
 
 // "tiny", "qwen2-0.5b", "qwen2-1.5b"; throws UsageError for other names.
+// "tiny, tiny-llama, …, or mistral-7b": the preset names, for help and errors.
+std::string model_preset_names();
 ModelConfig model_preset(const std::string& name);
 
 // How random weights are drawn. Norm weights are 1 + N(0, 0.1) and biases N(0, 0.02) in both,

@@ -66,7 +66,8 @@ fi
 
 # only this script's folders are replaced; other golden files are left alone
 rm -rf $M/tiny $M/tiny_bf16 $M/odd $M/sharp $A/tiny_qv $A/tiny_all $A/odd_all $A/sharp_all $A/tiny_qv_rslora \
-  $M/tiny_llama $M/tiny_llama_bias $A/tiny_llama_all $A/tiny_llama_bias_all $M/tiny_qwen3 $A/tiny_qwen3_all
+  $M/tiny_llama $M/tiny_llama_bias $A/tiny_llama_all $A/tiny_llama_bias_all $M/tiny_qwen3 $A/tiny_qwen3_all \
+  $M/tiny_mistral $A/tiny_mistral_all
 mkdir -p "$M" "$A"
 
 # ---- models and adapters
@@ -95,6 +96,9 @@ mk_adapter --model $M/tiny_llama_bias --out $A/tiny_llama_bias_all --lora-r 4 --
 # Qwen3: per-head q/k norms, no biases, head_dim 32 with hidden 64 and 4 heads.
 mk_model --preset tiny-qwen3 --seed 19 --out $M/tiny_qwen3
 mk_adapter --model $M/tiny_qwen3 --out $A/tiny_qwen3_all --lora-r 4 --lora-alpha 16 --target-modules all-linear --b-std 0.02 --seed 7
+# Mistral: a sliding window of 20 positions, which the 96-token sequence crosses.
+mk_model --preset tiny-mistral --seed 23 --out $M/tiny_mistral
+mk_adapter --model $M/tiny_mistral --out $A/tiny_mistral_all --lora-r 4 --lora-alpha 16 --target-modules all-linear --b-std 0.02 --seed 8
 
 # ---- token ids (fixed; tiny vocab is 512)
 ONE="481,186,311,205,419,271,251,510,362,425,223,316,338,76,211,479"
@@ -117,6 +121,7 @@ ref logits --double --model $M/tiny --adapter $A/tiny_all --ids "$BATCH" --out $
 ref logits --double --model $M/tiny_llama --ids "$LONG" --out $G/logits_tiny_llama_long.safetensors
 ref logits --double --model $M/tiny_llama_bias --adapter $A/tiny_llama_bias_all --ids "$BATCH" --out $G/logits_tiny_llama_bias_batch.safetensors
 ref logits --double --model $M/tiny_qwen3 --adapter $A/tiny_qwen3_all --ids "$LONG" --out $G/logits_tiny_qwen3_long.safetensors
+ref logits --double --model $M/tiny_mistral --adapter $A/tiny_mistral_all --ids "$LONG;$ONE" --out $G/logits_tiny_mistral_long.safetensors
 
 # ---- loss + LoRA gradients (float64, written as float32)
 ref grads --model $M/tiny --adapter $A/tiny_qv --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_tiny_qv.safetensors
@@ -128,6 +133,7 @@ ref grads --model $M/tiny --adapter $A/tiny_qv --ids "$TRAIN_IDS" --out $G/grads
 ref grads --model $M/tiny_llama --adapter $A/tiny_llama_all --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_tiny_llama_all.safetensors
 ref grads --model $M/tiny_llama_bias --adapter $A/tiny_llama_bias_all --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_tiny_llama_bias_all.safetensors
 ref grads --model $M/tiny_qwen3 --adapter $A/tiny_qwen3_all --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --out $G/grads_tiny_qwen3_all.safetensors
+ref grads --model $M/tiny_mistral --adapter $A/tiny_mistral_all --ids "$LONG;$TRAIN_IDS" --out $G/grads_tiny_mistral_all.safetensors
 
 # ---- AdamW runs (float64)
 ref adamw --model $M/tiny --adapter $A/tiny_qv --ids "$TRAIN_IDS" --labels "$TRAIN_LABELS" --steps 10 --lr 1e-3 \

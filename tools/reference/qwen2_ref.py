@@ -84,6 +84,9 @@ class Config:
                 raise RefError(f"{where}: rope_scaling {kind!r} is not supported by the reference")
         if d.get("use_sliding_window"):
             raise RefError(f"{where}: use_sliding_window is not supported by the reference")
+        # Mistral: a query at position i sees keys i-window+1..i (transformers' sliding-window
+        # mask: key j is masked where j <= i - window).
+        self.window = int(d.get("sliding_window") or 0) if self.model_type == "mistral" else 0
 
 
 def weight_shapes(cfg):
@@ -348,6 +351,8 @@ def forward(m, ids, adapter=None):
     x = m.w["model.embed_tokens.weight"][ids_t]  # [T, C]
     cos, sin = m.rope(T)  # [T, D]
     causal = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)  # True = masked
+    if cfg.window > 0:
+        causal |= torch.tril(torch.ones(T, T, dtype=torch.bool), diagonal=-cfg.window)
     H, Hkv, D = cfg.H, cfg.Hkv, cfg.D
     soft_dtype = torch.float64 if m.dtype == torch.float64 else torch.float32
     for i in range(cfg.L):
