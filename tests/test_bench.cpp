@@ -69,7 +69,9 @@ TEST(Bench, SmokeEveryFigureOnTheTinyModel) {
   ASSERT_EQ(r.status, 0) << r.err;
 
   const std::map<std::string, std::vector<std::string>> keys = {
-      {"cpu", {"model", "flags", "bf16_hardware", "onednn_isa", "fp32_kernel", "bf16_kernel"}},
+      {"cpu",
+       {"model", "flags", "bf16_hardware", "onednn_isa", "fp32_kernel", "bf16_kernel",
+        "fp32_generation_kernel"}},
       {"sgemm",
        {"shape", "m", "k", "n", "blas_forward_gflops", "blas_backward_gflops", "own_forward_gflops",
         "own_backward_gflops", "onednn_f32_forward_gflops", "onednn_f32_backward_gflops",
@@ -130,6 +132,10 @@ TEST(Bench, SmokeEveryFigureOnTheTinyModel) {
     if (line["figure"] == "generate") {
       EXPECT_EQ(line["prompt_tokens"], 8);
       EXPECT_EQ(line["new_tokens"], 4);
+      // Generation's own kernels: row-invariant ones (the own kernels in fp32).
+      const bool bf16 = line["precision"] == "bf16";
+      EXPECT_EQ(line["kernel"], r.lines[0][bf16 ? "bf16_kernel" : "fp32_generation_kernel"])
+          << line.dump();
     }
   }
   // The table on stderr.

@@ -353,8 +353,12 @@ int run_bench(const Args& args) {
   Settings s = parse_settings(a);
   if (a.has("--child")) {
     set_num_threads(s.threads);
-    select_precision(a, "false");
-    return run_child(a.str("--child"), s);
+    const std::string figure = a.str("--child");
+    // Generation and serving run on the kernels their commands use.
+    select_precision(a, "false",
+                     figure == "generate" || figure == "serve" ? ops::KernelUse::kRowInvariant
+                                                               : ops::KernelUse::kFastest);
+    return run_child(figure, s);
   }
   set_num_threads(s.threads);
   s.threads = num_threads();
@@ -406,7 +410,8 @@ int run_bench(const Args& args) {
   emit(cpu);
   rows.push_back({"cpu", cpu.value("model", ""), "",
                   cpu.value("flags", "") + "; oneDNN ISA " + cpu.value("onednn_isa", "") +
-                      "; kernels fp32 " + cpu.value("fp32_kernel", "") + ", bf16 " +
+                      "; kernels fp32 " + cpu.value("fp32_kernel", "") + " (generation " +
+                      cpu.value("fp32_generation_kernel", "") + "), bf16 " +
                       cpu.value("bf16_kernel", "")});
   std::optional<double> peak_gflops[2], bandwidth;  // by mode: fp32, bf16
   if (s.wants("sgemm") || s.wants("train")) {

@@ -89,7 +89,7 @@ int run_generate(const Args& args) {
   if (sources != 1)
     throw UsageError("give exactly one of --prompt, --instruction, --prompt-ids and --chat");
   set_num_threads(static_cast<int>(a.integer("--threads", 0)));
-  select_precision(a, "auto");
+  select_precision(a, "auto", ops::KernelUse::kRowInvariant);  // as serve: the same answers
   if (isatty(2)) announce_backend();  // scripts that read the output get the text alone
   Transformer model(model_dir);
   const auto adapter = load_adapter_option(a, model, a.flag("--merge"));

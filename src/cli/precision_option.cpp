@@ -15,7 +15,8 @@ Option bf16_option(const std::string& fallback) {
           fallback};
 }
 
-ops::Precision select_precision(const ParsedArgs& a, const std::string& fallback) {
+ops::Precision select_precision(const ParsedArgs& a, const std::string& fallback,
+                                ops::KernelUse use) {
   const std::string v = a.has("--bf16") ? a.str("--bf16") : fallback;
   bool bf16;
   if (v == "auto")
@@ -27,7 +28,7 @@ ops::Precision select_precision(const ParsedArgs& a, const std::string& fallback
   else
     throw UsageError("--bf16 takes auto, true or false, not '" + v + "'");
   const ops::Precision p = bf16 ? ops::Precision::kBF16 : ops::Precision::kF32;
-  ops::set_backend(ops::choose_backend(p));
+  ops::set_backend(ops::choose_backend(p, use));
   return p;
 }
 

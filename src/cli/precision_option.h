@@ -13,8 +13,9 @@ namespace loratune::cli {
 Option bf16_option(const std::string& fallback);
 
 // Resolves --bf16 (auto: bf16 where the CPU has AVX512-BF16 or AMX, fp32 elsewhere) and sets
-// the run's backend.
-ops::Precision select_precision(const ParsedArgs& a, const std::string& fallback);
+// the run's backend for `use`.
+ops::Precision select_precision(const ParsedArgs& a, const std::string& fallback,
+                                ops::KernelUse use = ops::KernelUse::kFastest);
 
 // "bf16 mixed precision (matrix kernels onednn-bf16, oneDNN ISA avx512_core_amx)": the
 // current backend.

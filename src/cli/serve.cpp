@@ -65,7 +65,7 @@ int run_serve(const Args& args) {
   ParsedArgs a = parse_args(kSpec, args);
   const std::string model_dir = a.required("--model");
   set_num_threads(static_cast<int>(a.integer("--threads", 0)));
-  select_precision(a, "auto");
+  select_precision(a, "auto", ops::KernelUse::kRowInvariant);  // batches must not change answers
   announce_backend();
   Transformer model(model_dir);
   const ModelConfig& config = model.config();

@@ -227,8 +227,11 @@ void Transformer::layer_forward(int l, LayerActivations& a, const std::vector<Se
     ops::linear_forward_shared(gate_up, 2, xn_.data(), N);
     lora_forward(l, LoraModule::kGate, a, gate, xn_.data(), seqs, dropout, training);
     lora_forward(l, LoraModule::kUp, a, up, xn_.data(), seqs, dropout, training);
-    if (training) a.gate.keep(), a.up.keep();
-    ops::swiglu_forward(xn_.data(), gate, up, static_cast<long>(NF));
+    // SwiGLU reads the kept (in bf16 mode rounded) values, as in the branch above and as
+    // autocast rounds base + LoRA: a row's value then does not depend on whether some other
+    // sequence of its batch has a LoRA on gate/up.
+    a.gate.keep(), a.up.keep();
+    ops::swiglu_forward(xn_.data(), a.gate, a.up, static_cast<long>(NF));
   }
   ops::linear_accumulate(x_.data(), xn_.data(), lw.w_down, N);
   add_bias(x_.data(), lw.b_down, N, C);

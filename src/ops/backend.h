@@ -8,6 +8,11 @@
 //   bf16, CPU without AVX-512 (oneDNN 2.6 has no bf16 matmul there): the own AVX2 kernels on
 //        bf16-rounded weights and inputs, the same arithmetic (a product of two bf16 values
 //        is exact in fp32) at fp32 speed and memory.
+// Generation and serving ask for row-invariant kernels (KernelUse::kRowInvariant): a row's
+// values must not depend on the other rows of its product, so that a sequence decodes the same
+// alone and in any batch. oneDNN's fp32 matmul rounds a row differently at other row counts,
+// so fp32 then takes the own kernels on every CPU; the others are row-invariant under
+// OneKernelPerShape (ops.h).
 #pragma once
 
 #include <string>
@@ -38,8 +43,10 @@ struct Backend {
   WeightFormat format = WeightFormat::kBlocksF32;
 };
 
+enum class KernelUse { kFastest, kRowInvariant };
+
 // The table above, for this CPU.
-Backend choose_backend(Precision precision);
+Backend choose_backend(Precision precision, KernelUse use = KernelUse::kFastest);
 // Sets the run's choice (before any weight is loaded); the default is choose_backend(kF32).
 void set_backend(const Backend& backend);
 const Backend& backend();

@@ -35,9 +35,9 @@ void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, b
 
 // While one lives on a thread, that thread's products with frozen weights use one kernel at
 // every row count: no switch to the fixed-row-count kernels at 32 rows, and a single row goes
-// through the kernel of many (oneDNN's gemv rounds otherwise). With oneDNN's bf16 kernels a
-// row's value then does not depend on the other rows of its product (oneDNN's fp32 kernels
-// and loratune's own ones still round a row differently at some row counts).
+// through the kernel of many (oneDNN's gemv rounds otherwise). With oneDNN's bf16 kernels and
+// the own ones a row's value then does not depend on the other rows of its product (oneDNN's
+// fp32 kernels still round a row differently at some row counts: KernelUse in backend.h).
 class OneKernelPerShape {
  public:
   OneKernelPerShape();

@@ -46,11 +46,12 @@ bool onednn_has_bf16() {
 
 }  // namespace
 
-Backend choose_backend(Precision precision) {
+Backend choose_backend(Precision precision, KernelUse use) {
   cap_onednn_isa();
   if (precision == Precision::kBF16)
     return {precision, onednn_has_bf16() ? WeightFormat::kRowsBF16 : WeightFormat::kBlocksBF16};
-  return {precision, cpu_features().avx512() ? WeightFormat::kRowsF32 : WeightFormat::kBlocksF32};
+  const bool onednn = cpu_features().avx512() && use == KernelUse::kFastest;
+  return {precision, onednn ? WeightFormat::kRowsF32 : WeightFormat::kBlocksF32};
 }
 
 thread_local bool t_one_kernel_per_shape = false;

@@ -35,7 +35,7 @@ constexpr int kPanelGroup = 32;
 // is free: a thread that the machine holds up does not keep the other waiting at the barrier.
 constexpr int kChunksPerThread = 8;
 // Below this many rows a product is a few matrix-vector products: memory-bound.
-constexpr int kGemvRows = 4;
+constexpr int kGemvRows = 4;  // gemv() takes 1 to 3 rows
 // The most products one forward call takes (q, k and v).
 constexpr int kMaxProducts = 3;
 
@@ -182,37 +182,55 @@ void forward_block(float* y, long ldy, const float* a, const float* p, int K, bo
   }
 }
 
+// The input features of each reduction slice of a product with `in` inputs: equal slices of
+// at most kMaxSlice.
+int slice_size(int in) {
+  const int slices = (in + kMaxSlice - 1) / kMaxSlice;
+  return (in + slices - 1) / slices;
+}
+
+// y[R, b·16 .. b·16 + cols) (+)= x[R, in] · a weight block p, the R rows together. Each output
+// is summed as forward_tile6 sums it (per slice one FMA chain from zero, then y added), so a
+// row has the same value whatever the row count of its product.
+template <int R>
+void gemv_block(float* y, long ldy, const float* x, long ldx, const float* p, int in, int cols,
+                bool acc) {
+  const int slice = slice_size(in);
+  for (int k0 = 0; k0 < in; k0 += slice) {
+    const int k1 = std::min(in, k0 + slice);
+    __m256 c[R][2];
+    for (int r = 0; r < R; ++r) c[r][0] = c[r][1] = _mm256_setzero_ps();
+    for (int i = k0; i < k1; ++i) {
+      const __m256 b0 = _mm256_load_ps(p + i * kW), b1 = _mm256_load_ps(p + i * kW + 8);
+      for (int r = 0; r < R; ++r) {
+        const __m256 a = _mm256_broadcast_ss(x + r * ldx + i);
+        c[r][0] = _mm256_fmadd_ps(a, b0, c[r][0]);
+        c[r][1] = _mm256_fmadd_ps(a, b1, c[r][1]);
+      }
+    }
+    const bool add = acc || k0 > 0;
+    for (int r = 0; r < R; ++r) {
+      alignas(32) float sums[kW];
+      _mm256_store_ps(sums, c[r][0]);
+      _mm256_store_ps(sums + 8, c[r][1]);
+      float* yr = y + r * ldy;
+      for (int j = 0; j < cols; ++j) yr[j] = add ? sums[j] + yr[j] : sums[j];
+    }
+  }
+}
+
 // y[N, out] (+)= x[N, in] · wᵀ for N < kGemvRows: each weight block is streamed from memory
-// once, every row's two accumulators fed from it.
+// once, for all rows.
 void gemv(float* y, const float* x, const PackedWeight& w, int N, bool acc) {
   const int in = w.in(), out = w.out(), nb = w.blocks();
 #pragma omp parallel for schedule(static) if (static_cast <long>(in) * out > 65536)
   for (int b = 0; b < nb; ++b) {
     const float* p = w.block(b);
     const int cols = std::min(kW, out - b * kW);
-    for (int n = 0; n < N; ++n) {
-      const float* xn = x + static_cast<long>(n) * in;
-      __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps();
-      __m256 d0 = _mm256_setzero_ps(), d1 = _mm256_setzero_ps();  // a second chain per half
-      int i = 0;
-      for (; i + 1 < in; i += 2) {
-        const __m256 a = _mm256_broadcast_ss(xn + i), e = _mm256_broadcast_ss(xn + i + 1);
-        c0 = _mm256_fmadd_ps(a, _mm256_load_ps(p + i * kW), c0);
-        c1 = _mm256_fmadd_ps(a, _mm256_load_ps(p + i * kW + 8), c1);
-        d0 = _mm256_fmadd_ps(e, _mm256_load_ps(p + (i + 1) * kW), d0);
-        d1 = _mm256_fmadd_ps(e, _mm256_load_ps(p + (i + 1) * kW + 8), d1);
-      }
-      if (i < in) {
-        const __m256 a = _mm256_broadcast_ss(xn + i);
-        c0 = _mm256_fmadd_ps(a, _mm256_load_ps(p + i * kW), c0);
-        c1 = _mm256_fmadd_ps(a, _mm256_load_ps(p + i * kW + 8), c1);
-      }
-      alignas(32) float sums[kW];
-      _mm256_store_ps(sums, _mm256_add_ps(c0, d0));
-      _mm256_store_ps(sums + 8, _mm256_add_ps(c1, d1));
-      float* yn = y + static_cast<long>(n) * out + b * kW;
-      for (int j = 0; j < cols; ++j) yn[j] = acc ? yn[j] + sums[j] : sums[j];
-    }
+    float* yb = y + b * kW;
+    if (N == 1) gemv_block<1>(yb, out, x, in, p, in, cols, acc);
+    if (N == 2) gemv_block<2>(yb, out, x, in, p, in, cols, acc);
+    if (N == 3) gemv_block<3>(yb, out, x, in, p, in, cols, acc);
   }
 }
 
@@ -231,7 +249,7 @@ void blocks_forward(const Product* ps, int n, const float* x, int N) {
   int first_block[kMaxProducts + 1] = {0};
   for (int j = 0; j < n; ++j) first_block[j + 1] = first_block[j] + ps[j].w->blocks();
   const int nb = first_block[n];
-  const int slices = (in + kMaxSlice - 1) / kMaxSlice, slice = (in + slices - 1) / slices;
+  const int slice = slice_size(in);
   thread_local std::vector<float> packed_buf;  // the caller's, shared by its team
   const int token_blocks = (N + kTokenBlock - 1) / kTokenBlock;
   const int token_block = ((N + token_blocks - 1) / token_blocks + kRows - 1) / kRows * kRows;
