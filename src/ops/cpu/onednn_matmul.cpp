@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ops/cpu/bf16_round.h"
+#include "ops/cpu/bf16_rows_kernel.h"
 #include "ops/ops.h"
 
 namespace loratune::ops::onednn {
@@ -112,9 +113,15 @@ void run(void* c, const void* a, const PackedWeight& w, int N, bool accumulate, 
   const bool bf16 = w.format() == WeightFormat::kRowsBF16;
   const memory::dim K = backward ? w.out() : w.in(), Nout = backward ? w.in() : w.out();
   if (lda == 0) lda = K;
+  if (bf16 && !backward && one_kernel_per_shape() && bf16_rows_kernel_available()) {
+    bf16_rows_forward(c, c_bf16, static_cast<const uint16_t*>(a), lda, w.rows_bf16(), N,
+                      static_cast<int>(K), static_cast<int>(Nout), accumulate);
+    return;
+  }
   if (bf16 && N == 1 && one_kernel_per_shape()) {
-    // One row goes through oneDNN's gemv, which rounds otherwise than its gemm; as the first
-    // of two rows (the second zero) it gets the value it has among any number of rows.
+    // Without AVX512-BF16: one row goes through oneDNN's gemv, which rounds otherwise than its
+    // gemm; as the first of two rows (the second zero) it gets the value it has among any
+    // number of rows.
     thread_local std::vector<uint16_t> a2;
     thread_local std::vector<float> c2;
     a2.assign(2 * static_cast<size_t>(K), 0);
