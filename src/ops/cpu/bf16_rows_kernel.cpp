@@ -17,7 +17,7 @@ namespace {
 // A tile is R rows × kOutputs outputs: per step of 32 inputs, kOutputs weight loads feed
 // R · kOutputs dot products. Outputs past the edge repeat the last one (their results are
 // dropped), so that the loops keep constant bounds and registers.
-constexpr int kOutputs = 8;
+constexpr int kOutputs = 6;
 
 // The sum of v's 16 lanes, always in the same order.
 __attribute__((target("avx512f"))) inline float sum_lanes(__m512 v) {
@@ -79,6 +79,7 @@ void kernel(const Call& k, const uint16_t* w, int N) {
     for (int o = 0; o < kOutputs; ++o)
       wo[o] = w + static_cast<long>(std::min(o0 + o, k.out - 1)) * k.K;
     int r0 = 0;
+    for (; r0 + 4 <= N; r0 += 4) tile<4>(k, wo, r0, o0);
     for (; r0 + 2 <= N; r0 += 2) tile<2>(k, wo, r0, o0);
     if (r0 < N) tile<1>(k, wo, r0, o0);
   }
