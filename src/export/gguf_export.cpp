@@ -1,6 +1,8 @@
 #include "export/gguf_export.h"
 
+#include <algorithm>
 #include <cmath>
+#include <list>
 
 #include "core/error.h"
 #include "io/json_file.h"
@@ -39,17 +41,82 @@ GgufValue strings(std::vector<std::string> values) {
   return GgufValue::array(GgufValueType::kString, std::move(v));
 }
 
-// The hyper-parameters llama.cpp's qwen2 loader reads.
-void add_hparams(std::vector<std::pair<std::string, GgufValue>>& kv, const ModelConfig& c) {
-  kv.push_back({"qwen2.context_length", GgufValue::u32(c.max_position_embeddings)});
-  kv.push_back({"qwen2.embedding_length", GgufValue::u32(c.hidden_size)});
-  kv.push_back({"qwen2.block_count", GgufValue::u32(c.num_hidden_layers)});
-  kv.push_back({"qwen2.feed_forward_length", GgufValue::u32(c.intermediate_size)});
-  kv.push_back({"qwen2.attention.head_count", GgufValue::u32(c.num_attention_heads)});
-  kv.push_back({"qwen2.attention.head_count_kv", GgufValue::u32(c.num_key_value_heads)});
-  kv.push_back({"qwen2.rope.freq_base", GgufValue::f32(static_cast<float>(c.rope_theta))});
-  kv.push_back({"qwen2.attention.layer_norm_rms_epsilon",
+// llama.cpp's architecture for the model: its qwen2, qwen3 and llama (Llama 3.x, SmolLM2)
+// loaders.
+std::string gguf_architecture(const ModelConfig& c, const std::string& where) {
+  if (c.model_type == "qwen2" || c.model_type == "qwen3" || c.model_type == "llama")
+    return c.model_type;
+  throw Error("GGUF export writes qwen2, qwen3 and llama models; this one is " + c.model_type,
+              where);
+}
+
+// llama.cpp's llama architecture rotates adjacent feature pairs of a head where Hugging Face
+// rotates its two halves (qwen2 and qwen3 rotate halves in both): q and k rows, and their
+// biases and LoRA B rows, are reordered as llama.cpp's converter does, from (head, half t,
+// j) to (head, j, t).
+bool reorders_rope_rows(const std::string& arch) {
+  return arch == "llama";
+}
+std::vector<float> rope_pair_rows(const float* rows, int heads, int head_dim, int64_t cols) {
+  std::vector<float> out(static_cast<size_t>(heads) * head_dim * cols);
+  const int half = head_dim / 2;
+  for (int h = 0; h < heads; ++h)
+    for (int j = 0; j < half; ++j)
+      for (int t = 0; t < 2; ++t)
+        std::copy_n(rows + (static_cast<int64_t>(h) * head_dim + t * half + j) * cols, cols,
+                    out.begin() + (static_cast<int64_t>(h) * head_dim + 2 * j + t) * cols);
+  return out;
+}
+// The heads of a q_proj or k_proj tensor name, or 0 for any other tensor.
+int rope_heads(const std::string& hf_name, const ModelConfig& c) {
+  if (hf_name.find("self_attn.q_proj.") != std::string::npos) return c.num_attention_heads;
+  if (hf_name.find("self_attn.k_proj.") != std::string::npos) return c.num_key_value_heads;
+  return 0;
+}
+
+// The hyper-parameters llama.cpp's loader of `arch` reads.
+void add_hparams(std::vector<std::pair<std::string, GgufValue>>& kv, const ModelConfig& c,
+                 const std::string& arch) {
+  const auto key = [&](const char* name) { return arch + "." + name; };
+  kv.push_back({key("context_length"), GgufValue::u32(c.max_position_embeddings)});
+  kv.push_back({key("embedding_length"), GgufValue::u32(c.hidden_size)});
+  kv.push_back({key("block_count"), GgufValue::u32(c.num_hidden_layers)});
+  kv.push_back({key("feed_forward_length"), GgufValue::u32(c.intermediate_size)});
+  kv.push_back({key("attention.head_count"), GgufValue::u32(c.num_attention_heads)});
+  kv.push_back({key("attention.head_count_kv"), GgufValue::u32(c.num_key_value_heads)});
+  kv.push_back({key("attention.key_length"), GgufValue::u32(c.head_dim())});
+  kv.push_back({key("attention.value_length"), GgufValue::u32(c.head_dim())});
+  kv.push_back({key("rope.dimension_count"), GgufValue::u32(c.head_dim())});
+  kv.push_back({key("rope.freq_base"), GgufValue::f32(static_cast<float>(c.rope_theta))});
+  kv.push_back({key("attention.layer_norm_rms_epsilon"),
                 GgufValue::f32(static_cast<float>(c.rms_norm_eps))});
+  if (c.rope_scaling.type == "linear") {
+    kv.push_back({key("rope.scaling.type"), GgufValue::string("linear")});
+    kv.push_back(
+        {key("rope.scaling.factor"), GgufValue::f32(static_cast<float>(c.rope_scaling.factor))});
+  }
+}
+
+// llama3 RoPE scaling as llama.cpp takes it: a divisor of each frequency (rope_freqs.weight),
+// the unscaled over the scaled frequency.
+std::vector<float> rope_frequency_divisors(const ModelConfig& c) {
+  ModelConfig unscaled = c;
+  unscaled.rope_scaling = {};
+  const std::vector<float> base = rope_inv_freq(unscaled), scaled = rope_inv_freq(c);
+  std::vector<float> divisors(base.size());
+  for (size_t i = 0; i < base.size(); ++i) divisors[i] = base[i] / scaled[i];
+  return divisors;
+}
+
+// llama.cpp's pre-tokenizer names for the split regexes loratune implements.
+const char* gguf_pre_tokenizer(const tokenizer::Tokenizer& tok, const std::string& where) {
+  const std::string name = tok.pre_tokenizer_name();
+  if (name == "qwen2") return "qwen2";
+  if (name == "llama3") return "llama-bpe";
+  if (name == "gpt2") return "gpt2";
+  throw Error(
+      "GGUF export writes byte-level BPE tokenizers (Qwen2, Qwen3, Llama 3); this one is " + name,
+      where, "SentencePiece-style vocabularies (Llama 2, Mistral) are not written yet");
 }
 
 // The vocabulary (padded to the embedding's rows), token types, merges, special ids and the
@@ -57,6 +124,7 @@ void add_hparams(std::vector<std::pair<std::string, GgufValue>>& kv, const Model
 void add_tokenizer(std::vector<std::pair<std::string, GgufValue>>& kv,
                    const tokenizer::Tokenizer& tok, const ModelConfig& c,
                    const std::string& model_dir) {
+  const char* pre = gguf_pre_tokenizer(tok, model_dir);
   if (tok.vocab_size() > c.vocab_size)
     throw Error("the tokenizer has more tokens (" + std::to_string(tok.vocab_size()) +
                     ") than the model has embedding rows (" + std::to_string(c.vocab_size) + ")",
@@ -76,7 +144,7 @@ void add_tokenizer(std::vector<std::pair<std::string, GgufValue>>& kv,
   for (const auto& [left, right] : tok.merges())
     merges.push_back(std::string(left) + " " + std::string(right));
   kv.push_back({"tokenizer.ggml.model", GgufValue::string("gpt2")});
-  kv.push_back({"tokenizer.ggml.pre", GgufValue::string("qwen2")});
+  kv.push_back({"tokenizer.ggml.pre", GgufValue::string(pre)});
   kv.push_back({"tokenizer.ggml.tokens", strings(std::move(tokens))});
   kv.push_back(
       {"tokenizer.ggml.token_type", GgufValue::array(GgufValueType::kI32, std::move(types))});
@@ -87,7 +155,10 @@ void add_tokenizer(std::vector<std::pair<std::string, GgufValue>>& kv,
     kv.push_back({"tokenizer.ggml.eos_token_id", GgufValue::u32(tok.eos_id())});
   if (tok.pad_id() >= 0)
     kv.push_back({"tokenizer.ggml.padding_token_id", GgufValue::u32(tok.pad_id())});
-  kv.push_back({"tokenizer.ggml.add_bos_token", GgufValue::boolean(false)});
+  // llama.cpp adds the BOS where the tokenizer's post-processor does (Llama 3.2's).
+  const std::vector<int32_t>& leading = tok.leading_special_ids();
+  kv.push_back({"tokenizer.ggml.add_bos_token",
+                GgufValue::boolean(leading.size() == 1 && leading[0] == tok.bos_id())});
   const std::string config_path = model_dir + "/tokenizer_config.json";
   if (file_exists(config_path)) {
     const Json j = read_json_file(config_path);
@@ -113,8 +184,7 @@ GgmlType parse_export_type(const std::string& name) {
 void export_model_gguf(const std::string& model_dir, const LoraAdapter* adapter, GgmlType type,
                        const std::string& out) {
   const ModelConfig config = load_model_config(model_dir);
-  if (config.model_type != "qwen2")
-    throw Error("GGUF export writes qwen2 models; this one is " + config.model_type, model_dir);
+  const std::string arch = gguf_architecture(config, model_dir);
   const tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(model_dir);
   ModelWeights weights(model_dir, config);
   if (adapter) weights.merge_lora(*adapter, config);
@@ -122,16 +192,17 @@ void export_model_gguf(const std::string& model_dir, const LoraAdapter* adapter,
   const std::vector<const float*> values = weights.tensors();
 
   std::vector<std::pair<std::string, GgufValue>> kv = {
-      {"general.architecture", GgufValue::string("qwen2")},
+      {"general.architecture", GgufValue::string(arch)},
       {"general.name", GgufValue::string("loratune export")},
       {"general.file_type", GgufValue::u32(file_type(type))},
       {"general.quantization_version", GgufValue::u32(2)},
       {"general.alignment", GgufValue::u32(32)},
   };
-  add_hparams(kv, config);
+  add_hparams(kv, config, arch);
   add_tokenizer(kv, tok, config, model_dir);
 
   std::vector<GgufTensorToWrite> tensors;
+  std::list<std::vector<float>> reordered;  // q/k rows in llama.cpp's order, alive until written
   for (size_t i = 0; i < specs.size(); ++i) {
     const std::vector<int64_t> ne = reversed(specs[i].shape);
     GgmlType t = ne.size() == 2 ? type : GgmlType::kF32;
@@ -139,40 +210,59 @@ void export_model_gguf(const std::string& model_dir, const LoraAdapter* adapter,
     const float* v = values[i];
     int64_t numel = 1;
     for (int64_t d : ne) numel *= d;
+    if (const int heads = rope_heads(specs[i].name, config); heads && reorders_rope_rows(arch))
+      v = reordered.emplace_back(rope_pair_rows(v, heads, config.head_dim(), ne[0])).data();
     tensors.push_back({gguf_tensor_name(specs[i].name), ne, t,
                        [t, v, numel](uint8_t* bytes) { ggml_quantize(t, v, numel, bytes); }});
+  }
+  if (config.rope_scaling.type == "llama3") {
+    const std::vector<float>& divisors = reordered.emplace_back(rope_frequency_divisors(config));
+    tensors.push_back({"rope_freqs.weight",
+                       {static_cast<int64_t>(divisors.size())},
+                       GgmlType::kF32,
+                       [&divisors](uint8_t* bytes) {
+                         ggml_quantize(GgmlType::kF32, divisors.data(),
+                                       static_cast<int64_t>(divisors.size()), bytes);
+                       }});
+  } else if (!config.rope_scaling.type.empty() && config.rope_scaling.type != "linear") {
+    throw Error("GGUF export has no form for rope_scaling '" + config.rope_scaling.type + "'",
+                model_dir);
   }
   write_gguf(out, kv, tensors);
 }
 
 void export_lora_gguf(const LoraAdapter& adapter, const ModelConfig& config,
                       const std::string& out) {
-  if (config.model_type != "qwen2")
-    throw Error("GGUF export writes adapters of qwen2 models; this one is " + config.model_type);
+  const std::string arch = gguf_architecture(config, "the adapter's base model");
   // llama.cpp scales a LoRA by alpha / r: the alpha written is scale · r, which also carries
   // rsLoRA's alpha / sqrt(r).
   int rank = 0;
   std::vector<GgufTensorToWrite> tensors;
+  std::list<std::vector<float>> reordered;  // B of q/k in llama.cpp's row order
   for (int l = 0; l < config.num_hidden_layers; ++l)
     for (int m = 0; m < kNumLoraModules; ++m) {
       const LoraModule module = static_cast<LoraModule>(m);
       const LoraWeights* w = adapter.at(l, module);
       if (!w) continue;
       rank = w->r;
-      const std::string base = gguf_tensor_name("model.layers." + std::to_string(l) + "." +
-                                                lora_module_path(module) + ".weight");
+      const std::string hf_name =
+          "model.layers." + std::to_string(l) + "." + lora_module_path(module) + ".weight";
+      const std::string base = gguf_tensor_name(hf_name);
+      const float* b = w->B.data();
+      if (const int heads = rope_heads(hf_name, config); heads && reorders_rope_rows(arch))
+        b = reordered.emplace_back(rope_pair_rows(b, heads, config.head_dim(), w->r)).data();
       tensors.push_back({base + ".lora_a", {w->in, w->r}, GgmlType::kF32, [w](uint8_t* bytes) {
                            ggml_quantize(GgmlType::kF32, w->A.data(),
                                          static_cast<int64_t>(w->A.size()), bytes);
                          }});
-      tensors.push_back({base + ".lora_b", {w->r, w->out}, GgmlType::kF32, [w](uint8_t* bytes) {
-                           ggml_quantize(GgmlType::kF32, w->B.data(),
-                                         static_cast<int64_t>(w->B.size()), bytes);
+      tensors.push_back({base + ".lora_b", {w->r, w->out}, GgmlType::kF32, [w, b](uint8_t* bytes) {
+                           ggml_quantize(GgmlType::kF32, b, static_cast<int64_t>(w->B.size()),
+                                         bytes);
                          }});
     }
   if (tensors.empty()) throw Error("the adapter has no LoRA tensors");
   const std::vector<std::pair<std::string, GgufValue>> kv = {
-      {"general.architecture", GgufValue::string("qwen2")},
+      {"general.architecture", GgufValue::string(arch)},
       {"general.type", GgufValue::string("adapter")},
       {"general.name", GgufValue::string("loratune adapter")},
       {"general.alignment", GgufValue::u32(32)},

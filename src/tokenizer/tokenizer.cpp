@@ -348,6 +348,23 @@ std::vector<std::pair<std::string_view, std::string_view>> Tokenizer::merges() c
   return out;
 }
 
+const std::vector<int32_t>& Tokenizer::leading_special_ids() const {
+  return data_->prefix_ids;
+}
+
+const char* Tokenizer::pre_tokenizer_name() const {
+  if (data_->alphabet == Alphabet::kSentencePiece) return "sentencepiece";
+  switch (data_->pattern) {
+    case SplitPattern::kQwen2:
+      return "qwen2";
+    case SplitPattern::kLlama3:
+      return "llama3";
+    case SplitPattern::kGpt2:
+      return "gpt2";
+  }
+  return "";
+}
+
 const std::vector<AddedToken>& Tokenizer::added_tokens() const {
   return data_->added;
 }

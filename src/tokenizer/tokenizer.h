@@ -81,6 +81,12 @@ class Tokenizer {
   // The BPE merges as token spellings ("Ġ", "t"), by increasing rank.
   std::vector<std::pair<std::string_view, std::string_view>> merges() const;
 
+  // The post-processor's special tokens before a single sequence (Llama's BOS).
+  const std::vector<int32_t>& leading_special_ids() const;
+  // "qwen2", "llama3" or "gpt2" (the split regex of a byte-level tokenizer), or
+  // "sentencepiece".
+  const char* pre_tokenizer_name() const;
+
   // Special ids from tokenizer_config.json (or config.json); -1 when there is none.
   int32_t eos_id() const;
   int32_t bos_id() const;
