@@ -184,7 +184,29 @@ TEST(GgufExport, ClearErrors) {
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("not qwen2"), std::string::npos) << r.output;
   EXPECT_EQ(hf_tensor_name("blk.3.ffn_up.weight"), "model.layers.3.mlp.up_proj.weight");
-  EXPECT_THROW(hf_tensor_name("blk.0.attn_q_norm.weight"), Error);
+  EXPECT_EQ(hf_tensor_name("blk.0.attn_q_norm.weight"), "model.layers.0.self_attn.q_norm.weight");
+  EXPECT_THROW(hf_tensor_name("blk.0.ffn_gate_exps.weight"), Error);
+  // Families llama.cpp's loaders that the export writes do not cover are refused.
+  ASSERT_EQ(
+      test::run_cli("init-model --preset tiny-mistral --out '" + dir / "mistral" + "'").status, 0);
+  r = test::run_cli("export-gguf --model '" + dir / "mistral" + "' --out '" + dir / "m.gguf" + "'");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("writes qwen2, qwen3 and llama models; this one is mistral"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "m.gguf"));
+  // So is a SentencePiece-style vocabulary (this one is the tokenizer fuzzer's seed).
+  std::filesystem::create_directories(dir / "sp");
+  std::filesystem::copy_file(test::source_dir() + "/fuzz/seeds/fuzz_tokenizer/sentencepiece.json",
+                             dir / "sp/tokenizer.json");
+  ASSERT_EQ(test::run_cli("init-model --preset tiny-llama --tokenizer '" + dir / "sp" +
+                          "' --out '" + dir / "llama_sp" + "'")
+                .status,
+            0);
+  r = test::run_cli("export-gguf --model '" + dir / "llama_sp" + "' --out '" + dir / "s.gguf" +
+                    "'");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("writes byte-level BPE tokenizers"), std::string::npos) << r.output;
 }
 
 }  // namespace
