@@ -116,8 +116,8 @@ void check_grads_case(const std::string& name) {
   }
   const double grad_rel = std::sqrt(diff_all / ref_all);
   std::printf(
-      "%s (bf16 against fp32, loratune / torch autocast): logits rel L2 %.3g / %.3g; per-token "
-      "loss L2 %.3g / %.3g; |mean loss| %.3g / %.3g; LoRA grads rel L2 %.3g / %.3g, worst "
+      "%s (bf16 against fp32, loratune / torch autocast): logits rel L2 %.4g / %.4g; per-token "
+      "loss L2 %.4g / %.4g; |mean loss| %.4g / %.4g; LoRA grads rel L2 %.4g / %.4g, worst "
       "tensor %.3g / %.3g\n",
       name.c_str(), logits_rel, c["logits_rel_l2"].get<double>(), nll_diff,
       c["token_nll_l2_diff"].get<double>(), loss_diff, c["loss_abs_diff"].get<double>(), grad_rel,
@@ -142,6 +142,13 @@ TEST(Bf16, GradsOddShapeWithinAutocastError) {
 }
 TEST(Bf16, GradsSharpAttentionWithinAutocastError) {
   check_grads_case("grads_sharp_all");
+}
+// The other families: Llama (head_dim of its own, llama3 RoPE scaling; and with biases), Qwen3
+// (q/k norms) and Mistral (a sliding window across the 96-token sequence).
+TEST(Bf16, GradsOfTheOtherFamiliesWithinAutocastError) {
+  for (const char* name : {"grads_tiny_llama_all", "grads_tiny_llama_bias_all",
+                           "grads_tiny_qwen3_all", "grads_tiny_mistral_all"})
+    check_grads_case(name);
 }
 
 // Ten AdamW steps on one batch (the golden run's settings), fp32 and bf16 side by side.

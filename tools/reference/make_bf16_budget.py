@@ -39,6 +39,10 @@ GRADS = [  # case (golden file name without .safetensors), model, adapter
     ("grads_tiny_all", "tiny", "tiny_all"),
     ("grads_odd_all", "odd", "odd_all"),
     ("grads_sharp_all", "sharp", "sharp_all"),
+    ("grads_tiny_llama_all", "tiny_llama", "tiny_llama_all"),
+    ("grads_tiny_llama_bias_all", "tiny_llama_bias", "tiny_llama_bias_all"),
+    ("grads_tiny_qwen3_all", "tiny_qwen3", "tiny_qwen3_all"),
+    ("grads_tiny_mistral_all", "tiny_mistral", "tiny_mistral_all"),
 ]
 ADAMW = [("adamw_tiny_qv_10steps", "tiny", "tiny_qv")]
 LORA = re.compile(r".*\.lora_[AB]\.weight$")
