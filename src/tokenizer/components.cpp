@@ -70,25 +70,42 @@ SplitPattern parse_split(const json& p, const std::string& where) {
   return *kind;
 }
 
-SplitPattern parse_byte_level_pre_tokenizer(const json* p, const std::string& where) {
+// ByteLevel with its GPT-2 regex.
+SplitPattern parse_byte_level_regex(const json& p, const std::string& where) {
+  check_byte_level(p, true, where);
+  if (!get_bool(p, "use_regex", true, where))
+    throw Error("a ByteLevel pre-tokenizer without regex is not supported", where);
+  return SplitPattern::kGpt2;
+}
+
+void parse_byte_level_pre_tokenizer(const json* p, const std::string& where, TokenizerData& d) {
   if (!p) throw Error("missing pre_tokenizer", where, "a byte-level BPE needs one");
   std::string type = type_of(*p, where);
   if (type == "ByteLevel") {
-    check_byte_level(*p, true, where);
-    if (!get_bool(*p, "use_regex", true, where))
-      throw Error("a ByteLevel pre-tokenizer without regex is not supported", where);
-    return SplitPattern::kGpt2;
+    d.pattern = parse_byte_level_regex(*p, where);
+    return;
   }
   if (type == "Sequence") {
     const json* list = member(*p, "pretokenizers");
-    if (list && list->is_array() && list->size() == 2 && type_of((*list)[0], where) == "Split" &&
-        type_of((*list)[1], where) == "ByteLevel") {
-      check_byte_level((*list)[1], false, where);
-      return parse_split((*list)[0], where);
+    if (list && list->is_array() && list->size() == 2) {
+      const std::string first = type_of((*list)[0], where), second = type_of((*list)[1], where);
+      if (first == "Split" && second == "ByteLevel") {
+        check_byte_level((*list)[1], false, where);
+        d.pattern = parse_split((*list)[0], where);
+        return;
+      }
+      if (first == "Digits" && second == "ByteLevel") {
+        d.digits = get_bool((*list)[0], "individual_digits", false, where)
+                       ? TokenizerData::Digits::kEach
+                       : TokenizerData::Digits::kRuns;
+        d.pattern = parse_byte_level_regex((*list)[1], where);
+        return;
+      }
     }
   }
   throw Error("unsupported pre_tokenizer '" + type + "'", where,
-              "a byte-level BPE needs Sequence[Split(regex), ByteLevel] or ByteLevel");
+              "a byte-level BPE needs Sequence[Split(regex), ByteLevel], "
+              "Sequence[Digits, ByteLevel] or ByteLevel");
 }
 
 // prepend_scheme (or the older add_prefix_space) of a Metaspace component.
@@ -172,7 +189,7 @@ void parse_text_pipeline(const json& root, const std::string& where, TokenizerDa
   const json* pre = member(root, "pre_tokenizer");
   const std::string pwhere = where + ": pre_tokenizer";
   if (d.alphabet == Alphabet::kByteLevel)
-    d.pattern = parse_byte_level_pre_tokenizer(pre, pwhere);
+    parse_byte_level_pre_tokenizer(pre, pwhere, d);
   else
     d.metaspace = parse_sentencepiece_pre_tokenizer(pre, pwhere);
 }

@@ -184,9 +184,39 @@ void encode_plain(const TokenizerData& d, std::string_view text, bool at_start,
     encode_metaspace(d, st, text, at_start, ids);
     return;
   }
-  pre_tokenize(d.pattern, text, st.pieces);
-  for (const Piece& piece : st.pieces)
-    encode_word(d, st, text.substr(piece.begin, piece.end - piece.begin), ids);
+  if (d.digits == TokenizerData::Digits::kKept) {
+    pre_tokenize(d.pattern, text, st.pieces);
+    for (const Piece& piece : st.pieces)
+      encode_word(d, st, text.substr(piece.begin, piece.end - piece.begin), ids);
+    return;
+  }
+  // Digits first: each number (or digit) is a piece; the regex splits the text between them.
+  size_t begin = 0;
+  auto flush_text = [&](size_t end) {
+    if (end == begin) return;
+    const std::string_view part = text.substr(begin, end - begin);
+    pre_tokenize(d.pattern, part, st.pieces);
+    for (const Piece& piece : st.pieces)
+      encode_word(d, st, part.substr(piece.begin, piece.end - piece.begin), ids);
+  };
+  for (size_t i = 0; i < text.size();) {
+    size_t next = i;
+    if (char_class(next_code_point(text, next)) != CharClass::kNumber) {
+      i = next;
+      continue;
+    }
+    flush_text(i);
+    if (d.digits == TokenizerData::Digits::kRuns) {
+      for (size_t j = next; j < text.size();) {
+        size_t after = j;
+        if (char_class(next_code_point(text, after)) != CharClass::kNumber) break;
+        next = j = after;
+      }
+    }
+    encode_word(d, st, text.substr(i, next - i), ids);
+    begin = i = next;
+  }
+  flush_text(text.size());
 }
 
 // The normalizer's steps on `text`; returns `text` itself when nothing changes. `continues`:
@@ -360,7 +390,9 @@ const char* Tokenizer::pre_tokenizer_name() const {
     case SplitPattern::kLlama3:
       return "llama3";
     case SplitPattern::kGpt2:
-      return "gpt2";
+      return data_->digits == TokenizerData::Digits::kEach   ? "smollm"
+             : data_->digits == TokenizerData::Digits::kRuns ? "digit-runs+gpt2"
+                                                             : "gpt2";
   }
   return "";
 }

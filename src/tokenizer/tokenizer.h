@@ -83,8 +83,8 @@ class Tokenizer {
 
   // The post-processor's special tokens before a single sequence (Llama's BOS).
   const std::vector<int32_t>& leading_special_ids() const;
-  // "qwen2", "llama3" or "gpt2" (the split regex of a byte-level tokenizer), or
-  // "sentencepiece".
+  // "qwen2", "llama3" or "gpt2" (the split regex of a byte-level tokenizer; "smollm" with each
+  // digit apart first, "digit-runs+gpt2" with numbers apart), or "sentencepiece".
   const char* pre_tokenizer_name() const;
 
   // Special ids from tokenizer_config.json (or config.json); -1 when there is none.

@@ -82,7 +82,10 @@ class TokenizerData {
   Alphabet alphabet = Alphabet::kByteLevel;
   std::vector<NormalizerStep> normalizers;
   SplitPattern pattern = SplitPattern::kQwen2;  // byte-level
-  MetaspaceRule metaspace;                      // SentencePiece; disabled: the text is one word
+  // Byte-level, a Digits pre-tokenizer first (SmolLM2): numbers split from the text before the
+  // regex, each digit apart with individual_digits.
+  enum class Digits { kKept, kRuns, kEach } digits = Digits::kKept;
+  MetaspaceRule metaspace;  // SentencePiece; disabled: the text is one word
   DecoderRule decoder;
   // The post-processor's special tokens before and after a single sequence ("<s>" $A).
   std::vector<int32_t> prefix_ids, suffix_ids;
