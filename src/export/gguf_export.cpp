@@ -15,7 +15,7 @@ namespace loratune {
 namespace {
 
 // llama.cpp's token types.
-constexpr int32_t kNormal = 1, kControl = 3, kUserDefined = 4, kUnused = 5;
+constexpr int32_t kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6;
 
 // llama_ftype of a file whose matrices are `type` (general.file_type).
 uint32_t file_type(GgmlType type) {
@@ -41,13 +41,22 @@ GgufValue strings(std::vector<std::string> values) {
   return GgufValue::array(GgufValueType::kString, std::move(v));
 }
 
-// llama.cpp's architecture for the model: its qwen2, qwen3 and llama (Llama 3.x, SmolLM2)
-// loaders.
+// llama.cpp's architecture for the model: its qwen2, qwen3 and llama loaders (Llama 2 and 3.x,
+// SmolLM2, TinyLlama; Mistral is a llama to llama.cpp, which attends over all positions, so
+// a sliding window shorter than the context is refused).
 std::string gguf_architecture(const ModelConfig& c, const std::string& where) {
   if (c.model_type == "qwen2" || c.model_type == "qwen3" || c.model_type == "llama")
     return c.model_type;
-  throw Error("GGUF export writes qwen2, qwen3 and llama models; this one is " + c.model_type,
-              where);
+  if (c.model_type == "mistral") {
+    if (c.sliding_window > 0 && c.sliding_window < c.max_position_embeddings)
+      throw Error("GGUF export cannot write Mistral's sliding window of " +
+                      std::to_string(c.sliding_window) + " positions",
+                  where, "llama.cpp's llama architecture attends over all positions");
+    return "llama";
+  }
+  throw Error(
+      "GGUF export writes qwen2, qwen3, llama and mistral models; this one is " + c.model_type,
+      where);
 }
 
 // llama.cpp's llama architecture rotates adjacent feature pairs of a head where Hugging Face
@@ -108,16 +117,32 @@ std::vector<float> rope_frequency_divisors(const ModelConfig& c) {
   return divisors;
 }
 
-// llama.cpp's pre-tokenizer names for the split regexes loratune implements.
+// llama.cpp's pre-tokenizer names for the split regexes loratune implements; "" for a
+// SentencePiece-style tokenizer (llama.cpp's "llama" model, which has none).
 const char* gguf_pre_tokenizer(const tokenizer::Tokenizer& tok, const std::string& where) {
   const std::string name = tok.pre_tokenizer_name();
   if (name == "qwen2") return "qwen2";
   if (name == "llama3") return "llama-bpe";
   if (name == "gpt2") return "gpt2";
   if (name == "smollm") return "smollm";
-  throw Error(
-      "GGUF export writes byte-level BPE tokenizers (Qwen2, Qwen3, Llama 3); this one is " + name,
-      where, "SentencePiece-style vocabularies (Llama 2, Mistral) are not written yet");
+  if (name == "sentencepiece") return "";
+  throw Error("GGUF export has no llama.cpp tokenizer for this one (" + name + ")", where,
+              "it writes byte-level BPE (Qwen2, Qwen3, Llama 3, SmolLM2) and SentencePiece-style "
+              "BPE without a split at each \"▁\" (Llama 2, TinyLlama, Mistral)");
+}
+
+// llama.cpp's SentencePiece tokenizer merges the adjacent pair whose joined token scores
+// highest: a token made by merge rank r scores −(r + 1), the others (characters, bytes, added
+// tokens) far below, so that it merges in Hugging Face's order.
+std::vector<GgufValue> sentencepiece_scores(const tokenizer::Tokenizer& tok, int32_t n) {
+  std::vector<GgufValue> scores(static_cast<size_t>(n), GgufValue::f32(-1e9f));
+  const auto merges = tok.merges();
+  for (size_t rank = merges.size(); rank-- > 0;) {  // the first rank to make a token wins
+    const auto& [left, right] = merges[rank];
+    if (auto id = tok.token_id(std::string(left) + std::string(right)))
+      scores[*id] = GgufValue::f32(-static_cast<float>(rank + 1));
+  }
+  return scores;
 }
 
 // The vocabulary (padded to the embedding's rows), token types, merges, special ids and the
@@ -139,17 +164,38 @@ void add_tokenizer(std::vector<std::pair<std::string, GgufValue>>& kv,
   }
   for (int32_t id = 0; id < tok.vocab_size(); ++id)
     if (tok.is_valid(id)) types[id] = GgufValue::i32(kNormal);
+  const bool sentencepiece = *pre == '\0';
+  if (sentencepiece) {
+    for (int32_t id = 0; id < tok.vocab_size(); ++id) {
+      const std::string_view s = tok.token_string(id);
+      if (tok.is_valid(id) && s.size() == 6 && s.substr(0, 3) == "<0x" && s.back() == '>')
+        types[id] = GgufValue::i32(kByte);
+    }
+  }
   for (const tokenizer::AddedToken& t : tok.added_tokens())
     types[t.id] = GgufValue::i32(t.special ? kControl : kUserDefined);
-  std::vector<std::string> merges;
-  for (const auto& [left, right] : tok.merges())
-    merges.push_back(std::string(left) + " " + std::string(right));
-  kv.push_back({"tokenizer.ggml.model", GgufValue::string("gpt2")});
-  kv.push_back({"tokenizer.ggml.pre", GgufValue::string(pre)});
-  kv.push_back({"tokenizer.ggml.tokens", strings(std::move(tokens))});
-  kv.push_back(
-      {"tokenizer.ggml.token_type", GgufValue::array(GgufValueType::kI32, std::move(types))});
-  kv.push_back({"tokenizer.ggml.merges", strings(std::move(merges))});
+  if (sentencepiece && tok.unk_id() >= 0) types[tok.unk_id()] = GgufValue::i32(kUnknown);
+  if (sentencepiece) {
+    kv.push_back({"tokenizer.ggml.model", GgufValue::string("llama")});
+    kv.push_back({"tokenizer.ggml.tokens", strings(std::move(tokens))});
+    kv.push_back({"tokenizer.ggml.scores",
+                  GgufValue::array(GgufValueType::kF32, sentencepiece_scores(tok, c.vocab_size))});
+    kv.push_back(
+        {"tokenizer.ggml.token_type", GgufValue::array(GgufValueType::kI32, std::move(types))});
+    if (tok.unk_id() >= 0)
+      kv.push_back({"tokenizer.ggml.unknown_token_id", GgufValue::u32(tok.unk_id())});
+    kv.push_back({"tokenizer.ggml.add_space_prefix", GgufValue::boolean(tok.adds_space_prefix())});
+  } else {
+    std::vector<std::string> merges;
+    for (const auto& [left, right] : tok.merges())
+      merges.push_back(std::string(left) + " " + std::string(right));
+    kv.push_back({"tokenizer.ggml.model", GgufValue::string("gpt2")});
+    kv.push_back({"tokenizer.ggml.pre", GgufValue::string(pre)});
+    kv.push_back({"tokenizer.ggml.tokens", strings(std::move(tokens))});
+    kv.push_back(
+        {"tokenizer.ggml.token_type", GgufValue::array(GgufValueType::kI32, std::move(types))});
+    kv.push_back({"tokenizer.ggml.merges", strings(std::move(merges))});
+  }
   if (tok.bos_id() >= 0)
     kv.push_back({"tokenizer.ggml.bos_token_id", GgufValue::u32(tok.bos_id())});
   if (tok.eos_id() >= 0)

@@ -242,6 +242,7 @@ Tokenizer TokenizerBuilder::build(const json& root, const std::string& where,
     unk = d->token_ids.find(u);
     if (unk < 0) throw Error("unk_token '" + u + "' is not in the vocabulary", mwhere);
   }
+  d->unk = unk;
   const bool fuse_unk = get_bool(*model, "fuse_unk", false, mwhere);
   if (sentencepiece) {
     // Symbols are characters; the byte tokens serve the fallback. Words of one byte are ASCII

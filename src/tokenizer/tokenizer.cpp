@@ -383,7 +383,8 @@ const std::vector<int32_t>& Tokenizer::leading_special_ids() const {
 }
 
 const char* Tokenizer::pre_tokenizer_name() const {
-  if (data_->alphabet == Alphabet::kSentencePiece) return "sentencepiece";
+  if (data_->alphabet == Alphabet::kSentencePiece)
+    return data_->metaspace.enabled && data_->metaspace.split ? "metaspace-split" : "sentencepiece";
   switch (data_->pattern) {
     case SplitPattern::kQwen2:
       return "qwen2";
@@ -408,6 +409,16 @@ int32_t Tokenizer::bos_id() const {
 }
 int32_t Tokenizer::pad_id() const {
   return data_->pad;
+}
+int32_t Tokenizer::unk_id() const {
+  return data_->unk;
+}
+bool Tokenizer::adds_space_prefix() const {
+  const TokenizerData& d = *data_;
+  if (d.metaspace.enabled) return d.metaspace.prepend != MetaspaceRule::Prepend::kNever;
+  return std::any_of(d.normalizers.begin(), d.normalizers.end(), [](const NormalizerStep& s) {
+    return s.kind == NormalizerStep::Kind::kPrepend;
+  });
 }
 const std::vector<int32_t>& Tokenizer::stop_ids() const {
   return data_->stop_ids;

@@ -84,13 +84,19 @@ class Tokenizer {
   // The post-processor's special tokens before a single sequence (Llama's BOS).
   const std::vector<int32_t>& leading_special_ids() const;
   // "qwen2", "llama3" or "gpt2" (the split regex of a byte-level tokenizer; "smollm" with each
-  // digit apart first, "digit-runs+gpt2" with numbers apart), or "sentencepiece".
+  // digit apart first, "digit-runs+gpt2" with numbers apart), or "sentencepiece" (the text
+  // between added tokens one word; "metaspace-split": cut at each "▁").
   const char* pre_tokenizer_name() const;
 
   // Special ids from tokenizer_config.json (or config.json); -1 when there is none.
   int32_t eos_id() const;
   int32_t bos_id() const;
   int32_t pad_id() const;
+  // The model's unknown token (unk_token); -1 when there is none.
+  int32_t unk_id() const;
+  // SentencePiece-style: whether a "▁" goes in front of the text (Prepend, or Metaspace's
+  // prepend_scheme other than never).
+  bool adds_space_prefix() const;
   // Ids that end generation: eos plus every eos_token_id of config.json.
   const std::vector<int32_t>& stop_ids() const;
 

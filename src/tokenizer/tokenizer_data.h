@@ -94,7 +94,7 @@ class TokenizerData {
   AddedTokenMatcher raw_matcher;         // added tokens with normalized == false
   AddedTokenMatcher normalized_matcher;  // normalized == true
 
-  int32_t eos = -1, bos = -1, pad = -1;
+  int32_t eos = -1, bos = -1, pad = -1, unk = -1;
   std::vector<int32_t> stop_ids;
 
   static constexpr uint8_t kValid = 1;
