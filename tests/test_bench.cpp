@@ -71,7 +71,7 @@ TEST(Bench, SmokeEveryFigureOnTheTinyModel) {
   const std::map<std::string, std::vector<std::string>> keys = {
       {"cpu",
        {"model", "flags", "bf16_hardware", "onednn_isa", "fp32_kernel", "bf16_kernel",
-        "fp32_generation_kernel"}},
+        "fp32_generation_kernel", "bf16_generation_kernel"}},
       {"sgemm",
        {"shape", "m", "k", "n", "blas_forward_gflops", "blas_backward_gflops", "own_forward_gflops",
         "own_backward_gflops", "onednn_f32_forward_gflops", "onednn_f32_backward_gflops",
@@ -134,7 +134,8 @@ TEST(Bench, SmokeEveryFigureOnTheTinyModel) {
       EXPECT_EQ(line["new_tokens"], 4);
       // Generation's own kernels: row-invariant ones (the own kernels in fp32).
       const bool bf16 = line["precision"] == "bf16";
-      EXPECT_EQ(line["kernel"], r.lines[0][bf16 ? "bf16_kernel" : "fp32_generation_kernel"])
+      EXPECT_EQ(line["kernel"],
+                r.lines[0][bf16 ? "bf16_generation_kernel" : "fp32_generation_kernel"])
           << line.dump();
     }
   }

@@ -412,7 +412,8 @@ int run_bench(const Args& args) {
                   cpu.value("flags", "") + "; oneDNN ISA " + cpu.value("onednn_isa", "") +
                       "; kernels fp32 " + cpu.value("fp32_kernel", "") + " (generation " +
                       cpu.value("fp32_generation_kernel", "") + "), bf16 " +
-                      cpu.value("bf16_kernel", "")});
+                      cpu.value("bf16_kernel", "") + " (generation " +
+                      cpu.value("bf16_generation_kernel", "") + ")"});
   std::optional<double> peak_gflops[2], bandwidth;  // by mode: fp32, bf16
   if (s.wants("sgemm") || s.wants("train")) {
     if (!s.wants("sgemm")) std::fputs("bench: measuring sgemm for the MFU\n", stderr);

@@ -229,8 +229,11 @@ OJson cpu_figure() {
           {"bf16_kernel", ops::format_name(ops::choose_backend(ops::Precision::kBF16).format)},
           // Generation and serving take row-invariant kernels (ops/backend.h).
           {"fp32_generation_kernel",
-           ops::format_name(
+           ops::generation_kernel_name(
                ops::choose_backend(ops::Precision::kF32, ops::KernelUse::kRowInvariant).format)},
+          {"bf16_generation_kernel",
+           ops::generation_kernel_name(
+               ops::choose_backend(ops::Precision::kBF16, ops::KernelUse::kRowInvariant).format)},
           {"threads", num_threads()}};
 }
 
@@ -427,7 +430,7 @@ OJson generate_figure(const std::string& model_dir, int prompt_tokens, int new_t
           {"decode_tokens_per_second", new_tokens / decode},
           {"weight_bytes_per_token", linear_parameter_count(c) * weight_bytes},
           {"precision", precision_name()},
-          {"kernel", ops::format_name(ops::backend().format)},
+          {"kernel", ops::generation_kernel_name(ops::backend().format)},
           {"threads", num_threads()}};
 }
 

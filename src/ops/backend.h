@@ -55,6 +55,10 @@ const Backend& backend();
 std::vector<WeightFormat> available_formats();
 // "own-avx2-f32", "onednn-f32", "onednn-bf16", "own-avx2-bf16-emulated".
 const char* format_name(WeightFormat format);
+// The kernel that multiplies by weights of `format` under OneKernelPerShape (generation and
+// serving): format_name's, except kRowsBF16 on a CPU with AVX512-BF16, where the own
+// row-invariant kernel takes over from oneDNN ("own-avx512bf16").
+const char* generation_kernel_name(WeightFormat format);
 // The instruction set oneDNN's JIT targets on this CPU ("avx512_core_amx", "avx2", ...).
 std::string onednn_isa();
 

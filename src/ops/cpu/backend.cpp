@@ -3,6 +3,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include "core/cpu_features.h"
+#include "ops/cpu/bf16_rows_kernel.h"
 #include "ops/ops.h"
 
 namespace loratune::ops {
@@ -81,6 +82,11 @@ std::vector<WeightFormat> available_formats() {
     if (f != backend().format && (f != WeightFormat::kRowsBF16 || onednn_has_bf16()))
       formats.push_back(f);
   return formats;
+}
+
+const char* generation_kernel_name(WeightFormat format) {
+  return format == WeightFormat::kRowsBF16 && bf16_rows_kernel_available() ? "own-avx512bf16"
+                                                                           : format_name(format);
 }
 
 const char* format_name(WeightFormat format) {
