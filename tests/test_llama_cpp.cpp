@@ -53,6 +53,30 @@ std::vector<int> loratune_greedy(const std::string& model, const std::string& ad
   return ints(read_json_file(out));
 }
 
+// tests/llama_cpp/check.mjs on a job (texts tokenized with `tokenize_with`, then the runs); its
+// output, or null after a failure.
+Json run_checker(const Json& texts, const std::string& tokenize_with, const Json& runs,
+                 const test::TempDir& dir) {
+  test::write_file(dir / "job.json",
+                   Json{{"texts", texts}, {"tokenize_with", tokenize_with}, {"runs", runs}}.dump());
+  const test::CommandResult r =
+      test::run_shell("node '" + checker_dir() + "/check.mjs' '" + dir / "job.json" + "' 2>'" +
+                      dir / "node.err" + "'");
+  if (r.status != 0) {
+    ADD_FAILURE() << r.output << test::read_file(dir / "node.err");
+    return nullptr;
+  }
+  return Json::parse(r.output);
+}
+
+// llama.cpp's ids of each text are loratune's.
+void expect_same_tokenization(const Json& got, const Json& texts, const tokenizer::Tokenizer& tok) {
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const std::vector<int32_t> ours = tok.encode(texts[i].get<std::string>());
+    EXPECT_EQ(ints(got["tokenize"][i]), std::vector<int>(ours.begin(), ours.end())) << "text " << i;
+  }
+}
+
 TEST(LlamaCpp, ReadsOurGgufFiles) {
   const std::string why = llama_cpp_missing();
   if (!why.empty()) GTEST_SKIP() << why;
@@ -94,18 +118,9 @@ TEST(LlamaCpp, ReadsOurGgufFiles) {
                   {"lora", dir / "lora.gguf"},
                   {"prompt", prompt},
                   {"tokens", n}});
-  test::write_file(
-      dir / "job.json",
-      Json{{"texts", texts}, {"tokenize_with", dir / "f32.gguf"}, {"runs", runs}}.dump());
-  r = test::run_shell("node '" + checker_dir() + "/check.mjs' '" + dir / "job.json" + "' 2>'" +
-                      dir / "node.err" + "'");
-  ASSERT_EQ(r.status, 0) << r.output << test::read_file(dir / "node.err");
-  const Json got = Json::parse(r.output);
-
-  for (size_t i = 0; i < texts.size(); ++i) {
-    const std::vector<int32_t> ours = tok.encode(texts[i].get<std::string>());
-    EXPECT_EQ(ints(got["tokenize"][i]), std::vector<int>(ours.begin(), ours.end())) << "text " << i;
-  }
+  const Json got = run_checker(texts, dir / "f32.gguf", runs, dir);
+  ASSERT_TRUE(got.is_object());
+  expect_same_tokenization(got, texts, tok);
   ASSERT_EQ(got["runs"][0]["tokens"].size(), static_cast<size_t>(n)) << "no end token this early";
   EXPECT_EQ(ints(got["runs"][0]["tokens"]), loratune_greedy(model, "", prompt, n, dir.path()));
   EXPECT_EQ(ints(got["runs"][3]["tokens"]),
@@ -204,18 +219,9 @@ TEST(LlamaCpp, ReadsOurQwen3LlamaAndMistralExports) {
          {"lora", dir / "lora.gguf"},
          {"prompt", prompt},
          {"tokens", n}}};
-    test::write_file(
-        dir / "job.json",
-        Json{{"texts", texts}, {"tokenize_with", dir / "f32.gguf"}, {"runs", runs}}.dump());
-    r = test::run_shell("node '" + checker_dir() + "/check.mjs' '" + dir / "job.json" + "' 2>'" +
-                        dir / "node.err" + "'");
-    ASSERT_EQ(r.status, 0) << r.output << test::read_file(dir / "node.err");
-    const Json got = Json::parse(r.output);
-    for (size_t i = 0; i < texts.size(); ++i) {
-      const std::vector<int32_t> ours = tok.encode(texts[i].get<std::string>());
-      EXPECT_EQ(ints(got["tokenize"][i]), std::vector<int>(ours.begin(), ours.end()))
-          << "text " << i;
-    }
+    const Json got = run_checker(texts, dir / "f32.gguf", runs, dir);
+    ASSERT_TRUE(got.is_object());
+    expect_same_tokenization(got, texts, tok);
     ASSERT_EQ(got["runs"][0]["tokens"].size(), static_cast<size_t>(n)) << "an end token this early";
     EXPECT_EQ(ints(got["runs"][0]["tokens"]), loratune_greedy(model, "", prompt, n, dir.path()));
     EXPECT_EQ(ints(got["runs"][1]["tokens"]),

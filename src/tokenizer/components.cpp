@@ -194,17 +194,14 @@ void parse_text_pipeline(const json& root, const std::string& where, TokenizerDa
     d.metaspace = parse_sentencepiece_pre_tokenizer(pre, pwhere);
 }
 
-void parse_post_processor(const json& root, const std::string& where, TokenizerData& d) {
-  const json* p = member(root, "post_processor");
-  if (!p) return;
+namespace {
+
+// One post-processor: ByteLevel (no tokens), a Sequence of them, or TemplateProcessing.
+void parse_processor(const json* p, const std::string& where, TokenizerData& d) {
   const std::string type = type_of(*p, where);
   if (type == "ByteLevel") return;
   if (type == "Sequence") {
-    for (const json& item : list_member(*p, "processors", where)) {
-      json one = json::object();
-      one["post_processor"] = item;
-      parse_post_processor(one, where, d);
-    }
+    for (const json& item : list_member(*p, "processors", where)) parse_processor(&item, where, d);
     return;
   }
   if (type != "TemplateProcessing")
@@ -235,6 +232,12 @@ void parse_post_processor(const json& root, const std::string& where, TokenizerD
     }
   }
   if (!after_sequence) throw Error("the single template lacks the sequence $A", where);
+}
+
+}  // namespace
+
+void parse_post_processor(const json& root, const std::string& where, TokenizerData& d) {
+  if (const json* p = member(root, "post_processor")) parse_processor(p, where, d);
 }
 
 }  // namespace loratune::tokenizer
