@@ -1,5 +1,7 @@
 #include "model/transformer.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "core/error.h"
@@ -73,11 +75,20 @@ void Transformer::embed(const std::vector<int>& tokens, const std::vector<Sequen
   for (int n = 0; n < N; ++n) weights_->embedding_row(tokens[n], &x_[static_cast<size_t>(n) * C]);
 }
 
-bool dropout_keep(const Dropout& d, int layer, LoraModule m, int token, int feature, int in) {
+void dropout_mask(uint64_t* bits, const Dropout& d, int layer, LoraModule m, int token, int in) {
   const uint64_t base =
       mix(d.seed ^ (static_cast<uint64_t>(layer * kNumLoraModules + static_cast<int>(m)) << 40));
-  const uint64_t counter = static_cast<uint64_t>(d.token_offset + token) * in + feature;
-  return static_cast<double>(mix(base + counter) >> 11) * 0x1.0p-53 >= d.p;
+  // A feature is kept when its 53-bit uniform u satisfies u * 2^-53 >= p, i.e. u >= ceil(p * 2^53)
+  // (both sides exact in double).
+  const uint64_t threshold = static_cast<uint64_t>(std::ceil(static_cast<double>(d.p) * 0x1.0p53));
+  const uint64_t first = static_cast<uint64_t>(d.token_offset + token) * in;
+  for (int w = 0; w < lora_keep_words(in); ++w) {
+    uint64_t word = 0;
+    const int bits_here = std::min(64, in - w * 64);
+    for (int b = 0; b < bits_here; ++b)
+      word |= static_cast<uint64_t>((mix(base + first + w * 64 + b) >> 11) >= threshold) << b;
+    bits[w] = word;
+  }
 }
 
 const float* Transformer::lora_input(int l, LoraModule m, LayerActivations& a, const float* x,
@@ -92,13 +103,7 @@ const float* Transformer::lora_input(int l, LoraModule m, LayerActivations& a, c
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {
     uint64_t* bits = &keep[static_cast<size_t>(n) * words];
-    if (!saved)
-      for (int w = 0; w < words; ++w) {
-        uint64_t word = 0;
-        for (int b = 0; b < 64 && w * 64 + b < in; ++b)
-          word |= static_cast<uint64_t>(dropout_keep(dropout, l, m, n, w * 64 + b, in)) << b;
-        bits[w] = word;
-      }
+    if (!saved) dropout_mask(bits, dropout, l, m, n, in);
     for (int i = 0; i < in; ++i) {
       const size_t idx = static_cast<size_t>(n) * in + i;
       dropped_[idx] = x[idx] * kept_factor(bits, i, scale);

@@ -57,9 +57,10 @@ struct Dropout {
   float scale() const { return 1.0f / (1.0f - p); }  // the factor of a kept feature
 };
 
-// Whether dropout keeps (and scales by 1/(1 − p)) feature `feature` of token `token` at the
-// input of layer `layer`'s LoRA module `m` whose input has `in` features.
-bool dropout_keep(const Dropout& d, int layer, LoraModule m, int token, int feature, int in);
+// Which features dropout keeps (and scales by 1/(1 − p)) of token `token` at the input of
+// layer `layer`'s LoRA module `m` whose input has `in` features: bit i of
+// bits[lora_keep_words(in)].
+void dropout_mask(uint64_t* bits, const Dropout& d, int layer, LoraModule m, int token, int in);
 // Words of LayerActivations::lora_keep per token for an input of `in` features.
 inline int lora_keep_words(int in) {
   return (in + 63) / 64;
