@@ -45,7 +45,8 @@ const CommandSpec kSpec = {
     "Measures performance figures of a model folder and prints one JSON line per figure on\n"
     "stdout, then a table on stderr. Each train shape, the seed job and generation run in a\n"
     "child process of their own, so each peak_rss_gb is that figure's alone.\n"
-    "  cpu        the CPU, its features, oneDNN's ISA and the matrix kernel each mode runs\n"
+    "  cpu        the CPU, its features, oneDNN's ISA, the matrix kernel each mode runs, and\n"
+    "             the CUDA GPUs this build sees\n"
     "  sgemm      GFLOP/s of cblas_sgemm and of loratune's linear kernels (own AVX2, oneDNN\n"
     "             fp32, oneDNN bf16) on the model's linear shapes with M = 512 rows;\n"
     "             sgemm_peak is the best fp32 figure, bf16_peak the best bf16 one\n"
@@ -413,7 +414,7 @@ int run_bench(const Args& args) {
                       "; kernels fp32 " + cpu.value("fp32_kernel", "") + " (generation " +
                       cpu.value("fp32_generation_kernel", "") + "), bf16 " +
                       cpu.value("bf16_kernel", "") + " (generation " +
-                      cpu.value("bf16_generation_kernel", "") + ")"});
+                      cpu.value("bf16_generation_kernel", "") + "); " + cpu.value("cuda", "")});
   std::optional<double> peak_gflops[2], bandwidth;  // by mode: fp32, bf16
   if (s.wants("sgemm") || s.wants("train")) {
     if (!s.wants("sgemm")) std::fputs("bench: measuring sgemm for the MFU\n", stderr);

@@ -22,6 +22,7 @@
 #include "lora/adapter.h"
 #include "model/transformer.h"
 #include "ops/backend.h"
+#include "ops/device.h"
 #include "ops/ops.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
@@ -234,6 +235,8 @@ OJson cpu_figure() {
           {"bf16_generation_kernel",
            ops::generation_kernel_name(
                ops::choose_backend(ops::Precision::kBF16, ops::KernelUse::kRowInvariant).format)},
+          // What CUDA offers; this version's figures are all the CPU's (ops/device.h).
+          {"cuda", ops::describe_cuda(ops::probe_cuda())},
           {"threads", num_threads()}};
 }
 

@@ -4,6 +4,7 @@
 
 #include "cli/adapter_option.h"
 #include "cli/commands.h"
+#include "cli/device_option.h"
 #include "cli/options.h"
 #include "cli/precision_option.h"
 #include "core/error.h"
@@ -32,6 +33,7 @@ const CommandSpec kSpec = {
         {"--skip-bad-records", "", "skip malformed records instead of stopping"},
         {"--threads", "N", "threads", "all cores"},
         bf16_option("auto"),
+        device_option(),
     }};
 
 }  // namespace
@@ -42,6 +44,7 @@ int run_eval(const Args& args) {
   const std::vector<std::string> files = a.all("--data");
   if (files.empty()) throw UsageError("missing --data");
   set_num_threads(static_cast<int>(a.integer("--threads", 0)));
+  select_device(a);
   select_precision(a, "auto");
   Transformer model(model_dir);
   const auto adapter = load_adapter_option(a, model);

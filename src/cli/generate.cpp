@@ -8,6 +8,7 @@
 
 #include "cli/adapter_option.h"
 #include "cli/commands.h"
+#include "cli/device_option.h"
 #include "cli/options.h"
 #include "cli/precision_option.h"
 #include "core/error.h"
@@ -56,6 +57,7 @@ const CommandSpec kSpec = {
         {"--threads", "N", "threads", "all cores"},
         {"--ids-out", "FILE", "also write the generated ids as a JSON array (not with --chat)"},
         bf16_option("auto"),
+        device_option(),
     }};
 
 bool has_tokenizer(const std::string& dir) {
@@ -89,6 +91,7 @@ int run_generate(const Args& args) {
   if (sources != 1)
     throw UsageError("give exactly one of --prompt, --instruction, --prompt-ids and --chat");
   set_num_threads(static_cast<int>(a.integer("--threads", 0)));
+  select_device(a);
   select_precision(a, "auto", ops::KernelUse::kRowInvariant);  // as serve: the same answers
   if (isatty(2)) announce_backend();  // scripts that read the output get the text alone
   Transformer model(model_dir);

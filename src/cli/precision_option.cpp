@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "cli/device_option.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
 
@@ -39,8 +40,8 @@ void announce_backend() {
     hint = "; this CPU has no bf16 hardware: bf16 is emulated, no faster than fp32";
   else if (!bf16 && cpu_features().bf16())
     hint = "; this CPU has bf16 hardware: --bf16 true is faster";
-  std::fprintf(stderr, "loratune: %s on %s%s\n", describe_backend().c_str(),
-               cpu_features().model.c_str(), hint.c_str());
+  std::fprintf(stderr, "loratune: %s on %s, device %s%s\n", describe_backend().c_str(),
+               cpu_features().model.c_str(), describe_device().c_str(), hint.c_str());
 }
 
 const char* precision_name() {

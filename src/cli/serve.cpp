@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "cli/commands.h"
+#include "cli/device_option.h"
 #include "cli/options.h"
 #include "cli/precision_option.h"
 #include "core/error.h"
@@ -51,6 +52,7 @@ const CommandSpec kSpec = {
         {"--api-key", "KEY", "require Authorization: Bearer KEY on /v1/ routes"},
         {"--threads", "N", "threads", "all cores"},
         bf16_option("auto"),
+        device_option(),
     }};
 
 std::string folder_name(const std::string& path) {
@@ -65,6 +67,7 @@ int run_serve(const Args& args) {
   ParsedArgs a = parse_args(kSpec, args);
   const std::string model_dir = a.required("--model");
   set_num_threads(static_cast<int>(a.integer("--threads", 0)));
+  select_device(a);
   select_precision(a, "auto", ops::KernelUse::kRowInvariant);  // batches must not change answers
   announce_backend();
   Transformer model(model_dir);

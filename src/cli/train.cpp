@@ -1,5 +1,6 @@
 // loratune train: the seed recipe (and the rest of HF Trainer + PEFT LoRA) as one command.
 #include "cli/commands.h"
+#include "cli/device_option.h"
 #include "cli/options.h"
 #include "cli/precision_option.h"
 #include "core/error.h"
@@ -66,6 +67,7 @@ const CommandSpec kSpec = {
         {"--max-group-tokens", "N", "tokens per forward/backward pass (bounds memory)", "512"},
         {"--threads", "N", "threads", "all cores"},
         bf16_option("auto"),
+        device_option(),
     }};
 
 int to_int(const ParsedArgs& a, const char* name, long long fallback) {
@@ -135,6 +137,7 @@ int run_train(const Args& args) {
                      : o.value.empty() ? Json(true)
                                        : Json(values.back());
   }
+  args_json["device"] = select_device(a).device == ops::Device::kCuda ? "cuda" : "cpu";
   args_json["bf16"] = select_precision(a, "auto") == ops::Precision::kBF16;
   announce_backend();
   dist::init();  // joins the job's other ranks when started by mpirun
