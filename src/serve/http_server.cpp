@@ -1,6 +1,7 @@
 #include "serve/http_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <thread>
@@ -30,6 +31,16 @@ std::string sse(const Json& body) {
   return "data: " + body.dump() + "\n\n";
 }
 
+// cpp-httplib 0.11 listens with a backlog of 5 connections. When more clients connect at once,
+// Linux drops the final handshake packets of the rest; their requests then arrive only after
+// a retransmission, which can come later than the keep-alive wait in which the worker
+// thread expects the first request, and the connection is closed unanswered. The socket is
+// made to listen again with the system's largest backlog.
+class WideBacklogServer : public httplib::Server {
+ public:
+  void widen_backlog() { ::listen(svr_sock_, SOMAXCONN); }
+};
+
 // Counts a response from its start until it has been written (or abandoned).
 class OpenResponse {
  public:
@@ -43,7 +54,7 @@ class OpenResponse {
 }  // namespace
 
 HttpServer::HttpServer(Engine& engine, const ApiContext& api, const ServerOptions& options)
-    : engine_(engine), api_(api), options_(options), http_(std::make_unique<httplib::Server>()) {
+    : engine_(engine), api_(api), options_(options), http_(std::make_unique<WideBacklogServer>()) {
   const int threads = options_.http_threads;
   http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http_->set_payload_max_length(size_t{16} << 20);
@@ -60,6 +71,7 @@ int HttpServer::bind() {
   if (port < 0)
     throw Error("cannot listen on " + options_.host + ":" + std::to_string(options_.port), "",
                 "is the port in use? --port 0 takes any free one");
+  static_cast<WideBacklogServer&>(*http_).widen_backlog();
   return port;
 }
 
