@@ -7,6 +7,7 @@
 
 #include "core/half.h"
 #include "core/rng.h"
+#include "ops/cpu/amx_rows_kernel.h"
 #include "ops/cpu/bf16_rows_kernel.h"
 #include "ops/cpu/fast_exp.h"
 #include "ops/ops.h"
@@ -197,17 +198,17 @@ TEST(OpsForward, AttentionPackedAndWithPast) {
   }
 }
 
-// Generation's bf16 kernel: fp32 sums of bf16 products (to fp32 rounding), and a row's values
-// bit for bit the same whatever the other rows of the call; K = 200 has a partial last step.
-TEST(OpsForward, Bf16RowsKernelIsExactToRoundingAndRowInvariant) {
-  if (!ops::bf16_rows_kernel_available()) GTEST_SKIP() << "the CPU has no AVX512-BF16";
-  const int K = 200, out = 37, N = 9;
+// Generation's bf16 kernels (vdpbf16ps, AMX): fp32 sums of bf16 products (to fp32 rounding),
+// and a row's values bit for bit the same whatever the other rows of the call. K = 200 has a
+// partial last step; 37 outputs a partial last block; 40 rows more than two tiles of them.
+void expect_exact_and_row_invariant(decltype(&ops::bf16_rows_forward) forward, int K, int out,
+                                    int N) {
   std::vector<uint16_t> w(out * K), a(N * K);
   const auto wf = random_vec(out * K, 40), af = random_vec(N * K, 41);
   for (int i = 0; i < out * K; ++i) w[i] = float_to_bf16(wf[i]);
   for (int i = 0; i < N * K; ++i) a[i] = float_to_bf16(af[i]);
   std::vector<float> all(N * out);
-  ops::bf16_rows_forward(all.data(), false, a.data(), K, w.data(), N, K, out, false);
+  forward(all.data(), false, a.data(), K, w.data(), N, K, out, false);
   for (int n = 0; n < N; ++n)
     for (int o = 0; o < out; ++o) {
       double exact = 0, scale = 0;
@@ -216,29 +217,39 @@ TEST(OpsForward, Bf16RowsKernelIsExactToRoundingAndRowInvariant) {
         exact += p;
         scale += std::fabs(p);
       }
-      EXPECT_NEAR(all[n * out + o], exact, 1e-6 * scale) << n << ", " << o;
+      ASSERT_NEAR(all[n * out + o], exact, 1e-6 * scale) << n << ", " << o;
     }
   // Row n alone, and among the rows from `first` on, as fp32, accumulated and bf16.
   for (int first = 0; first < N; ++first)
     for (int n = first; n < N; ++n) {
       const int rows = N - first;
       std::vector<float> some(rows * out), one(out);
-      ops::bf16_rows_forward(some.data(), false, a.data() + first * K, K, w.data(), rows, K, out,
-                             false);
-      ops::bf16_rows_forward(one.data(), false, a.data() + n * K, K, w.data(), 1, K, out, false);
+      forward(some.data(), false, a.data() + first * K, K, w.data(), rows, K, out, false);
+      forward(one.data(), false, a.data() + n * K, K, w.data(), 1, K, out, false);
       for (int o = 0; o < out; ++o) {
         ASSERT_EQ(some[(n - first) * out + o], all[n * out + o]) << first << " " << n << " " << o;
         ASSERT_EQ(one[o], all[n * out + o]) << n << " " << o;
       }
     }
   std::vector<float> acc(N * out, 0.5f);
-  ops::bf16_rows_forward(acc.data(), false, a.data(), K, w.data(), N, K, out, true);
+  forward(acc.data(), false, a.data(), K, w.data(), N, K, out, true);
   std::vector<uint16_t> rounded(N * out);
-  ops::bf16_rows_forward(rounded.data(), true, a.data(), K, w.data(), N, K, out, false);
+  forward(rounded.data(), true, a.data(), K, w.data(), N, K, out, false);
   for (int i = 0; i < N * out; ++i) {
-    EXPECT_EQ(acc[i], 0.5f + all[i]);
-    EXPECT_EQ(rounded[i], float_to_bf16(all[i]));
+    ASSERT_EQ(acc[i], 0.5f + all[i]);
+    ASSERT_EQ(rounded[i], float_to_bf16(all[i]));
   }
+}
+
+TEST(OpsForward, Bf16RowsKernelIsExactToRoundingAndRowInvariant) {
+  if (!ops::bf16_rows_kernel_available()) GTEST_SKIP() << "the CPU has no AVX512-BF16";
+  expect_exact_and_row_invariant(ops::bf16_rows_forward, 200, 37, 9);
+}
+
+TEST(OpsForward, AmxRowsKernelIsExactToRoundingAndRowInvariant) {
+  if (!ops::amx_rows_kernel_available()) GTEST_SKIP() << "the CPU (or the OS) gives no AMX-BF16";
+  expect_exact_and_row_invariant(ops::amx_rows_forward, 200, 37, 40);
+  expect_exact_and_row_invariant(ops::amx_rows_forward, 128, 64, 33);  // tiles read in place
 }
 
 TEST(OpsForward, FastExpWithinTwoUlp) {

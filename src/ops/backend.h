@@ -56,8 +56,8 @@ std::vector<WeightFormat> available_formats();
 // "own-avx2-f32", "onednn-f32", "onednn-bf16", "own-avx2-bf16-emulated".
 const char* format_name(WeightFormat format);
 // The kernel that multiplies by weights of `format` under OneKernelPerShape (generation and
-// serving): format_name's, except kRowsBF16 on a CPU with AVX512-BF16, where the own
-// row-invariant kernel takes over from oneDNN ("own-avx512bf16").
+// serving): format_name's, except kRowsBF16 on a CPU with AMX or AVX512-BF16, where an own
+// row-invariant kernel takes over from oneDNN ("own-amx-bf16", "own-avx512bf16").
 const char* generation_kernel_name(WeightFormat format);
 // The instruction set oneDNN's JIT targets on this CPU ("avx512_core_amx", "avx2", ...).
 std::string onednn_isa();
