@@ -108,38 +108,43 @@ void pack_inputs(uint16_t* packed, const uint16_t* a, long lda, int N, int K, in
   }
 }
 
-__attribute__((target("amx-tile,amx-bf16"))) void kernel(const Call& k, const uint16_t* w) {
+// One thread's share of the output groups, inside kernel's parallel region. (A function of its
+// own: compilers do not carry a function's target attribute into the OpenMP regions they
+// outline from it, and the tile instructions need it.)
+__attribute__((target("amx-tile,amx-bf16"))) void thread_share(const Call& k, const uint16_t* w) {
   const int groups = (k.out + 2 * kTileRows - 1) / (2 * kTileRows);
   const int blocks = (k.N + kTileRows - 1) / kTileRows;
   const long kpad = static_cast<long>(k.steps) * kTileK;
   const bool padded = k.K % kTileK != 0 || k.out % (2 * kTileRows) != 0;
-#pragma omp parallel if (static_cast <long>(k.out) * k.K > 65536)
-  {
-    static const TileConfig config;
-    _tile_loadconfig(&config);
-    // Weight rows that a tile cannot read in place (K not a multiple of 32, or the last
-    // outputs): copied zero-padded.
-    std::vector<uint16_t> copy;
+  static const TileConfig config;
+  _tile_loadconfig(&config);
+  // Weight rows that a tile cannot read in place (K not a multiple of 32, or the last
+  // outputs): copied zero-padded.
+  thread_local std::vector<uint16_t> copy;
 #pragma omp for schedule(static)
-    for (int g = 0; g < groups; ++g) {
-      const int o0 = g * 2 * kTileRows, rows = std::min(2 * kTileRows, k.out - o0);
-      const uint16_t* wg = w + static_cast<long>(o0) * k.K;
-      long ldw = k.K;
-      if (padded && (k.K % kTileK != 0 || rows < 2 * kTileRows)) {
-        copy.assign(2 * kTileRows * kpad, 0);
-        for (int r = 0; r < rows; ++r)
-          std::memcpy(&copy[r * kpad], wg + static_cast<long>(r) * k.K, k.K * sizeof(uint16_t));
-        wg = copy.data();
-        ldw = kpad;
-      }
-      const bool two_a = rows > kTileRows;
-      int b = 0;
-      for (; b + 2 <= blocks; b += 2)
-        two_a ? block<2, 2>(k, wg, ldw, o0, b) : block<1, 2>(k, wg, ldw, o0, b);
-      if (b < blocks) two_a ? block<2, 1>(k, wg, ldw, o0, b) : block<1, 1>(k, wg, ldw, o0, b);
+  for (int g = 0; g < groups; ++g) {
+    const int o0 = g * 2 * kTileRows, rows = std::min(2 * kTileRows, k.out - o0);
+    const uint16_t* wg = w + static_cast<long>(o0) * k.K;
+    long ldw = k.K;
+    if (padded && (k.K % kTileK != 0 || rows < 2 * kTileRows)) {
+      copy.assign(2 * kTileRows * kpad, 0);
+      for (int r = 0; r < rows; ++r)
+        std::memcpy(&copy[r * kpad], wg + static_cast<long>(r) * k.K, k.K * sizeof(uint16_t));
+      wg = copy.data();
+      ldw = kpad;
     }
-    _tile_release();
+    const bool two_a = rows > kTileRows;
+    int b = 0;
+    for (; b + 2 <= blocks; b += 2)
+      two_a ? block<2, 2>(k, wg, ldw, o0, b) : block<1, 2>(k, wg, ldw, o0, b);
+    if (b < blocks) two_a ? block<2, 1>(k, wg, ldw, o0, b) : block<1, 1>(k, wg, ldw, o0, b);
   }
+  _tile_release();
+}
+
+void kernel(const Call& k, const uint16_t* w) {
+#pragma omp parallel if (static_cast <long>(k.out) * k.K > 65536)
+  thread_share(k, w);
 }
 
 }  // namespace
