@@ -115,7 +115,6 @@ __attribute__((target("amx-tile,amx-bf16"))) void thread_share(const Call& k, co
   const int groups = (k.out + 2 * kTileRows - 1) / (2 * kTileRows);
   const int blocks = (k.N + kTileRows - 1) / kTileRows;
   const long kpad = static_cast<long>(k.steps) * kTileK;
-  const bool padded = k.K % kTileK != 0 || k.out % (2 * kTileRows) != 0;
   static const TileConfig config;
   _tile_loadconfig(&config);
   // Weight rows that a tile cannot read in place (K not a multiple of 32, or the last
@@ -126,7 +125,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void thread_share(const Call& k, co
     const int o0 = g * 2 * kTileRows, rows = std::min(2 * kTileRows, k.out - o0);
     const uint16_t* wg = w + static_cast<long>(o0) * k.K;
     long ldw = k.K;
-    if (padded && (k.K % kTileK != 0 || rows < 2 * kTileRows)) {
+    if (k.K % kTileK != 0 || rows < 2 * kTileRows) {
       copy.assign(2 * kTileRows * kpad, 0);
       for (int r = 0; r < rows; ++r)
         std::memcpy(&copy[r * kpad], wg + static_cast<long>(r) * k.K, k.K * sizeof(uint16_t));

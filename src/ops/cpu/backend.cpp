@@ -3,7 +3,6 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include "core/cpu_features.h"
-#include "ops/cpu/amx_rows_kernel.h"
 #include "ops/cpu/bf16_rows_kernel.h"
 #include "ops/ops.h"
 
@@ -86,9 +85,8 @@ std::vector<WeightFormat> available_formats() {
 }
 
 const char* generation_kernel_name(WeightFormat format) {
-  if (format != WeightFormat::kRowsBF16) return format_name(format);
-  if (amx_rows_kernel_available()) return "own-amx-bf16";
-  return bf16_rows_kernel_available() ? "own-avx512bf16" : format_name(format);
+  if (format == WeightFormat::kRowsBF16 && rows_kernel_bf16().name) return rows_kernel_bf16().name;
+  return format_name(format);
 }
 
 const char* format_name(WeightFormat format) {

@@ -9,6 +9,7 @@
 
 #include "core/cpu_features.h"
 #include "core/half.h"
+#include "ops/cpu/amx_rows_kernel.h"
 
 namespace loratune::ops {
 
@@ -95,6 +96,14 @@ bool bf16_rows_kernel_available() {
 void bf16_rows_forward(void* c, bool c_bf16, const uint16_t* a, long lda, const uint16_t* w, int N,
                        int K, int out, bool accumulate) {
   if (N > 0 && out > 0) kernel({c, c_bf16, a, lda, K, out, accumulate}, w, N);
+}
+
+const RowsKernelBF16& rows_kernel_bf16() {
+  static const RowsKernelBF16 chosen =
+      amx_rows_kernel_available()    ? RowsKernelBF16{"own-amx-bf16", amx_rows_forward}
+      : bf16_rows_kernel_available() ? RowsKernelBF16{"own-avx512bf16", bf16_rows_forward}
+                                     : RowsKernelBF16{nullptr, nullptr};
+  return chosen;
 }
 
 }  // namespace loratune::ops

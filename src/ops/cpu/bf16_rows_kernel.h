@@ -18,4 +18,12 @@ bool bf16_rows_kernel_available();
 void bf16_rows_forward(void* c, bool c_bf16, const uint16_t* a, long lda, const uint16_t* w, int N,
                        int K, int out, bool accumulate);
 
+// The row-invariant bf16 kernel generation takes on this CPU, the faster first: the AMX one
+// (amx_rows_kernel.h), then this one; both null where the CPU runs neither.
+struct RowsKernelBF16 {
+  const char* name;  // as the bench prints it: "own-amx-bf16", "own-avx512bf16"
+  decltype(&bf16_rows_forward) forward;
+};
+const RowsKernelBF16& rows_kernel_bf16();
+
 }  // namespace loratune::ops

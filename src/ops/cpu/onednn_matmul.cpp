@@ -9,7 +9,6 @@
 #include <tuple>
 #include <vector>
 
-#include "ops/cpu/amx_rows_kernel.h"
 #include "ops/cpu/bf16_round.h"
 #include "ops/cpu/bf16_rows_kernel.h"
 #include "ops/ops.h"
@@ -114,14 +113,9 @@ void run(void* c, const void* a, const PackedWeight& w, int N, bool accumulate, 
   const bool bf16 = w.format() == WeightFormat::kRowsBF16;
   const memory::dim K = backward ? w.out() : w.in(), Nout = backward ? w.in() : w.out();
   if (lda == 0) lda = K;
-  if (bf16 && !backward && one_kernel_per_shape() && amx_rows_kernel_available()) {
-    amx_rows_forward(c, c_bf16, static_cast<const uint16_t*>(a), lda, w.rows_bf16(), N,
-                     static_cast<int>(K), static_cast<int>(Nout), accumulate);
-    return;
-  }
-  if (bf16 && !backward && one_kernel_per_shape() && bf16_rows_kernel_available()) {
-    bf16_rows_forward(c, c_bf16, static_cast<const uint16_t*>(a), lda, w.rows_bf16(), N,
-                      static_cast<int>(K), static_cast<int>(Nout), accumulate);
+  if (bf16 && !backward && one_kernel_per_shape() && rows_kernel_bf16().forward) {
+    rows_kernel_bf16().forward(c, c_bf16, static_cast<const uint16_t*>(a), lda, w.rows_bf16(), N,
+                               static_cast<int>(K), static_cast<int>(Nout), accumulate);
     return;
   }
   if (bf16 && N == 1 && one_kernel_per_shape()) {
