@@ -189,48 +189,64 @@ int slice_size(int in) {
   return (in + slices - 1) / slices;
 }
 
-// y[R, b·16 .. b·16 + cols) (+)= x[R, in] · a weight block p, the R rows together. Each output
-// is summed as forward_tile6 sums it (per slice one FMA chain from zero, then y added), so a
-// row has the same value whatever the row count of its product.
-template <int R>
-void gemv_block(float* y, long ldy, const float* x, long ldx, const float* p, int in, int cols,
-                bool acc) {
+// y[R, b·16 ..) (+)= x[R, in] · B consecutive weight blocks from p (the last one's first
+// `cols` outputs), the R rows together. Each output is summed as forward_tile6 sums it (per
+// slice one FMA chain from zero, then y added), so a row has the same value whatever the row
+// count of its product; the B blocks' chains run side by side, since one row's two chains
+// alone wait on the FMA latency (decode at 60 % of the bandwidth bound on an AMD Zen 5).
+template <int R, int B>
+void gemv_blocks(float* y, long ldy, const float* x, long ldx, const float* p, long stride, int in,
+                 int cols, bool acc) {
   const int slice = slice_size(in);
   for (int k0 = 0; k0 < in; k0 += slice) {
     const int k1 = std::min(in, k0 + slice);
-    __m256 c[R][2];
-    for (int r = 0; r < R; ++r) c[r][0] = c[r][1] = _mm256_setzero_ps();
-    for (int i = k0; i < k1; ++i) {
-      const __m256 b0 = _mm256_load_ps(p + i * kW), b1 = _mm256_load_ps(p + i * kW + 8);
-      for (int r = 0; r < R; ++r) {
-        const __m256 a = _mm256_broadcast_ss(x + r * ldx + i);
-        c[r][0] = _mm256_fmadd_ps(a, b0, c[r][0]);
-        c[r][1] = _mm256_fmadd_ps(a, b1, c[r][1]);
+    __m256 c[R][B][2];
+    for (int r = 0; r < R; ++r)
+      for (int b = 0; b < B; ++b) c[r][b][0] = c[r][b][1] = _mm256_setzero_ps();
+    for (int i = k0; i < k1; ++i)
+      for (int b = 0; b < B; ++b) {
+        const __m256 b0 = _mm256_load_ps(p + b * stride + i * kW);
+        const __m256 b1 = _mm256_load_ps(p + b * stride + i * kW + 8);
+        for (int r = 0; r < R; ++r) {
+          const __m256 a = _mm256_broadcast_ss(x + r * ldx + i);
+          c[r][b][0] = _mm256_fmadd_ps(a, b0, c[r][b][0]);
+          c[r][b][1] = _mm256_fmadd_ps(a, b1, c[r][b][1]);
+        }
       }
-    }
     const bool add = acc || k0 > 0;
-    for (int r = 0; r < R; ++r) {
-      alignas(32) float sums[kW];
-      _mm256_store_ps(sums, c[r][0]);
-      _mm256_store_ps(sums + 8, c[r][1]);
-      float* yr = y + r * ldy;
-      for (int j = 0; j < cols; ++j) yr[j] = add ? sums[j] + yr[j] : sums[j];
-    }
+    for (int r = 0; r < R; ++r)
+      for (int b = 0; b < B; ++b) {
+        alignas(32) float sums[kW];
+        _mm256_store_ps(sums, c[r][b][0]);
+        _mm256_store_ps(sums + 8, c[r][b][1]);
+        float* yr = y + r * ldy + b * kW;
+        const int n = b + 1 == B ? cols : kW;
+        for (int j = 0; j < n; ++j) yr[j] = add ? sums[j] + yr[j] : sums[j];
+      }
   }
 }
 
 // y[N, out] (+)= x[N, in] · wᵀ for N < kGemvRows: each weight block is streamed from memory
-// once, for all rows.
+// once, for all rows; one row takes kGemvBlocks blocks at a time.
+constexpr int kGemvBlocks = 4;
 void gemv(float* y, const float* x, const PackedWeight& w, int N, bool acc) {
   const int in = w.in(), out = w.out(), nb = w.blocks();
+  const int step = N == 1 ? kGemvBlocks : 1, groups = (nb + step - 1) / step;
+  const long stride = w.block_stride();
 #pragma omp parallel for schedule(static) if (static_cast <long>(in) * out > 65536)
-  for (int b = 0; b < nb; ++b) {
+  for (int g = 0; g < groups; ++g) {
+    const int b = g * step, blocks = std::min(step, nb - b);
     const float* p = w.block(b);
-    const int cols = std::min(kW, out - b * kW);
+    const int cols = std::min(kW, out - (b + blocks - 1) * kW);
     float* yb = y + b * kW;
-    if (N == 1) gemv_block<1>(yb, out, x, in, p, in, cols, acc);
-    if (N == 2) gemv_block<2>(yb, out, x, in, p, in, cols, acc);
-    if (N == 3) gemv_block<3>(yb, out, x, in, p, in, cols, acc);
+    if (N == 1 && blocks == kGemvBlocks)
+      gemv_blocks<1, kGemvBlocks>(yb, out, x, in, p, stride, in, cols, acc);
+    else if (N == 1)
+      for (int j = 0; j < blocks; ++j)
+        gemv_blocks<1, 1>(yb + j * kW, out, x, in, p + j * stride, stride, in,
+                          j + 1 == blocks ? cols : kW, acc);
+    if (N == 2) gemv_blocks<2, 1>(yb, out, x, in, p, stride, in, cols, acc);
+    if (N == 3) gemv_blocks<3, 1>(yb, out, x, in, p, stride, in, cols, acc);
   }
 }
 
