@@ -125,9 +125,9 @@ void check_grads_case(const std::string& name) {
   EXPECT_LE(logits_rel, c["logits_rel_l2"].get<double>()) << name;
   // A case's per-token losses are n samples of the rounding (17 tokens in most cases), whose
   // L2 norm scatters by about 1/sqrt(2n) of itself with the kernels' summation order: Qwen3's
-  // case was at 0.999 of autocast's on an AMX Xeon and at 1.022 on an AMD Zen 5 with the same
-  // code. The bound allows that scatter; the logits, from which these losses follow, are held
-  // to autocast's error without it.
+  // case was at 0.999 of autocast's on an AMX Xeon (docs/performance.md) and at 1.022 on an
+  // AMD Zen 5. The bound allows that scatter; the logits, from which these losses follow, are
+  // held to autocast's error without it.
   const double scatter = 1.0 + 1.0 / std::sqrt(2.0 * f32.token_nll.size());
   EXPECT_LE(nll_diff, scatter * c["token_nll_l2_diff"].get<double>()) << name;
   EXPECT_LE(loss_diff, c["token_nll_rms_diff"].get<double>()) << name;

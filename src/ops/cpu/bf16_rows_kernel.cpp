@@ -121,11 +121,11 @@ void kernel(const Call& k, const uint16_t* w, int N) {
     // The first tile of rows prefetches the next group's weights: the hardware prefetcher,
     // left alone with kOutputs short interleaved streams, kept decode at a quarter of the
     // bandwidth bound on an AMD Zen 5.
-    const long next = g + 1 < groups ? static_cast<long>(kOutputs) * k.K : 0;
+    long prefetch = g + 1 < groups ? static_cast<long>(kOutputs) * k.K : 0;
     int r0 = 0;
-    for (; r0 + 4 <= N; r0 += 4) tile<4>(k, wo, r0, o0, r0 == 0 ? next : 0);
-    for (; r0 + 2 <= N; r0 += 2) tile<2>(k, wo, r0, o0, r0 == 0 ? next : 0);
-    if (r0 < N) tile<1>(k, wo, r0, o0, r0 == 0 ? next : 0);
+    for (; r0 + 4 <= N; r0 += 4, prefetch = 0) tile<4>(k, wo, r0, o0, prefetch);
+    for (; r0 + 2 <= N; r0 += 2, prefetch = 0) tile<2>(k, wo, r0, o0, prefetch);
+    if (r0 < N) tile<1>(k, wo, r0, o0, prefetch);
   }
 }
 

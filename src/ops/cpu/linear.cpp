@@ -226,6 +226,14 @@ void gemv_blocks(float* y, long ldy, const float* x, long ldx, const float* p, l
   }
 }
 
+// One weight block p for N < kGemvRows rows.
+void gemv_block(float* y, long ldy, const float* x, const float* p, long stride, int in, int cols,
+                int N, bool acc) {
+  if (N == 1) gemv_blocks<1, 1>(y, ldy, x, in, p, stride, in, cols, acc);
+  if (N == 2) gemv_blocks<2, 1>(y, ldy, x, in, p, stride, in, cols, acc);
+  if (N == 3) gemv_blocks<3, 1>(y, ldy, x, in, p, stride, in, cols, acc);
+}
+
 // y[N, out] (+)= x[N, in] · wᵀ for N < kGemvRows: each weight block is streamed from memory
 // once, for all rows; one row takes kGemvBlocks blocks at a time.
 constexpr int kGemvBlocks = 4;
@@ -235,18 +243,14 @@ void gemv(float* y, const float* x, const PackedWeight& w, int N, bool acc) {
   const long stride = w.block_stride();
 #pragma omp parallel for schedule(static) if (static_cast <long>(in) * out > 65536)
   for (int g = 0; g < groups; ++g) {
-    const int b = g * step, blocks = std::min(step, nb - b);
-    const float* p = w.block(b);
-    const int cols = std::min(kW, out - (b + blocks - 1) * kW);
-    float* yb = y + b * kW;
-    if (N == 1 && blocks == kGemvBlocks)
-      gemv_blocks<1, kGemvBlocks>(yb, out, x, in, p, stride, in, cols, acc);
-    else if (N == 1)
-      for (int j = 0; j < blocks; ++j)
-        gemv_blocks<1, 1>(yb + j * kW, out, x, in, p + j * stride, stride, in,
-                          j + 1 == blocks ? cols : kW, acc);
-    if (N == 2) gemv_blocks<2, 1>(yb, out, x, in, p, stride, in, cols, acc);
-    if (N == 3) gemv_blocks<3, 1>(yb, out, x, in, p, stride, in, cols, acc);
+    const int b0 = g * step, b1 = std::min(nb, b0 + step);
+    if (b1 - b0 == kGemvBlocks) {  // one row, a whole group
+      const int cols = std::min(kW, out - (b1 - 1) * kW);
+      gemv_blocks<1, kGemvBlocks>(y + b0 * kW, out, x, in, w.block(b0), stride, in, cols, acc);
+      continue;
+    }
+    for (int b = b0; b < b1; ++b)
+      gemv_block(y + b * kW, out, x, w.block(b), stride, in, std::min(kW, out - b * kW), N, acc);
   }
 }
 
