@@ -1,14 +1,16 @@
 // The fast fp32 kernels against their scalar references, on odd sizes.
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <vector>
 
 #include "core/half.h"
 #include "core/rng.h"
 #include "ops/cpu/amx_rows_kernel.h"
-#include "ops/cpu/bf16_rows_kernel.h"
+#include "ops/cpu/bf16_groups_kernel.h"
 #include "ops/cpu/fast_exp.h"
 #include "ops/ops.h"
 #include "ops/ref/attention.h"
@@ -113,8 +115,11 @@ TEST(OpsForward, PackedWeightFromBf16KeepsTheFileValues) {
     packed.unpack(back.data());
     for (int i = 0; i < out * in; ++i)
       ASSERT_EQ(back[i], bf16_to_float(w16[i])) << ops::format_name(format) << " at " << i;
-    if (format == ops::WeightFormat::kRowsBF16) {  // held as 2 bytes a value, not widened
-      EXPECT_LT(packed.bytes(), out * in * sizeof(float));
+    if (ops::holds_bf16(format)) {  // held as 2 bytes a value (groups zero-padded), not widened
+      const size_t values = format == ops::WeightFormat::kGroupsBF16
+                                ? static_cast<size_t>(packed.groups()) * packed.group_size()
+                                : static_cast<size_t>(out) * in;
+      EXPECT_LE(packed.bytes(), (values * sizeof(uint16_t) + 63) / 64 * 64);
     }
   }
 }
@@ -201,14 +206,18 @@ TEST(OpsForward, AttentionPackedAndWithPast) {
 // Generation's bf16 kernels (vdpbf16ps, AMX): fp32 sums of bf16 products (to fp32 rounding),
 // and a row's values bit for bit the same whatever the other rows of the call. K = 200 has a
 // partial last step; 37 outputs a partial last block; 40 rows more than two tiles of them.
-void expect_exact_and_row_invariant(decltype(&ops::bf16_rows_forward) forward, int K, int out,
-                                    int N) {
+// `forward(c, c_bf16, a, N, accumulate)` multiplies by the weight rows w[out, K] it is given.
+using RowsForward = std::function<void(void*, bool, const uint16_t*, int, bool)>;
+void expect_exact_and_row_invariant(
+    const std::function<RowsForward(const std::vector<uint16_t>&)>& kernel_for, int K, int out,
+    int N) {
   std::vector<uint16_t> w(out * K), a(N * K);
   const auto wf = random_vec(out * K, 40), af = random_vec(N * K, 41);
   for (int i = 0; i < out * K; ++i) w[i] = float_to_bf16(wf[i]);
   for (int i = 0; i < N * K; ++i) a[i] = float_to_bf16(af[i]);
+  const RowsForward forward = kernel_for(w);
   std::vector<float> all(N * out);
-  forward(all.data(), false, a.data(), K, w.data(), N, K, out, false);
+  forward(all.data(), false, a.data(), N, false);
   for (int n = 0; n < N; ++n)
     for (int o = 0; o < out; ++o) {
       double exact = 0, scale = 0;
@@ -224,32 +233,52 @@ void expect_exact_and_row_invariant(decltype(&ops::bf16_rows_forward) forward, i
     for (int n = first; n < N; ++n) {
       const int rows = N - first;
       std::vector<float> some(rows * out), one(out);
-      forward(some.data(), false, a.data() + first * K, K, w.data(), rows, K, out, false);
-      forward(one.data(), false, a.data() + n * K, K, w.data(), 1, K, out, false);
+      forward(some.data(), false, a.data() + first * K, rows, false);
+      forward(one.data(), false, a.data() + n * K, 1, false);
       for (int o = 0; o < out; ++o) {
         ASSERT_EQ(some[(n - first) * out + o], all[n * out + o]) << first << " " << n << " " << o;
         ASSERT_EQ(one[o], all[n * out + o]) << n << " " << o;
       }
     }
   std::vector<float> acc(N * out, 0.5f);
-  forward(acc.data(), false, a.data(), K, w.data(), N, K, out, true);
+  forward(acc.data(), false, a.data(), N, true);
   std::vector<uint16_t> rounded(N * out);
-  forward(rounded.data(), true, a.data(), K, w.data(), N, K, out, false);
+  forward(rounded.data(), true, a.data(), N, false);
   for (int i = 0; i < N * out; ++i) {
     ASSERT_EQ(acc[i], 0.5f + all[i]);
     ASSERT_EQ(rounded[i], float_to_bf16(all[i]));
   }
 }
 
-TEST(OpsForward, Bf16RowsKernelIsExactToRoundingAndRowInvariant) {
-  if (!ops::bf16_rows_kernel_available()) GTEST_SKIP() << "the CPU has no AVX512-BF16";
-  expect_exact_and_row_invariant(ops::bf16_rows_forward, 200, 37, 9);
+// The AVX512-BF16 kernel over the weight regrouped (kGroupsBF16).
+RowsForward groups_forward(const std::vector<uint16_t>& w, int K, int out) {
+  auto packed = std::make_shared<ops::PackedWeight>(
+      ops::PackedWeight::from_bf16(w.data(), out, K, ops::WeightFormat::kGroupsBF16));
+  return [packed, K](void* c, bool c_bf16, const uint16_t* a, int N, bool accumulate) {
+    const ops::GroupsProduct p{c, packed.get(), accumulate};
+    ops::bf16_groups_forward(&p, 1, a, K, N, c_bf16);
+  };
+}
+
+TEST(OpsForward, Bf16GroupsKernelIsExactToRoundingAndRowInvariant) {
+  if (!ops::bf16_groups_kernel_available()) GTEST_SKIP() << "the CPU has no AVX512-BF16";
+  // 9 rows and their tails, 8 to 1 rows, take every tile shape; 41 outputs a partial group.
+  expect_exact_and_row_invariant([](const auto& w) { return groups_forward(w, 200, 41); }, 200, 41,
+                                 9);
 }
 
 TEST(OpsForward, AmxRowsKernelIsExactToRoundingAndRowInvariant) {
   if (!ops::amx_rows_kernel_available()) GTEST_SKIP() << "the CPU (or the OS) gives no AMX-BF16";
-  expect_exact_and_row_invariant(ops::amx_rows_forward, 200, 37, 40);
-  expect_exact_and_row_invariant(ops::amx_rows_forward, 128, 64, 33);  // tiles read in place
+  // The rows are read in place: `w` outlives the returned function.
+  auto amx = [](int K, int out) {
+    return [K, out](const std::vector<uint16_t>& w) -> RowsForward {
+      return [&w, K, out](void* c, bool c_bf16, const uint16_t* a, int N, bool accumulate) {
+        ops::amx_rows_forward(c, c_bf16, a, K, w.data(), N, K, out, accumulate);
+      };
+    };
+  };
+  expect_exact_and_row_invariant(amx(200, 37), 200, 37, 40);
+  expect_exact_and_row_invariant(amx(128, 64), 128, 64, 33);  // tiles read in place
 }
 
 TEST(OpsForward, FastExpWithinTwoUlp) {

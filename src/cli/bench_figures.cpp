@@ -177,17 +177,19 @@ std::vector<OJson> sgemm_figure(const ModelConfig& c, int M) {
     // onednn_f32 / onednn_bf16 = oneDNN's matmul.
     std::vector<std::unique_ptr<ops::PackedWeight>> packed;
     for (const ops::WeightFormat format : ops::available_formats()) {
-      const char* name = format == ops::WeightFormat::kBlocksF32  ? "own"
-                         : format == ops::WeightFormat::kRowsF32  ? "onednn_f32"
-                         : format == ops::WeightFormat::kRowsBF16 ? "onednn_bf16"
-                                                                  : "own_bf16";
+      const char* name = format == ops::WeightFormat::kBlocksF32    ? "own"
+                         : format == ops::WeightFormat::kRowsF32    ? "onednn_f32"
+                         : format == ops::WeightFormat::kRowsBF16   ? "onednn_bf16"
+                         : format == ops::WeightFormat::kGroupsBF16 ? "own_avx512bf16"
+                                                                    : "own_bf16";
       packed.push_back(std::make_unique<ops::PackedWeight>(w.data(), out, in, format));
       const ops::PackedWeight& pw = *packed.back();
       const bool bf16 = ops::is_bf16(format);
       impls.push_back({std::string(name) + "_forward", bf16,
                        [&] { ops::linear_forward(y.data(), x.data(), pw, nullptr, M); }});
-      impls.push_back({std::string(name) + "_backward", bf16,
-                       [&] { ops::linear_backward(dx.data(), y.data(), pw, M, false); }});
+      if (ops::has_backward(format))
+        impls.push_back({std::string(name) + "_backward", bf16,
+                         [&] { ops::linear_backward(dx.data(), y.data(), pw, M, false); }});
     }
     const double flops = 2.0 * M * in * static_cast<double>(out);
     OJson line = {{"figure", "sgemm"}, {"shape", s.modules}, {"m", M}, {"k", in}, {"n", out}};
@@ -403,7 +405,7 @@ OJson seed_figure(const SeedJob& job) {
 OJson generate_figure(const std::string& model_dir, int prompt_tokens, int new_tokens) {
   Transformer model(model_dir);
   // Bytes a weight takes in memory (the emulated bf16 format holds fp32).
-  const int64_t weight_bytes = ops::backend().format == ops::WeightFormat::kRowsBF16 ? 2 : 4;
+  const int64_t weight_bytes = ops::holds_bf16(ops::backend().format) ? 2 : 4;
   const ModelConfig& c = model.config();
   Rng rng(3);
   std::vector<int> prompt(prompt_tokens);

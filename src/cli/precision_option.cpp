@@ -51,7 +51,7 @@ const char* precision_name() {
 std::string describe_backend() {
   const ops::Backend& b = ops::backend();
   const std::string mode = b.precision == ops::Precision::kBF16 ? "bf16 mixed precision" : "fp32";
-  const bool onednn = !ops::is_blocks(b.format);
+  const bool onednn = ops::is_rows(b.format);
   return mode + " (matrix kernels " + ops::format_name(b.format) +
          (onednn ? ", oneDNN ISA " + ops::onednn_isa() : "") + ")";
 }

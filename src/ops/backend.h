@@ -12,7 +12,9 @@
 // values must not depend on the other rows of its product, so that a sequence decodes the same
 // alone and in any batch. oneDNN's fp32 matmul rounds a row differently at other row counts,
 // so fp32 then takes the own kernels on every CPU; the others are row-invariant under
-// OneKernelPerShape (ops.h).
+// OneKernelPerShape (ops.h). In bf16 on a CPU with AVX512-BF16 but no AMX, the weights are
+// regrouped for loratune's own vdpbf16ps kernel (kGroupsBF16), which streams them from memory
+// faster than it streams rows (decode is bound by that stream).
 #pragma once
 
 #include <string>
@@ -28,14 +30,27 @@ enum class WeightFormat {
   kRowsF32,     // fp32 rows [out, in] for oneDNN
   kRowsBF16,    // bf16 rows [out, in] for oneDNN (inputs rounded to bf16, fp32 accumulation)
   kBlocksBF16,  // kBlocksF32 holding bf16-rounded values; inputs rounded too (bf16 emulated)
+  kGroupsBF16,  // bf16 groups of output rows for the own AVX512-BF16 kernel; forward only
 };
 
-// Whether a format multiplies in bf16 (rounds its inputs), and whether oneDNN reads it.
+// Whether a format multiplies in bf16 (rounds its inputs); whether it holds the weights as
+// bf16 values (2 bytes each, the products then bf16 hardware's); whether it is the own AVX2
+// kernels' blocks, or rows that oneDNN reads; whether its weights take input gradients.
 inline bool is_bf16(WeightFormat f) {
-  return f == WeightFormat::kRowsBF16 || f == WeightFormat::kBlocksBF16;
+  return f == WeightFormat::kRowsBF16 || f == WeightFormat::kBlocksBF16 ||
+         f == WeightFormat::kGroupsBF16;
+}
+inline bool holds_bf16(WeightFormat f) {
+  return f == WeightFormat::kRowsBF16 || f == WeightFormat::kGroupsBF16;
 }
 inline bool is_blocks(WeightFormat f) {
   return f == WeightFormat::kBlocksF32 || f == WeightFormat::kBlocksBF16;
+}
+inline bool is_rows(WeightFormat f) {
+  return f == WeightFormat::kRowsF32 || f == WeightFormat::kRowsBF16;
+}
+inline bool has_backward(WeightFormat f) {
+  return f != WeightFormat::kGroupsBF16;
 }
 
 struct Backend {
@@ -53,11 +68,11 @@ const Backend& backend();
 
 // Every format that runs on this CPU, the run's own first: tests and the bench try each.
 std::vector<WeightFormat> available_formats();
-// "own-avx2-f32", "onednn-f32", "onednn-bf16", "own-avx2-bf16-emulated".
+// "own-avx2-f32", "onednn-f32", "onednn-bf16", "own-avx2-bf16-emulated", "own-avx512bf16".
 const char* format_name(WeightFormat format);
 // The kernel that multiplies by weights of `format` under OneKernelPerShape (generation and
-// serving): format_name's, except kRowsBF16 on a CPU with AMX or AVX512-BF16, where an own
-// row-invariant kernel takes over from oneDNN ("own-amx-bf16", "own-avx512bf16").
+// serving): format_name's, except kRowsBF16 on a CPU with AMX, where the own row-invariant
+// AMX kernel takes over from oneDNN ("own-amx-bf16").
 const char* generation_kernel_name(WeightFormat format);
 // The instruction set oneDNN's JIT targets on this CPU ("avx512_core_amx", "avx2", ...).
 std::string onednn_isa();

@@ -8,6 +8,9 @@
 //   oneDNN has no bf16 kernel).
 // - kRowsF32 / kRowsBF16, for oneDNN: the rows [out, in] as the file holds them, in fp32 or
 //   bf16 (rounded to nearest even); the same rows serve x·wᵀ and dy·w.
+// - kGroupsBF16, for ops/cpu/bf16_groups_kernel.cpp: groups of kGroupRows output rows, each
+//   [steps][kGroupRows][kGroupStep] bf16 with steps = ⌈in / kGroupStep⌉, zeros past `in` and
+//   `out`: a group's vdpbf16ps operands lie in the order the kernel reads them, one stream.
 #pragma once
 
 #include <cstddef>
@@ -22,12 +25,13 @@ namespace loratune::ops {
 class PackedWeight {
  public:
   static constexpr int kWidth = 16;
+  static constexpr int kGroupRows = 16, kGroupStep = 32;
 
   PackedWeight() = default;
   // From fp32 rows w[out, in], in `format` (the run's by default).
   PackedWeight(const float* w, int out, int in, WeightFormat format = backend().format);
-  // From bf16 rows (any alignment, as a file maps them): kept as they are in kRowsBF16,
-  // widened exactly otherwise.
+  // From bf16 rows (any alignment, as a file maps them): kept as they are in kRowsBF16 and
+  // kGroupsBF16, widened exactly otherwise.
   static PackedWeight from_bf16(const void* w, int out, int in,
                                 WeightFormat format = backend().format);
   // Rows in a kRows format used where they lie (a mapped file, which must outlive this):
@@ -53,6 +57,14 @@ class PackedWeight {
   // kRowsF32 / kRowsBF16: w[out, in].
   const float* rows_f32() const { return static_cast<const float*>(rows_); }
   const uint16_t* rows_bf16() const { return static_cast<const uint16_t*>(rows_); }
+  // kGroupsBF16: group g, w[g·kGroupRows + j, s·kGroupStep + i] at [(s·kGroupRows + j)·kGroupStep +
+  // i].
+  int groups() const { return (out_ + kGroupRows - 1) / kGroupRows; }
+  int group_steps() const { return (in_ + kGroupStep - 1) / kGroupStep; }
+  long group_size() const { return static_cast<long>(group_steps()) * kGroupRows * kGroupStep; }
+  const uint16_t* group(int g) const {
+    return static_cast<const uint16_t*>(rows_) + g * group_size();
+  }
 
   // The matrix back in its [out, in] layout, in fp32.
   void unpack(float* w) const;
@@ -61,6 +73,7 @@ class PackedWeight {
  private:
   PackedWeight(int out, int in, WeightFormat format);  // allocates, contents undefined
   void fill_from(const float* w);                      // fp32 rows into this format
+  void fill_groups(const void* rows);                  // kGroupsBF16 from bf16 rows
 
   struct Free {
     void operator()(void* p) const { std::free(p); }

@@ -1,5 +1,5 @@
 // Row-invariant bf16 products for generation on CPUs with AMX: the contract of
-// bf16_rows_forward (bf16_rows_kernel.h) on the tile unit. The weight rows stay as they are and
+// bf16_groups_forward (bf16_groups_kernel.h) on the tile unit. The weight rows stay as they are and
 // go into the tiles' A operand (16 outputs × 32 inputs); the call's few input rows are packed
 // into the B operand's pair-interleaved layout, so c is computed transposed, 16 outputs × 16
 // rows per tile. Every output of every row is the same chain of tile steps over K in steps of

@@ -3,7 +3,8 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include "core/cpu_features.h"
-#include "ops/cpu/bf16_rows_kernel.h"
+#include "ops/cpu/amx_rows_kernel.h"
+#include "ops/cpu/bf16_groups_kernel.h"
 #include "ops/ops.h"
 
 namespace loratune::ops {
@@ -49,8 +50,13 @@ bool onednn_has_bf16() {
 
 Backend choose_backend(Precision precision, KernelUse use) {
   cap_onednn_isa();
-  if (precision == Precision::kBF16)
+  if (precision == Precision::kBF16) {
+    // AMX reads the rows as they are (amx_rows_kernel.h); vdpbf16ps streams groups faster.
+    if (use == KernelUse::kRowInvariant && bf16_groups_kernel_available() &&
+        !amx_rows_kernel_available())
+      return {precision, WeightFormat::kGroupsBF16};
     return {precision, onednn_has_bf16() ? WeightFormat::kRowsBF16 : WeightFormat::kBlocksBF16};
+  }
   const bool onednn = cpu_features().avx512() && use == KernelUse::kFastest;
   return {precision, onednn ? WeightFormat::kRowsF32 : WeightFormat::kBlocksF32};
 }
@@ -78,14 +84,15 @@ const Backend& backend() {
 std::vector<WeightFormat> available_formats() {
   std::vector<WeightFormat> formats = {backend().format};
   for (WeightFormat f : {WeightFormat::kBlocksF32, WeightFormat::kRowsF32, WeightFormat::kRowsBF16,
-                         WeightFormat::kBlocksBF16})
-    if (f != backend().format && (f != WeightFormat::kRowsBF16 || onednn_has_bf16()))
+                         WeightFormat::kBlocksBF16, WeightFormat::kGroupsBF16})
+    if (f != backend().format && (f != WeightFormat::kRowsBF16 || onednn_has_bf16()) &&
+        (f != WeightFormat::kGroupsBF16 || bf16_groups_kernel_available()))
       formats.push_back(f);
   return formats;
 }
 
 const char* generation_kernel_name(WeightFormat format) {
-  if (format == WeightFormat::kRowsBF16 && rows_kernel_bf16().name) return rows_kernel_bf16().name;
+  if (format == WeightFormat::kRowsBF16 && amx_rows_kernel_available()) return "own-amx-bf16";
   return format_name(format);
 }
 
@@ -99,6 +106,8 @@ const char* format_name(WeightFormat format) {
       return "onednn-bf16";
     case WeightFormat::kBlocksBF16:
       return "own-avx2-bf16-emulated";
+    case WeightFormat::kGroupsBF16:
+      return "own-avx512bf16";
   }
   return "?";
 }

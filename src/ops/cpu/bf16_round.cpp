@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "core/cpu_features.h"
 #include "core/half.h"
@@ -74,6 +75,13 @@ void round_to_bf16(uint16_t* dst, const float* src, long n) {
     const long begin = c * kChunk;
     round_range(dst + begin, src + begin, std::min(kChunk, n - begin));
   }
+}
+
+const uint16_t* bf16_copy(const float* src, long n) {
+  thread_local std::vector<uint16_t> buf;
+  if (buf.size() < static_cast<size_t>(n)) buf.resize(n);
+  round_to_bf16(buf.data(), src, n);
+  return buf.data();
 }
 
 void widen_bf16(float* dst, const void* src, long n) {

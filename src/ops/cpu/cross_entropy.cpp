@@ -47,7 +47,7 @@ __attribute__((target_clones("avx512f", "default"))) double softmax_row(float* r
 
 size_t cross_entropy_scratch_floats(const PackedWeight& w, int chunk) {
   const size_t logits = static_cast<size_t>(chunk) * w.out();
-  return w.format() == WeightFormat::kRowsBF16 ? (logits + 1) / 2 : logits;
+  return holds_bf16(w.format()) ? (logits + 1) / 2 : logits;
 }
 
 double cross_entropy_forward_backward(float* dh, const float* h, const PackedWeight& w,
@@ -58,7 +58,7 @@ double cross_entropy_forward_backward(float* dh, const float* h, const PackedWei
   // fp32): a kRowsBF16 product writes them rounded (half the bytes), each row is widened into
   // the thread's fp32 row for the softmax, and the gradient goes back rounded into the same
   // row, the lm_head's bf16 input gradient. The emulating kBlocksBF16 rounds its fp32 logits.
-  const bool onednn_bf16 = w.format() == WeightFormat::kRowsBF16;
+  const bool onednn_bf16 = holds_bf16(w.format());
   const bool round_logits = w.format() == WeightFormat::kBlocksBF16;
   double loss = 0.0;
   for (int r0 = 0; r0 < R; r0 += chunk) {

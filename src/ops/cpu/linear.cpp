@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
+#include "ops/cpu/bf16_groups_kernel.h"
 #include "ops/cpu/bf16_round.h"
 #include "ops/cpu/onednn_matmul.h"
 #include "ops/ops.h"
@@ -471,6 +473,12 @@ const float* emulated_input(const float* x, size_t n, const PackedWeight& w) {
   return rounded.data();
 }
 
+// kGroupsBF16's products of one input x[N, in], rounded to bf16 once for all.
+void groups_forward(const GroupsProduct* ps, int n, const float* x, int N, bool c_bf16) {
+  const int in = ps[0].w->in();
+  bf16_groups_forward(ps, n, bf16_copy(x, static_cast<long>(N) * in), in, N, c_bf16);
+}
+
 }  // namespace
 
 void linear_forward(float* y, const float* x, const PackedWeight& w, const float* b, int N) {
@@ -495,11 +503,20 @@ void linear_forward_shared(const LinearOut* outs, int n, const float* x, int N) 
   if (is_blocks(outs[0].w->format()))
     return blocks_forward(
         ps, n, emulated_input(x, static_cast<size_t>(N) * outs[0].w->in(), *outs[0].w), N);
+  if (outs[0].w->format() == WeightFormat::kGroupsBF16) {
+    GroupsProduct gs[kMaxProducts];
+    for (int j = 0; j < n; ++j) gs[j] = {ps[j].y, ps[j].w, ps[j].accumulate};
+    return groups_forward(gs, n, x, N, false);
+  }
   onednn::forward(ps, n, x, N);
 }
 
 void linear_accumulate(float* y, const float* x, const PackedWeight& w, int N) {
   const Product p{y, &w, true};
+  if (w.format() == WeightFormat::kGroupsBF16) {
+    const GroupsProduct g{y, &w, true};
+    return groups_forward(&g, 1, x, N, false);
+  }
   if (!is_blocks(w.format())) return onednn::forward(&p, 1, x, N);
   blocks_forward(&p, 1, emulated_input(x, static_cast<size_t>(N) * w.in(), w), N);
 }
@@ -516,6 +533,11 @@ void linear_forward_to_bf16(const LinearOutBF16* outs, int n, const float* x, in
     for (int j = 0; j < n; ++j) ps[j] = {outs[j].y, outs[j].w};
     return onednn::forward_to_bf16(ps, n, x, N);
   }
+  if (w0.format() == WeightFormat::kGroupsBF16) {
+    GroupsProduct gs[kMaxProducts];
+    for (int j = 0; j < n; ++j) gs[j] = {outs[j].y, outs[j].w, false};
+    return groups_forward(gs, n, x, N, true);
+  }
   if (w0.format() != WeightFormat::kBlocksBF16)
     throw std::invalid_argument("linear_forward_to_bf16 needs a bf16 weight format");
   // The emulation: the own kernels' fp32 products of the rounded input, then rounded.
@@ -531,6 +553,9 @@ void linear_forward_to_bf16(const LinearOutBF16* outs, int n, const float* x, in
 }
 
 void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, bool accumulate) {
+  if (!has_backward(w.format()))
+    throw std::invalid_argument(std::string("linear_backward: ") + format_name(w.format()) +
+                                " weights are for generation only");
   if (!is_blocks(w.format())) return onednn::backward(dx, dy, w, N, accumulate);
   blocks_backward(dx, emulated_input(dy, static_cast<size_t>(N) * w.out(), w), w, N, accumulate);
 }

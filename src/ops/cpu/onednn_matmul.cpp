@@ -9,8 +9,8 @@
 #include <tuple>
 #include <vector>
 
+#include "ops/cpu/amx_rows_kernel.h"
 #include "ops/cpu/bf16_round.h"
-#include "ops/cpu/bf16_rows_kernel.h"
 #include "ops/ops.h"
 
 namespace loratune::ops::onednn {
@@ -98,14 +98,6 @@ std::shared_ptr<const Primitive> primitive(const Key& k) {
   return it->second;
 }
 
-// The calling thread's copy of a[n] in bf16, grown to the largest call and then reused.
-const uint16_t* bf16_copy(const float* a, size_t n) {
-  thread_local std::vector<uint16_t> buf;
-  if (buf.size() < n) buf.resize(n);
-  round_to_bf16(buf.data(), a, static_cast<long>(n));
-  return buf.data();
-}
-
 // c[N, Nout] (+)= a[N, K] · b for the weight w (see Key); a is in w's precision, c fp32 or
 // (c_bf16) bf16.
 void run(void* c, const void* a, const PackedWeight& w, int N, bool accumulate, bool backward,
@@ -113,13 +105,13 @@ void run(void* c, const void* a, const PackedWeight& w, int N, bool accumulate, 
   const bool bf16 = w.format() == WeightFormat::kRowsBF16;
   const memory::dim K = backward ? w.out() : w.in(), Nout = backward ? w.in() : w.out();
   if (lda == 0) lda = K;
-  if (bf16 && !backward && one_kernel_per_shape() && rows_kernel_bf16().forward) {
-    rows_kernel_bf16().forward(c, c_bf16, static_cast<const uint16_t*>(a), lda, w.rows_bf16(), N,
-                               static_cast<int>(K), static_cast<int>(Nout), accumulate);
+  if (bf16 && !backward && one_kernel_per_shape() && amx_rows_kernel_available()) {
+    amx_rows_forward(c, c_bf16, static_cast<const uint16_t*>(a), lda, w.rows_bf16(), N,
+                     static_cast<int>(K), static_cast<int>(Nout), accumulate);
     return;
   }
   if (bf16 && N == 1 && one_kernel_per_shape()) {
-    // Without AVX512-BF16: one row goes through oneDNN's gemv, which rounds otherwise than its
+    // Without AMX: one row goes through oneDNN's gemv, which rounds otherwise than its
     // gemm; as the first of two rows (the second zero) it gets the value it has among any
     // number of rows.
     thread_local std::vector<uint16_t> a2;
@@ -159,7 +151,9 @@ void run(void* c, const void* a, const PackedWeight& w, int N, bool accumulate, 
 
 // a[n] as the weight's kernel reads it: itself (fp32) or its bf16 copy.
 const void* operand(const float* a, size_t n, const PackedWeight& w) {
-  return w.format() == WeightFormat::kRowsBF16 ? static_cast<const void*>(bf16_copy(a, n)) : a;
+  return w.format() == WeightFormat::kRowsBF16
+             ? static_cast<const void*>(bf16_copy(a, static_cast<long>(n)))
+             : a;
 }
 
 }  // namespace

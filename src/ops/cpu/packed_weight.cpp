@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstring>
 #include <new>
 #include <vector>
@@ -9,6 +10,7 @@
 #include "core/cpu_features.h"
 #include "core/error.h"
 #include "core/half.h"
+#include "ops/cpu/bf16_groups_kernel.h"
 #include "ops/cpu/bf16_round.h"
 
 namespace loratune::ops {
@@ -18,11 +20,14 @@ PackedWeight::PackedWeight(int out, int in, WeightFormat format)
   if (is_blocks(format) && (!cpu_features().avx2 || !cpu_features().fma))
     throw Error("this CPU lacks AVX2 or FMA", "",
                 "loratune's matrix kernels need an x86-64-v3 CPU");
+  if (format == WeightFormat::kGroupsBF16 && !bf16_groups_kernel_available())
+    throw Error("this CPU lacks AVX512-BF16, which reads weights in the own-avx512bf16 format");
   const size_t rows = static_cast<size_t>(out) * in;
-  const size_t raw = is_blocks(format)
-                         ? static_cast<size_t>(blocks()) * block_stride() * sizeof(float)
-                     : format == WeightFormat::kRowsF32 ? rows * sizeof(float)
-                                                        : rows * sizeof(uint16_t);
+  const size_t raw =
+      is_blocks(format) ? static_cast<size_t>(blocks()) * block_stride() * sizeof(float)
+      : format == WeightFormat::kRowsF32    ? rows * sizeof(float)
+      : format == WeightFormat::kGroupsBF16 ? static_cast<size_t>(groups()) * group_size() * 2
+                                            : rows * sizeof(uint16_t);
   // Big matrices start on a huge page and ask for huge pages (all but the tail, so no memory
   // is wasted): the kernels read a matrix row by row, a page or more apart, and with 4 KB
   // pages those reads kept missing the TLB. Small ones are cache-line aligned, as the kernels
@@ -37,6 +42,22 @@ PackedWeight::PackedWeight(int out, int in, WeightFormat format)
   if (bytes_ >= kHugePage) madvise(p, bytes_ / kHugePage * kHugePage, MADV_HUGEPAGE);
 }
 
+void PackedWeight::fill_groups(const void* rows) {
+  const char* src = static_cast<const char*>(rows);
+  uint16_t* data = static_cast<uint16_t*>(data_.get());
+#pragma omp parallel for schedule(static)
+  for (int g = 0; g < groups(); ++g)
+    for (int s = 0; s < group_steps(); ++s)
+      for (int j = 0; j < kGroupRows; ++j) {
+        uint16_t* dst = data + g * group_size() + (s * kGroupRows + j) * kGroupStep;
+        const int o = g * kGroupRows + j, k0 = s * kGroupStep;
+        const int n = o < out_ ? std::min(kGroupStep, in_ - k0) : 0;
+        std::memcpy(dst, src + (static_cast<size_t>(o) * in_ + k0) * sizeof(uint16_t),
+                    n * sizeof(uint16_t));
+        std::fill(dst + n, dst + kGroupStep, uint16_t{0});
+      }
+}
+
 PackedWeight::PackedWeight(const float* w, int out, int in, WeightFormat format)
     : PackedWeight(out, in, format) {
   fill_from(w);
@@ -47,6 +68,8 @@ PackedWeight PackedWeight::from_bf16(const void* w, int out, int in, WeightForma
   const size_t n = static_cast<size_t>(out) * in;
   if (format == WeightFormat::kRowsBF16) {
     std::memcpy(p.data_.get(), w, n * sizeof(uint16_t));
+  } else if (format == WeightFormat::kGroupsBF16) {
+    p.fill_groups(w);
   } else if (format == WeightFormat::kRowsF32) {
     widen_bf16(static_cast<float*>(p.data_.get()), w, static_cast<long>(n));
   } else {
@@ -58,7 +81,7 @@ PackedWeight PackedWeight::from_bf16(const void* w, int out, int in, WeightForma
 }
 
 PackedWeight PackedWeight::view_rows(const void* w, int out, int in, WeightFormat format) {
-  if (is_blocks(format)) throw Error("only rows can be used in place");
+  if (!is_rows(format)) throw Error("only rows can be used in place");
   PackedWeight p;
   p.in_ = in;
   p.out_ = out;
@@ -79,6 +102,13 @@ void PackedWeight::fill_from(const float* w) {
       uint16_t* dst = static_cast<uint16_t*>(data_.get());
 #pragma omp parallel for schedule(static)
       for (size_t i = 0; i < n; ++i) dst[i] = float_to_bf16(w[i]);
+      return;
+    }
+    case WeightFormat::kGroupsBF16: {
+      std::vector<uint16_t> rounded(n);
+#pragma omp parallel for schedule(static)
+      for (size_t i = 0; i < n; ++i) rounded[i] = float_to_bf16(w[i]);
+      fill_groups(rounded.data());
       return;
     }
     case WeightFormat::kBlocksF32:
@@ -108,6 +138,11 @@ float PackedWeight::at(int o, int i) const {
       return rows_f32()[row];
     case WeightFormat::kRowsBF16:
       return bf16_to_float(rows_bf16()[row]);
+    case WeightFormat::kGroupsBF16:
+      return bf16_to_float(
+          group(o / kGroupRows)[(static_cast<long>(i / kGroupStep) * kGroupRows + o % kGroupRows) *
+                                    kGroupStep +
+                                i % kGroupStep]);
     case WeightFormat::kBlocksF32:
     case WeightFormat::kBlocksBF16:
       break;
