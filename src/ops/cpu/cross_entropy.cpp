@@ -58,35 +58,36 @@ double cross_entropy_forward_backward(float* dh, const float* h, const PackedWei
   // fp32): a kRowsBF16 product writes them rounded (half the bytes), each row is widened into
   // the thread's fp32 row for the softmax, and the gradient goes back rounded into the same
   // row, the lm_head's bf16 input gradient. The emulating kBlocksBF16 rounds its fp32 logits.
-  const bool onednn_bf16 = holds_bf16(w.format());
+  // (kGroupsBF16, generation's, writes bf16 logits too but has no input gradient.)
+  const bool bf16_logits = holds_bf16(w.format());
   const bool round_logits = w.format() == WeightFormat::kBlocksBF16;
   double loss = 0.0;
   for (int r0 = 0; r0 < R; r0 += chunk) {
     const int rows = std::min(chunk, R - r0);
     const float* x = h + static_cast<long>(r0) * C;
-    uint16_t* logits16 = reinterpret_cast<uint16_t*>(scratch);  // [rows, V] (onednn_bf16)
+    uint16_t* logits16 = reinterpret_cast<uint16_t*>(scratch);  // [rows, V] (bf16_logits)
     float* logits = scratch;                                    // [rows, V] (otherwise)
     const LinearOutBF16 out16{logits16, &w};
-    if (onednn_bf16)
+    if (bf16_logits)
       linear_forward_to_bf16(&out16, 1, x, rows);
     else
       linear_forward(logits, x, w, nullptr, rows);
 #pragma omp parallel reduction(+ : loss)
     {
-      thread_local std::vector<float> wide;  // one row, widened (onednn_bf16)
-      if (onednn_bf16 && wide.size() < static_cast<size_t>(V)) wide.resize(V);
+      thread_local std::vector<float> wide;  // one row, widened (bf16_logits)
+      if (bf16_logits && wide.size() < static_cast<size_t>(V)) wide.resize(V);
 #pragma omp for schedule(static)
       for (int i = 0; i < rows; ++i) {
-        float* row = onednn_bf16 ? wide.data() : logits + static_cast<long>(i) * V;
-        if (onednn_bf16) widen_bf16(row, logits16 + static_cast<long>(i) * V, V);
+        float* row = bf16_logits ? wide.data() : logits + static_cast<long>(i) * V;
+        if (bf16_logits) widen_bf16(row, logits16 + static_cast<long>(i) * V, V);
         if (round_logits) round_to_bf16_precision(row, row, V);
         loss += softmax_row(row, V, targets[r0 + i], grad_scale, dh != nullptr);
-        if (onednn_bf16 && dh) round_to_bf16(logits16 + static_cast<long>(i) * V, row, V);
+        if (bf16_logits && dh) round_to_bf16(logits16 + static_cast<long>(i) * V, row, V);
       }
     }
     if (!dh) continue;
     float* dh_rows = dh + static_cast<long>(r0) * C;
-    if (onednn_bf16)
+    if (bf16_logits)
       onednn::backward_bf16(dh_rows, logits16, V, w, rows, false);
     else
       linear_backward(dh_rows, logits, w, rows, false);
