@@ -12,6 +12,7 @@
 #include "ops/cpu/amx_rows_kernel.h"
 #include "ops/cpu/bf16_groups_kernel.h"
 #include "ops/cpu/fast_exp.h"
+#include "ops/cpu/small_gemm.h"
 #include "ops/ops.h"
 #include "ops/ref/attention.h"
 #include "ops/ref/linear.h"
@@ -200,6 +201,63 @@ TEST(OpsForward, AttentionPackedAndWithPast) {
     ref::attention_forward(out_ref.data() + len0 * QD, q.data() + len0 * QD, k1.data(), v1.data(),
                            len1, past1, H, Hkv, D, window);
     expect_close(out, out_ref, 1e-5f);
+  }
+}
+
+// Single-query sequences (decode) take their own path, a task per kv head over blocks of 64
+// keys: against the reference at pasts within one block, on a block's edge and across blocks,
+// with a head size that is not a multiple of the vector (D = 20), windows, the log-sum-exp,
+// and the same bits alone as beside a prefill.
+TEST(OpsForward, AttentionSingleQueryPerKvHead) {
+  const int H = 6, Hkv = 2, D = 20, QD = H * D, KVD = Hkv * D;
+  const int prefill = 70;
+  for (int past : {0, 5, 63, 64, 150}) {
+    auto q = random_vec((prefill + 1) * QD, 20 + past);
+    auto k0 = random_vec(prefill * KVD, 21), v0 = random_vec(prefill * KVD, 22);
+    auto k1 = random_vec((past + 1) * KVD, 23), v1 = random_vec((past + 1) * KVD, 24);
+    const std::vector<ops::AttentionSpan> spans = {{0, prefill, 0, k0.data(), v0.data()},
+                                                   {prefill, 1, past, k1.data(), v1.data()}};
+    for (int window : {0, 3, 100}) {
+      std::vector<float> out((prefill + 1) * QD), lse((prefill + 1) * H);
+      ops::attention_forward(out.data(), lse.data(), q.data(), spans.data(), 2, H, Hkv, D, KVD,
+                             window);
+      std::vector<float> out_ref(QD), lse_ref(H);
+      ref::attention_forward(out_ref.data(), lse_ref.data(), q.data() + prefill * QD, k1.data(),
+                             v1.data(), 1, past, H, Hkv, D, window);
+      const std::vector<float> decoded(out.begin() + prefill * QD, out.end());
+      expect_close(decoded, out_ref, 1e-5f);
+      expect_close(std::vector<float>(lse.begin() + prefill * H, lse.end()), lse_ref, 1e-5f);
+
+      ops::AttentionSpan alone = spans[1];
+      alone.q_start = 0;
+      std::vector<float> out_alone(QD);
+      ops::attention_forward(out_alone.data(), nullptr, q.data() + prefill * QD, &alone, 1, H, Hkv,
+                             D, KVD, window);
+      EXPECT_EQ(out_alone, decoded) << "past " << past << ", window " << window;
+    }
+  }
+}
+
+// One-row products (decode's attention) take a direct loop instead of BLAS: against a scalar
+// product, with both layouts of b, odd sizes and both betas.
+TEST(OpsForward, SmallSgemmOneRow) {
+  for (const auto& [N, K] : {std::pair{1, 1}, {13, 20}, {64, 64}, {70, 131}, {200, 8}}) {
+    const auto a = random_vec(K, 30), b = random_vec(static_cast<size_t>(N) * K, 31);
+    const auto c0 = random_vec(N, 32);
+    for (bool trans_b : {false, true})
+      for (float beta : {0.0f, 1.0f}) {
+        std::vector<float> c = c0, c_ref(N);
+        ops::small_sgemm(false, trans_b, 1, N, K, 0.5f, a.data(), K, b.data(), trans_b ? K : N,
+                         beta, c.data(), N);
+        for (int j = 0; j < N; ++j) {
+          double sum = 0;
+          for (int k = 0; k < K; ++k)
+            sum += static_cast<double>(a[k]) * (trans_b ? b[static_cast<size_t>(j) * K + k]
+                                                        : b[static_cast<size_t>(k) * N + j]);
+          c_ref[j] = static_cast<float>(0.5 * sum + beta * c0[j]);
+        }
+        expect_close(c, c_ref, 1e-4f * std::sqrt(static_cast<float>(K)));
+      }
   }
 }
 

@@ -42,6 +42,37 @@ int first_key(int position, int window) {
   return window > 0 ? std::max(0, position - window + 1) : 0;
 }
 
+// Keys per block of a single query's attention: a block of keys (16 KB at D = 64) stays in L1
+// while every query head of its group reads it.
+constexpr int kKeyBlock = 64;
+
+// A span of one query (decode) against kv head g: the group's query heads together, a block
+// of keys at a time, so that each key and value is read from memory once for the group, not
+// once per head (per-head tasks re-read them from L3 at long contexts). out and lse at the
+// group's first head; scores holds group · n_keys floats.
+void single_query_group(float* out, float* lse, const float* q, const float* k, const float* v,
+                        int kv_stride, int group, int D, int n_keys, float scale, float* scores) {
+  for (int j0 = 0; j0 < n_keys; j0 += kKeyBlock) {
+    const int keys = std::min(kKeyBlock, n_keys - j0);
+    for (int i = 0; i < group; ++i)
+      small_sgemm(false, true, 1, keys, D, scale, q + i * D, D,
+                  k + static_cast<long>(j0) * kv_stride, kv_stride, 0.0f,
+                  scores + static_cast<long>(i) * n_keys + j0, keys);
+  }
+  for (int i = 0; i < group; ++i) {
+    const float l = causal_softmax(scores + static_cast<long>(i) * n_keys, 0, n_keys, n_keys);
+    if (lse) lse[i] = l;
+  }
+  // out = Σ_blocks P_block · V_block, each block's sum added to the last.
+  for (int j0 = 0; j0 < n_keys; j0 += kKeyBlock) {
+    const int keys = std::min(kKeyBlock, n_keys - j0);
+    for (int i = 0; i < group; ++i)
+      small_sgemm(false, false, 1, D, keys, 1.0f, scores + static_cast<long>(i) * n_keys + j0, keys,
+                  v + static_cast<long>(j0) * kv_stride, kv_stride, j0 > 0 ? 1.0f : 0.0f,
+                  out + i * D, D);
+  }
+}
+
 }  // namespace
 
 void attention_forward(float* out, float* lse, const float* q, const AttentionSpan* spans,
@@ -51,6 +82,8 @@ void attention_forward(float* out, float* lse, const float* q, const AttentionSp
   const long q_stride = static_cast<long>(H) * D;
   // One task per (sequence, block of query rows, head): scores = Q·Kᵀ over the keys the block
   // can see, causal softmax, P·V, with BLAS running single-threaded inside the parallel loop.
+  // A sequence of one query (decode) is one task per kv head instead (single_query_group):
+  // chosen by the sequence's own length, so that it attends the same way in any batch.
   // The task grid is rectangular (every sequence gets the longest one's blocks; the blocks a
   // sequence lacks are skipped) so that the decode loop allocates nothing here.
   int max_len = 0;
@@ -59,13 +92,13 @@ void attention_forward(float* out, float* lse, const float* q, const AttentionSp
 #pragma omp parallel
   {
     thread_local std::vector<float> scores;
-#pragma omp for collapse(3) schedule(dynamic)
+#pragma omp for collapse(3) schedule(dynamic) nowait
     for (int s = 0; s < n_spans; ++s)
       for (int b = 0; b < n_blocks; ++b)
         for (int h = 0; h < H; ++h) {
           const AttentionSpan& sp = spans[s];
           const int i0 = b * kRowBlock;
-          if (i0 >= sp.q_len) continue;
+          if (i0 >= sp.q_len || sp.q_len == 1) continue;
           const int rows = std::min(kRowBlock, sp.q_len - i0);
           // The block sees keys lo..lo+n_keys−1: from its first row's first key to its last row.
           const int lo = first_key(sp.past + i0, window);
@@ -86,6 +119,19 @@ void attention_forward(float* out, float* lse, const float* q, const AttentionSp
           small_sgemm(false, false, rows, D, n_keys, 1.0f, scores.data(), n_keys, sp.v + kv_off,
                       kv_stride, 0.0f, out + q_row * q_stride + h * D, q_stride);
         }
+#pragma omp for collapse(2) schedule(dynamic)
+    for (int s = 0; s < n_spans; ++s)
+      for (int g = 0; g < Hkv; ++g) {
+        const AttentionSpan& sp = spans[s];
+        if (sp.q_len != 1) continue;
+        const int lo = first_key(sp.past, window), n_keys = sp.past + 1 - lo;
+        const long kv_off = static_cast<long>(lo) * kv_stride + g * D;
+        const long at = static_cast<long>(sp.q_start) * q_stride + g * group * D;
+        scores.resize(static_cast<size_t>(group) * n_keys);
+        single_query_group(
+            out + at, lse ? lse + static_cast<long>(sp.q_start) * H + g * group : nullptr, q + at,
+            sp.k + kv_off, sp.v + kv_off, kv_stride, group, D, n_keys, scale, scores.data());
+      }
   }
 }
 

@@ -2,14 +2,13 @@
 
 #include <immintrin.h>
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "core/cpu_features.h"
 #include "core/half.h"
+#include "core/threads.h"
 
 namespace loratune::ops {
 
@@ -60,21 +59,25 @@ void round_range(uint16_t* dst, const float* src, long n) {
     round_avx2(dst, src, n);
 }
 
+// Below this many values one thread is faster than waking the team.
+constexpr long kMinParallel = 65537;
+
 }  // namespace
 
 void round_to_bf16_precision(float* dst, const float* src, long n) {
-#pragma omp parallel for simd schedule(static) if (n > 65536 && !omp_in_parallel())
-  for (long i = 0; i < n; ++i) dst[i] = bf16_to_float(float_to_bf16(src[i]));
+  parallel_ranges(n, kMinParallel, [&](long begin, long end) {
+#pragma omp simd
+    for (long i = begin; i < end; ++i) dst[i] = bf16_to_float(float_to_bf16(src[i]));
+  });
 }
 
 void round_to_bf16(uint16_t* dst, const float* src, long n) {
   constexpr long kChunk = 1 << 14;
   const long chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (chunks > 4 && !omp_in_parallel())
-  for (long c = 0; c < chunks; ++c) {
-    const long begin = c * kChunk;
-    round_range(dst + begin, src + begin, std::min(kChunk, n - begin));
-  }
+  parallel_ranges(chunks, (kMinParallel + kChunk - 1) / kChunk, [&](long c0, long c1) {
+    for (long c = c0; c < c1; ++c)
+      round_range(dst + c * kChunk, src + c * kChunk, std::min(kChunk, n - c * kChunk));
+  });
 }
 
 const uint16_t* bf16_copy(const float* src, long n) {
@@ -85,12 +88,14 @@ const uint16_t* bf16_copy(const float* src, long n) {
 }
 
 void widen_bf16(float* dst, const void* src, long n) {
-#pragma omp parallel for simd schedule(static) if (n > 65536 && !omp_in_parallel())
-  for (long i = 0; i < n; ++i) {
-    uint16_t h;
-    std::memcpy(&h, static_cast<const char*>(src) + 2 * i, 2);
-    dst[i] = bf16_to_float(h);
-  }
+  parallel_ranges(n, kMinParallel, [&](long begin, long end) {
+#pragma omp simd
+    for (long i = begin; i < end; ++i) {
+      uint16_t h;
+      std::memcpy(&h, static_cast<const char*>(src) + 2 * i, 2);
+      dst[i] = bf16_to_float(h);
+    }
+  });
 }
 
 }  // namespace loratune::ops

@@ -1,5 +1,6 @@
 #include <cmath>
 
+#include "core/threads.h"
 #include "ops/ops.h"
 
 namespace loratune::ops {
@@ -12,21 +13,22 @@ void rope_inv_freq(float* inv_freq, int D, double theta) {
 
 void rope_forward(float* x, const int* pos, const float* inv_freq, int N, int heads, int D) {
   const int half = D / 2;
-#pragma omp parallel for schedule(static) if (N > 1)
-  for (int n = 0; n < N; ++n) {
-    float* row = x + static_cast<long>(n) * heads * D;
-    for (int i = 0; i < half; ++i) {
-      // Angles in fp32, as the reference computes them: (float)pos · inv_freq.
-      const float angle = static_cast<float>(pos[n]) * inv_freq[i];
-      const float c = std::cos(angle), s = std::sin(angle);
-      for (int h = 0; h < heads; ++h) {
-        float* v = row + h * D;
-        const float a = v[i], b = v[i + half];
-        v[i] = a * c - b * s;
-        v[i + half] = b * c + a * s;
+  parallel_ranges(N, 2, [&](long begin, long end) {
+    for (long n = begin; n < end; ++n) {
+      float* row = x + n * heads * D;
+      for (int i = 0; i < half; ++i) {
+        // Angles in fp32, as the reference computes them: (float)pos · inv_freq.
+        const float angle = static_cast<float>(pos[n]) * inv_freq[i];
+        const float c = std::cos(angle), s = std::sin(angle);
+        for (int h = 0; h < heads; ++h) {
+          float* v = row + h * D;
+          const float a = v[i], b = v[i + half];
+          v[i] = a * c - b * s;
+          v[i + half] = b * c + a * s;
+        }
       }
     }
-  }
+  });
 }
 
 }  // namespace loratune::ops
@@ -35,20 +37,21 @@ namespace loratune::ops {
 
 void rope_backward(float* dx, const int* pos, const float* inv_freq, int N, int heads, int D) {
   const int half = D / 2;
-#pragma omp parallel for schedule(static) if (N > 1)
-  for (int n = 0; n < N; ++n) {
-    float* row = dx + static_cast<long>(n) * heads * D;
-    for (int i = 0; i < half; ++i) {
-      const float angle = static_cast<float>(pos[n]) * inv_freq[i];
-      const float c = std::cos(angle), s = std::sin(angle);
-      for (int h = 0; h < heads; ++h) {
-        float* v = row + h * D;
-        const float ga = v[i], gb = v[i + half];
-        v[i] = ga * c + gb * s;
-        v[i + half] = gb * c - ga * s;
+  parallel_ranges(N, 2, [&](long begin, long end) {
+    for (long n = begin; n < end; ++n) {
+      float* row = dx + n * heads * D;
+      for (int i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(pos[n]) * inv_freq[i];
+        const float c = std::cos(angle), s = std::sin(angle);
+        for (int h = 0; h < heads; ++h) {
+          float* v = row + h * D;
+          const float ga = v[i], gb = v[i + half];
+          v[i] = ga * c + gb * s;
+          v[i + half] = gb * c - ga * s;
+        }
       }
     }
-  }
+  });
 }
 
 }  // namespace loratune::ops

@@ -1,12 +1,16 @@
 #include <bit>
 #include <cstdint>
 
+#include "core/threads.h"
 #include "ops/cpu/fast_exp.h"
 #include "ops/ops.h"
 
 namespace loratune::ops {
 
 namespace {
+
+// Below this many elements (a few rows) one thread is faster than waking the team.
+constexpr long kMinParallel = 16384;
 
 // Element i of a saved activation, widened where it is bf16.
 inline float load(const float* p, long i) {
@@ -18,22 +22,26 @@ inline float load(const uint16_t* p, long i) {
 
 template <typename G, typename U>
 void forward(float* h, G gate, U up, long n) {
-#pragma omp parallel for simd schedule(static) if (n > 4096)
-  for (long i = 0; i < n; ++i) {
-    const float g = load(gate, i);
-    h[i] = g / (1.0f + fast_exp(-g)) * load(up, i);
-  }
+  parallel_ranges(n, kMinParallel, [&](long begin, long end) {
+#pragma omp simd
+    for (long i = begin; i < end; ++i) {
+      const float g = load(gate, i);
+      h[i] = g / (1.0f + fast_exp(-g)) * load(up, i);
+    }
+  });
 }
 
 template <typename G, typename U>
 void backward(float* dgate, float* dup, const float* dh, G gate, U up, long n) {
-#pragma omp parallel for simd schedule(static) if (n > 4096)
-  for (long i = 0; i < n; ++i) {
-    const float g = load(gate, i), u = load(up, i), d = dh[i];
-    const float sig = 1.0f / (1.0f + fast_exp(-g));
-    dup[i] = d * g * sig;
-    dgate[i] = d * u * sig * (1.0f + g * (1.0f - sig));
-  }
+  parallel_ranges(n, kMinParallel, [&](long begin, long end) {
+#pragma omp simd
+    for (long i = begin; i < end; ++i) {
+      const float g = load(gate, i), u = load(up, i), d = dh[i];
+      const float sig = 1.0f / (1.0f + fast_exp(-g));
+      dup[i] = d * g * sig;
+      dgate[i] = d * u * sig * (1.0f + g * (1.0f - sig));
+    }
+  });
 }
 
 }  // namespace
