@@ -89,7 +89,8 @@ TEST(Bench, SmokeEveryFigureOnTheTinyModel) {
       {"generate",
        {"prompt_tokens", "new_tokens", "prefill_seconds", "prefill_tokens_per_second",
         "decode_seconds", "decode_tokens_per_second", "weight_bytes_per_token",
-        "bound_tokens_per_second", "fraction_of_bound", "precision", "peak_rss_gb"}},
+        "bound_tokens_per_second", "fraction_of_bound", "matrix_read_gb_per_second",
+        "fraction_of_read_bound", "precision", "peak_rss_gb"}},
   };
   std::map<std::string, int> seen;
   for (const auto& line : r.lines) {
@@ -132,6 +133,7 @@ TEST(Bench, SmokeEveryFigureOnTheTinyModel) {
     if (line["figure"] == "generate") {
       EXPECT_EQ(line["prompt_tokens"], 8);
       EXPECT_EQ(line["new_tokens"], 4);
+      EXPECT_EQ(line["matrix_reads"], 2) << "one read before the 4 steps, one after";
       // Generation's own kernels: row-invariant ones (the own kernels in fp32).
       const bool bf16 = line["precision"] == "bf16";
       EXPECT_EQ(line["kernel"],

@@ -63,7 +63,9 @@ const CommandSpec kSpec = {
     "             elsewhere); tokens_per_second = train tokens over the training loop's\n"
     "             seconds. Skipped without --data\n"
     "  generate   greedy, batch 1: prefill of a random prompt, then --new-tokens decode steps;\n"
-    "             the bound is bandwidth / bytes of all weight matrices (lm_head once)\n"
+    "             the bound is bandwidth / bytes of all weight matrices (lm_head once), with\n"
+    "             the bandwidth figure's, and with the matrices' own plain reads before every\n"
+    "             16 decode steps and after the last (median over those chunks)\n"
     "  serve      loratune serve on a loopback port (16 slots), greedy completions of a\n"
     "             random --prompt-tokens prompt and --new-tokens tokens for 1, 4 and 16\n"
     "             concurrent clients (2 requests per client, at least 4): generated tokens/s,\n"
@@ -496,7 +498,11 @@ int run_bench(const Args& args) {
     rows.push_back({std::string("generate decode ") + mode_name(mode),
                     fmt(num(line, "decode_tokens_per_second")), "tokens/s",
                     fmt(100 * fraction) + " % of the bandwidth bound (" + fmt(bound) +
-                        " tokens/s), peak RSS " + fmt(r.peak_rss_gb) + " GB"});
+                        " tokens/s); " + fmt(100 * num(line, "fraction_of_read_bound")) +
+                        " % of the bound of the matrices' reads between decode chunks (" +
+                        fmt(num(line, "matrix_read_gb_per_second")) + " GB/s, median of " +
+                        fmt(num(line, "matrix_reads")) + "), peak RSS " + fmt(r.peak_rss_gb) +
+                        " GB"});
   }
   const bool serve = s.wants("serve") && (has_tokenizer(s.model) || !s.tokenizer.empty());
   if (s.wants("serve") && !serve) {

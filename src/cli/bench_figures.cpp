@@ -1,6 +1,7 @@
 #include "cli/bench_figures.h"
 
 #include <cblas.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <vector>
 
 #include "cli/precision_option.h"
 #include "core/cpu_features.h"
@@ -242,37 +244,54 @@ OJson cpu_figure() {
           {"threads", num_threads()}};
 }
 
+namespace {
+
+// A piece of memory to read.
+struct Bytes {
+  const void* p;
+  size_t n;
+};
+
+// Reads every piece once across the team (each thread its share of every piece, one stream
+// each) and returns the seconds it took. Eight independent 64-bit sums: one running sum would
+// make the loop wait on the adder instead of on memory; integers, as the bytes may be anything
+// (as floats some would be denormals).
+double stream_read(const std::vector<Bytes>& pieces) {
+  constexpr int kLanes = 8;
+  const auto t0 = Clock::now();
+  uint64_t total = 0;
+#pragma omp parallel reduction(+ : total)
+  {
+    const long t = omp_get_thread_num(), nt = omp_get_num_threads();
+    uint64_t acc[kLanes] = {};
+    for (const Bytes& b : pieces) {
+      const uint64_t* p = static_cast<const uint64_t*>(b.p);
+      const long lines = static_cast<long>(b.n / sizeof(acc));
+      for (long i = lines * t / nt; i < lines * (t + 1) / nt; ++i)
+        for (int j = 0; j < kLanes; ++j) acc[j] += p[i * kLanes + j];
+    }
+    for (uint64_t a : acc) total += a;
+  }
+  static volatile uint64_t sink;
+  sink = sink + total;
+  return seconds_since(t0);
+}
+
+}  // namespace
+
 OJson bandwidth_figure() {
   const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
   const size_t bytes = std::max<size_t>(size_t{1} << 30, l3 > 0 ? 4 * static_cast<size_t>(l3) : 0);
-  // Blocks of 32 floats summed into four independent vectors: one running sum would make the
-  // loop wait on the adder's latency instead of on memory.
-  constexpr int kBlock = 32;
-  const long blocks = static_cast<long>(bytes / sizeof(float)) / kBlock;
-  const long n = blocks * kBlock;
-  std::unique_ptr<float[]> buf(new float[n]);
-  float* p = buf.get();
+  std::unique_ptr<uint64_t[]> buf(new uint64_t[bytes / sizeof(uint64_t)]);
+  const long n = static_cast<long>(bytes / sizeof(uint64_t));
+  uint64_t* p = buf.get();
 #pragma omp parallel for schedule(static)
-  for (long i = 0; i < n; ++i) p[i] = 1.0f;  // first touch on the threads that read it
+  for (long i = 0; i < n; ++i) p[i] = i;  // first touch on the threads that read it
   const int passes = 5;
   double best = std::numeric_limits<double>::infinity();
-  volatile float sink = 0.0f;
-  for (int pass = 0; pass < passes; ++pass) {
-    const auto t0 = Clock::now();
-    float sum = 0.0f;
-#pragma omp parallel reduction(+ : sum)
-    {
-      float acc[kBlock] = {};
-#pragma omp for schedule(static)
-      for (long b = 0; b < blocks; ++b)
-        for (int j = 0; j < kBlock; ++j) acc[j] += p[b * kBlock + j];
-      for (float a : acc) sum += a;
-    }
-    best = std::min(best, seconds_since(t0));
-    sink = sink + sum;
-  }
+  for (int pass = 0; pass < passes; ++pass) best = std::min(best, stream_read({{p, bytes}}));
   return {{"figure", "bandwidth"},
-          {"gb_per_second", static_cast<double>(n * sizeof(float)) / std::max(best, 1e-9) / 1e9},
+          {"gb_per_second", static_cast<double>(bytes) / std::max(best, 1e-9) / 1e9},
           {"buffer_bytes", bytes},
           {"passes", passes},
           {"threads", num_threads()}};
@@ -407,6 +426,19 @@ OJson generate_figure(const std::string& model_dir, int prompt_tokens, int new_t
   // Bytes a weight takes in memory (the emulated bf16 format holds fp32).
   const int64_t weight_bytes = ops::holds_bf16(ops::backend().format) ? 2 : 4;
   const ModelConfig& c = model.config();
+  // The matrices that decode reads, as they lie in memory: between chunks of decode steps
+  // they are read once more, plainly, which measures the bandwidth they are read at in the
+  // same minute (this host's bandwidth moves by 2x within an hour).
+  std::vector<Bytes> matrices;
+  size_t matrix_bytes = 0;
+  const auto add = [&](const ops::PackedWeight& w) {
+    matrices.push_back({w.memory(), w.bytes()});
+    matrix_bytes += w.bytes();
+  };
+  for (const LayerWeights& l : model.weights().layers)
+    for (const ops::PackedWeight* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down})
+      add(*w);
+  add(model.weights().lm_head);
   Rng rng(3);
   std::vector<int> prompt(prompt_tokens);
   for (int& t : prompt) t = static_cast<int>(rng.next_u64() % c.vocab_size);
@@ -415,17 +447,50 @@ OJson generate_figure(const std::string& model_dir, int prompt_tokens, int new_t
   // Warm-up: every weight page touched once before timing.
   generate(model, std::vector<int>(prompt.begin(), prompt.begin() + std::min(prompt_tokens, 8)),
            opt);
-  // The prefill chooses the first new token; then `new_tokens` decode steps choose the others.
+  // The prefill chooses the first new token; then `new_tokens` decode steps choose the others,
+  // timed in chunks of kChunk steps with a plain read of the matrices before each chunk and
+  // after the last.
+  constexpr int kChunk = 16;
   opt.max_new_tokens = new_tokens + 1;
   int produced = 0;
+  double prefill = 0.0, decode = 0.0;
+  std::vector<double> chunk_seconds, read_gbps;
+  const auto read_matrices = [&] {
+    read_gbps.push_back(static_cast<double>(matrix_bytes) / stream_read(matrices) / 1e9);
+  };
   const auto t0 = Clock::now();
-  Clock::time_point t_first;
+  Clock::time_point chunk_start;
   generate(model, prompt, opt, [&](int) {
-    if (produced++ == 0) t_first = Clock::now();
+    const double s = seconds_since(produced == 0 ? t0 : chunk_start);
+    if (produced++ == 0) {
+      prefill = s;
+    } else {
+      chunk_seconds.back() += s;
+      decode += s;
+    }
+    if (produced == 1 || (produced - 1) % kChunk == 0) {
+      read_matrices();
+      if (produced <= new_tokens) chunk_seconds.push_back(0.0);
+    }
+    chunk_start = Clock::now();
   });
-  const auto t_end = Clock::now();
-  const double prefill = std::max(std::chrono::duration<double>(t_first - t0).count(), 1e-9);
-  const double decode = std::max(std::chrono::duration<double>(t_end - t_first).count(), 1e-9);
+  if (new_tokens % kChunk != 0) read_matrices();
+  // Each chunk's decode rate against the bound of the mean of the reads before and after it.
+  const double bytes_per_token = static_cast<double>(linear_parameter_count(c) * weight_bytes);
+  std::vector<double> fractions;
+  for (size_t i = 0; i < chunk_seconds.size(); ++i) {
+    const int steps = std::min(kChunk, new_tokens - static_cast<int>(i) * kChunk);
+    const double bound = 0.5 * (read_gbps[i] + read_gbps[i + 1]) * 1e9 / bytes_per_token;
+    fractions.push_back(steps / std::max(chunk_seconds[i], 1e-9) / bound);
+  }
+  const auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty()      ? 0.0
+           : v.size() % 2 ? v[v.size() / 2]
+                          : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  };
+  prefill = std::max(prefill, 1e-9);
+  decode = std::max(decode, 1e-9);
   return {{"figure", "generate"},
           {"prompt_tokens", prompt_tokens},
           {"new_tokens", new_tokens},
@@ -433,7 +498,10 @@ OJson generate_figure(const std::string& model_dir, int prompt_tokens, int new_t
           {"prefill_tokens_per_second", prompt_tokens / prefill},
           {"decode_seconds", decode},
           {"decode_tokens_per_second", new_tokens / decode},
-          {"weight_bytes_per_token", linear_parameter_count(c) * weight_bytes},
+          {"weight_bytes_per_token", bytes_per_token},
+          {"matrix_read_gb_per_second", median(read_gbps)},
+          {"matrix_reads", read_gbps.size()},
+          {"fraction_of_read_bound", median(fractions)},
           {"precision", precision_name()},
           {"kernel", ops::generation_kernel_name(ops::backend().format)},
           {"threads", num_threads()}};

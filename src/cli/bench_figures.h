@@ -67,7 +67,9 @@ struct SeedJob {
 OJson seed_figure(const SeedJob& job);
 
 // train, seed and generate run in the precision of the run's backend (ops/backend.h).
-// generate: greedy, batch 1: prefill of a random prompt, then `new_tokens` decode steps.
+// generate: greedy, batch 1: prefill of a random prompt, then `new_tokens` decode steps, in
+// chunks of 16 with a plain read of the weight matrices before each chunk and after the last
+// (the bandwidth decode had in the same minute).
 OJson generate_figure(const std::string& model_dir, int prompt_tokens, int new_tokens);
 
 // serve: `loratune serve` (engine and HTTP on a loopback port, 16 slots) answering greedy

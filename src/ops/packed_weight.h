@@ -41,8 +41,9 @@ class PackedWeight {
   WeightFormat format() const { return format_; }
   int in() const { return in_; }
   int out() const { return out_; }
-  // Bytes the matrix takes in memory.
+  // Bytes the matrix takes in memory, from memory() on, whatever the format.
   size_t bytes() const { return bytes_; }
+  const void* memory() const { return rows_; }
 
   // kBlocksF32 / kBlocksBF16 only.
   int blocks() const { return (out_ + kWidth - 1) / kWidth; }
