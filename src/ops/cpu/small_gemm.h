@@ -1,7 +1,7 @@
 // The small fp32 products inside attention (blocks of 64 query rows against their keys), one
 // per task of a parallel loop: oneDNN's sgemm on CPUs with AVX-512 (about 1.4x OpenBLAS's on
-// those blocks there, one thread each), OpenBLAS elsewhere. Row-major, as cblas_sgemm:
-// C[M, N] = alpha · op(A) · op(B) + beta · C.
+// those blocks there, one thread each), OpenBLAS elsewhere, and a single row (decode) through
+// own AVX2 loops. Row-major, as cblas_sgemm: C[M, N] = alpha · op(A) · op(B) + beta · C.
 #pragma once
 
 namespace loratune::ops {
