@@ -58,8 +58,8 @@ class PackedWeight {
   // kRowsF32 / kRowsBF16: w[out, in].
   const float* rows_f32() const { return static_cast<const float*>(rows_); }
   const uint16_t* rows_bf16() const { return static_cast<const uint16_t*>(rows_); }
-  // kGroupsBF16: group g, w[g·kGroupRows + j, s·kGroupStep + i] at [(s·kGroupRows + j)·kGroupStep +
-  // i].
+  // kGroupsBF16: group g, with w[g·kGroupRows + j, s·kGroupStep + i] at
+  // [(s·kGroupRows + j)·kGroupStep + i].
   int groups() const { return (out_ + kGroupRows - 1) / kGroupRows; }
   int group_steps() const { return (in_ + kGroupStep - 1) / kGroupStep; }
   long group_size() const { return static_cast<long>(group_steps()) * kGroupRows * kGroupStep; }

@@ -59,7 +59,8 @@ void round_range(uint16_t* dst, const float* src, long n) {
     round_avx2(dst, src, n);
 }
 
-// Below this many values one thread is faster than waking the team.
+// Below this many values one thread runs alone (the threshold these loops had when each was its
+// own OpenMP region with an if clause).
 constexpr long kMinParallel = 65537;
 
 }  // namespace

@@ -11,7 +11,12 @@ void rope_inv_freq(float* inv_freq, int D, double theta) {
                                   static_cast<float>(2 * i) / static_cast<float>(D));
 }
 
-void rope_forward(float* x, const int* pos, const float* inv_freq, int N, int heads, int D) {
+namespace {
+
+// Rotates each pair (x[i], x[i + D/2]) of every head by the angle pos · inv_freq[i] times
+// `direction`: +1 is RoPE, −1 its transpose, which takes the gradient back through it.
+void rotate(float* x, const int* pos, const float* inv_freq, int N, int heads, int D,
+            float direction) {
   const int half = D / 2;
   parallel_ranges(N, 2, [&](long begin, long end) {
     for (long n = begin; n < end; ++n) {
@@ -19,7 +24,7 @@ void rope_forward(float* x, const int* pos, const float* inv_freq, int N, int he
       for (int i = 0; i < half; ++i) {
         // Angles in fp32, as the reference computes them: (float)pos · inv_freq.
         const float angle = static_cast<float>(pos[n]) * inv_freq[i];
-        const float c = std::cos(angle), s = std::sin(angle);
+        const float c = std::cos(angle), s = direction * std::sin(angle);
         for (int h = 0; h < heads; ++h) {
           float* v = row + h * D;
           const float a = v[i], b = v[i + half];
@@ -31,27 +36,14 @@ void rope_forward(float* x, const int* pos, const float* inv_freq, int N, int he
   });
 }
 
-}  // namespace loratune::ops
+}  // namespace
 
-namespace loratune::ops {
+void rope_forward(float* x, const int* pos, const float* inv_freq, int N, int heads, int D) {
+  rotate(x, pos, inv_freq, N, heads, D, 1.0f);
+}
 
 void rope_backward(float* dx, const int* pos, const float* inv_freq, int N, int heads, int D) {
-  const int half = D / 2;
-  parallel_ranges(N, 2, [&](long begin, long end) {
-    for (long n = begin; n < end; ++n) {
-      float* row = dx + n * heads * D;
-      for (int i = 0; i < half; ++i) {
-        const float angle = static_cast<float>(pos[n]) * inv_freq[i];
-        const float c = std::cos(angle), s = std::sin(angle);
-        for (int h = 0; h < heads; ++h) {
-          float* v = row + h * D;
-          const float ga = v[i], gb = v[i + half];
-          v[i] = ga * c + gb * s;
-          v[i + half] = gb * c - ga * s;
-        }
-      }
-    }
-  });
+  rotate(dx, pos, inv_freq, N, heads, D, -1.0f);
 }
 
 }  // namespace loratune::ops
