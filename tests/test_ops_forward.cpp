@@ -39,14 +39,15 @@ void expect_close(const std::vector<float>& a, const std::vector<float>& b, floa
 TEST(OpsForward, Linear) {
   // N < 4: the matrix-vector path; 7 and 200: full 6-row tiles and a row tail; 301: two token
   // blocks (156 and 145 rows); in = 13, 37 and 1100 (two reduction slices of 550): rows packed
-  // eight features at a time, then a tail one by one; out = 11 and 40: a partial weight block.
-  // Every matrix kernel this CPU runs: the own AVX2 one, oneDNN fp32 and bf16.
+  // eight features at a time, then a tail one by one; out = 11 and 40: a partial weight block,
+  // 300: two slices of onednn-f32-widened's rows. Every matrix kernel this CPU runs: the own
+  // AVX2 one, oneDNN fp32 and bf16, and the others of generation or bf16.
   struct Shape {
     int N, in, out;
   };
   for (const ops::WeightFormat format : ops::available_formats())
     for (const Shape s : {Shape{1, 13, 11}, Shape{3, 13, 40}, Shape{7, 13, 11}, Shape{7, 1100, 40},
-                          Shape{200, 37, 32}, Shape{301, 37, 32}}) {
+                          Shape{200, 37, 32}, Shape{301, 37, 32}, Shape{9, 37, 300}}) {
       const int N = s.N, in = s.in, out = s.out;
       const std::string name = std::string(ops::format_name(format)) + " " + std::to_string(N) +
                                "x" + std::to_string(in) + "x" + std::to_string(out);

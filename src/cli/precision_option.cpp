@@ -39,7 +39,10 @@ void announce_backend() {
   if (bf16 && !cpu_features().bf16())
     hint = "; this CPU has no bf16 hardware: bf16 is emulated, no faster than fp32";
   else if (!bf16 && cpu_features().bf16())
-    hint = "; this CPU has bf16 hardware: --bf16 true is faster";
+    hint = ops::choose_backend(ops::Precision::kBF16).format == ops::WeightFormat::kRowsBF16Widened
+               ? "; --bf16 true holds the weights in half the memory (this CPU's bf16 dot "
+                 "products run at half its fp32 rate, so its bf16 products widen to fp32)"
+               : "; this CPU has bf16 hardware: --bf16 true is faster";
   std::fprintf(stderr, "loratune: %s on %s, device %s%s\n", describe_backend().c_str(),
                cpu_features().model.c_str(), describe_device().c_str(), hint.c_str());
 }

@@ -129,7 +129,7 @@ ModelWeights::ModelWeights(const std::string& dir, const ModelConfig& config, bo
     const TensorInfo& t = store_->get(name);
     Entry& e = entry(name);
     const int out = static_cast<int>(t.shape[0]), in = static_cast<int>(t.shape[1]);
-    const bool bf16_rows = t.dtype == DType::BF16 && format == ops::WeightFormat::kRowsBF16 &&
+    const bool bf16_rows = t.dtype == DType::BF16 && ops::is_bf16_rows(format) &&
                            reinterpret_cast<uintptr_t>(t.data) % alignof(uint16_t) == 0;
     const bool f32_rows = e.data && format == ops::WeightFormat::kRowsF32;
     if (share_file_pages && (bf16_rows || f32_rows)) {

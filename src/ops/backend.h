@@ -3,8 +3,12 @@
 //   fp32, CPU without AVX-512: loratune's own AVX2 kernels (ops/cpu/linear.cpp);
 //   fp32, CPU with AVX-512: oneDNN's fp32 matmul (it JITs AVX-512 code; on such a CPU it
 //        ran 1.9-3x the own kernel on the Qwen2-0.5B shapes: docs/performance.md);
-//   bf16, CPU with AVX-512: oneDNN's bf16 matmul with fp32 accumulation (AMX or AVX512-BF16
-//        where present, oneDNN's own emulation on plain AVX-512);
+//   bf16, CPU with AVX-512 whose bf16 hardware outruns its fp32 FMAs (AMX, or vdpbf16ps at
+//        full rate as on AMD Zen 4/5): oneDNN's bf16 matmul with fp32 accumulation;
+//   bf16, any other CPU with AVX-512 (vdpbf16ps at half the FMA rate, as on Intel Xeons
+//        without AMX, or none): the weights kept as bf16 rows, widened a slice at a time
+//        for oneDNN's fp32 matmul on bf16-rounded inputs, the same arithmetic at fp32 speed
+//        (bf16_dot_rate.h measures the two rates at start);
 //   bf16, CPU without AVX-512 (oneDNN 2.6 has no bf16 matmul there): the own AVX2 kernels on
 //        bf16-rounded weights and inputs, the same arithmetic (a product of two bf16 values
 //        is exact in fp32) at fp32 speed and memory.
@@ -26,28 +30,32 @@ enum class Precision { kF32, kBF16 };
 
 // How a PackedWeight holds its matrix w[out, in], which names the kernel that reads it.
 enum class WeightFormat {
-  kBlocksF32,   // fp32 blocks of 16 output rows for the own AVX2 kernels
-  kRowsF32,     // fp32 rows [out, in] for oneDNN
-  kRowsBF16,    // bf16 rows [out, in] for oneDNN (inputs rounded to bf16, fp32 accumulation)
-  kBlocksBF16,  // kBlocksF32 holding bf16-rounded values; inputs rounded too (bf16 emulated)
-  kGroupsBF16,  // bf16 groups of output rows for the own AVX512-BF16 kernel; forward only
+  kBlocksF32,        // fp32 blocks of 16 output rows for the own AVX2 kernels
+  kRowsF32,          // fp32 rows [out, in] for oneDNN
+  kRowsBF16,         // bf16 rows [out, in] for oneDNN (inputs rounded to bf16, fp32 accumulation)
+  kRowsBF16Widened,  // kRowsBF16's rows, widened per slice for oneDNN's fp32 matmul
+  kBlocksBF16,       // kBlocksF32 holding bf16-rounded values; inputs rounded too (bf16 emulated)
+  kGroupsBF16,       // bf16 groups of output rows for the own AVX512-BF16 kernel; forward only
 };
 
-// Whether a format multiplies in bf16 (rounds its inputs); whether it holds the weights as
-// bf16 values (2 bytes each, the products then bf16 hardware's); whether it is the own AVX2
-// kernels' blocks, or rows that oneDNN reads; whether its weights take input gradients.
+// Whether a format holds bf16 rows [out, in] as a file does; whether it multiplies in bf16
+// (rounds its inputs); whether it holds the weights as bf16 values (2 bytes each); whether it
+// is the own AVX2 kernels' blocks, or rows that oneDNN reads; whether its weights take input
+// gradients.
+inline bool is_bf16_rows(WeightFormat f) {
+  return f == WeightFormat::kRowsBF16 || f == WeightFormat::kRowsBF16Widened;
+}
 inline bool is_bf16(WeightFormat f) {
-  return f == WeightFormat::kRowsBF16 || f == WeightFormat::kBlocksBF16 ||
-         f == WeightFormat::kGroupsBF16;
+  return is_bf16_rows(f) || f == WeightFormat::kBlocksBF16 || f == WeightFormat::kGroupsBF16;
 }
 inline bool holds_bf16(WeightFormat f) {
-  return f == WeightFormat::kRowsBF16 || f == WeightFormat::kGroupsBF16;
+  return is_bf16_rows(f) || f == WeightFormat::kGroupsBF16;
 }
 inline bool is_blocks(WeightFormat f) {
   return f == WeightFormat::kBlocksF32 || f == WeightFormat::kBlocksBF16;
 }
 inline bool is_rows(WeightFormat f) {
-  return f == WeightFormat::kRowsF32 || f == WeightFormat::kRowsBF16;
+  return f == WeightFormat::kRowsF32 || is_bf16_rows(f);
 }
 inline bool has_backward(WeightFormat f) {
   return f != WeightFormat::kGroupsBF16;
@@ -68,7 +76,8 @@ const Backend& backend();
 
 // Every format that runs on this CPU, the run's own first: tests and the bench try each.
 std::vector<WeightFormat> available_formats();
-// "own-avx2-f32", "onednn-f32", "onednn-bf16", "own-avx2-bf16-emulated", "own-avx512bf16".
+// "own-avx2-f32", "onednn-f32", "onednn-bf16", "onednn-f32-widened", "own-avx2-bf16-emulated",
+// "own-avx512bf16".
 const char* format_name(WeightFormat format);
 // The kernel that multiplies by weights of `format` under OneKernelPerShape (generation and
 // serving): format_name's, except kRowsBF16 on a CPU with AMX, where the own row-invariant

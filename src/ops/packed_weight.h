@@ -6,8 +6,8 @@
 //   broadcasts single elements. Neither repacks the weight, which a general sgemm does on
 //   every call. kBlocksBF16: the same layout holding bf16-rounded values (bf16 emulated where
 //   oneDNN has no bf16 kernel).
-// - kRowsF32 / kRowsBF16, for oneDNN: the rows [out, in] as the file holds them, in fp32 or
-//   bf16 (rounded to nearest even); the same rows serve x·wᵀ and dy·w.
+// - kRowsF32 / kRowsBF16 / kRowsBF16Widened, for oneDNN: the rows [out, in] as the file holds
+//   them, in fp32 or bf16 (rounded to nearest even); the same rows serve x·wᵀ and dy·w.
 // - kGroupsBF16, for ops/cpu/bf16_groups_kernel.cpp: groups of kGroupRows output rows, each
 //   [steps][kGroupRows][kGroupStep] bf16 with steps = ⌈in / kGroupStep⌉, zeros past `in` and
 //   `out`: a group's vdpbf16ps operands lie in the order the kernel reads them, one stream.
@@ -30,8 +30,8 @@ class PackedWeight {
   PackedWeight() = default;
   // From fp32 rows w[out, in], in `format` (the run's by default).
   PackedWeight(const float* w, int out, int in, WeightFormat format = backend().format);
-  // From bf16 rows (any alignment, as a file maps them): kept as they are in kRowsBF16 and
-  // kGroupsBF16, widened exactly otherwise.
+  // From bf16 rows (any alignment, as a file maps them): kept as they are in the bf16 rows
+  // formats and kGroupsBF16, widened exactly otherwise.
   static PackedWeight from_bf16(const void* w, int out, int in,
                                 WeightFormat format = backend().format);
   // Rows in a kRows format used where they lie (a mapped file, which must outlive this):
@@ -55,7 +55,7 @@ class PackedWeight {
   const float* block(int b) const {
     return static_cast<const float*>(data_.get()) + b * block_stride();
   }
-  // kRowsF32 / kRowsBF16: w[out, in].
+  // kRowsF32 / the bf16 rows formats: w[out, in].
   const float* rows_f32() const { return static_cast<const float*>(rows_); }
   const uint16_t* rows_bf16() const { return static_cast<const uint16_t*>(rows_); }
   // kGroupsBF16: group g, with w[g·kGroupRows + j, s·kGroupStep + i] at

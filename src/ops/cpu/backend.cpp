@@ -4,6 +4,7 @@
 
 #include "core/cpu_features.h"
 #include "ops/cpu/amx_rows_kernel.h"
+#include "ops/cpu/bf16_dot_rate.h"
 #include "ops/cpu/bf16_groups_kernel.h"
 #include "ops/ops.h"
 
@@ -55,7 +56,13 @@ Backend choose_backend(Precision precision, KernelUse use) {
     if (use == KernelUse::kRowInvariant && bf16_groups_kernel_available() &&
         !amx_rows_kernel_available())
       return {precision, WeightFormat::kGroupsBF16};
-    return {precision, onednn_has_bf16() ? WeightFormat::kRowsBF16 : WeightFormat::kBlocksBF16};
+    if (!onednn_has_bf16()) return {precision, WeightFormat::kBlocksBF16};
+    // Training's products (and generation's on a CPU without AVX512-BF16 or with AMX, which
+    // keep the rows of oneDNN's row-invariant bf16 kernels).
+    const bool bf16_arithmetic = amx_rows_kernel_available() || bf16_dot_rate().dot_outruns_fma();
+    return {precision, use == KernelUse::kFastest && !bf16_arithmetic
+                           ? WeightFormat::kRowsBF16Widened
+                           : WeightFormat::kRowsBF16};
   }
   const bool onednn = cpu_features().avx512() && use == KernelUse::kFastest;
   return {precision, onednn ? WeightFormat::kRowsF32 : WeightFormat::kBlocksF32};
@@ -83,8 +90,9 @@ const Backend& backend() {
 
 std::vector<WeightFormat> available_formats() {
   std::vector<WeightFormat> formats = {backend().format};
-  for (WeightFormat f : {WeightFormat::kBlocksF32, WeightFormat::kRowsF32, WeightFormat::kRowsBF16,
-                         WeightFormat::kBlocksBF16, WeightFormat::kGroupsBF16})
+  for (WeightFormat f :
+       {WeightFormat::kBlocksF32, WeightFormat::kRowsF32, WeightFormat::kRowsBF16,
+        WeightFormat::kRowsBF16Widened, WeightFormat::kBlocksBF16, WeightFormat::kGroupsBF16})
     if (f != backend().format && (f != WeightFormat::kRowsBF16 || onednn_has_bf16()) &&
         (f != WeightFormat::kGroupsBF16 || bf16_groups_kernel_available()))
       formats.push_back(f);
@@ -104,6 +112,8 @@ const char* format_name(WeightFormat format) {
       return "onednn-f32";
     case WeightFormat::kRowsBF16:
       return "onednn-bf16";
+    case WeightFormat::kRowsBF16Widened:
+      return "onednn-f32-widened";
     case WeightFormat::kBlocksBF16:
       return "own-avx2-bf16-emulated";
     case WeightFormat::kGroupsBF16:

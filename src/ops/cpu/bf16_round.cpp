@@ -88,6 +88,13 @@ const uint16_t* bf16_copy(const float* src, long n) {
   return buf.data();
 }
 
+const float* bf16_precision_copy(const float* src, long n) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < static_cast<size_t>(n)) buf.resize(n);
+  round_to_bf16_precision(buf.data(), src, n);
+  return buf.data();
+}
+
 void widen_bf16(float* dst, const void* src, long n) {
   parallel_ranges(n, kMinParallel, [&](long begin, long end) {
 #pragma omp simd

@@ -15,6 +15,9 @@ void round_to_bf16(uint16_t* dst, const float* src, long n);
 const uint16_t* bf16_copy(const float* src, long n);
 // dst[n] = src[n] rounded to bf16 and widened back to fp32 (the emulated bf16 kernels' input).
 void round_to_bf16_precision(float* dst, const float* src, long n);
+// src[n] so rounded into the calling thread's buffer, as bf16_copy keeps its copy: the input
+// of a bf16 product that multiplies in fp32.
+const float* bf16_precision_copy(const float* src, long n);
 // dst[n] = the bf16 values at src widened to fp32; src may have any alignment (a file's bytes).
 void widen_bf16(float* dst, const void* src, long n);
 

@@ -463,14 +463,10 @@ void blocks_backward(float* dx, const float* dy, const PackedWeight& w, int N, b
   }
 }
 
-// The input as w's kernel multiplies it: x itself, or for kBlocksBF16 a copy rounded to bf16
-// (the calling thread's buffer, grown to the largest call and then reused).
+// The input as w's kernel multiplies it: x itself, or for kBlocksBF16 a copy rounded to bf16.
 const float* emulated_input(const float* x, size_t n, const PackedWeight& w) {
   if (w.format() != WeightFormat::kBlocksBF16) return x;
-  thread_local std::vector<float> rounded;
-  if (rounded.size() < n) rounded.resize(n);
-  round_to_bf16_precision(rounded.data(), x, static_cast<long>(n));
-  return rounded.data();
+  return bf16_precision_copy(x, static_cast<long>(n));
 }
 
 // kGroupsBF16's products of one input x[N, in], rounded to bf16 once for all.
@@ -528,7 +524,7 @@ void linear_forward_to_bf16(const LinearOutBF16* outs, int n, const float* x, in
   for (int j = 1; j < n; ++j)
     if (outs[j].w->in() != w0.in() || outs[j].w->format() != w0.format())
       throw std::invalid_argument("linear_forward_to_bf16: the weights differ in size or format");
-  if (w0.format() == WeightFormat::kRowsBF16) {
+  if (is_bf16_rows(w0.format())) {
     onednn::ProductBF16 ps[kMaxProducts];
     for (int j = 0; j < n; ++j) ps[j] = {outs[j].y, outs[j].w};
     return onednn::forward_to_bf16(ps, n, x, N);

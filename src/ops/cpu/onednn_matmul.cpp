@@ -2,6 +2,7 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -25,15 +26,15 @@ dnnl::engine& engine() {
   return e;
 }
 
-// One product a[M, K] · b[K, Nout] = c[M, Nout]; b is the weight's rows [out, in] read
+// One product a[M, K] · b[K, Nout] = c[M, Nout]; b is rows [out, in] of a weight read
 // either transposed (forward: K = in) or as they are (input gradient).
 struct Key {
   int in, out;
   bool backward, accumulate, bf16;
-  long lda;     // values from one row of a to the next
-  int rows;     // M, or 0: given per call
-  bool c_bf16;  // c rounded to bf16 (else fp32)
-  auto tie() const { return std::tie(in, out, backward, accumulate, bf16, lda, rows, c_bf16); }
+  long lda, ldc;  // values from one row of a (of c) to the next
+  int rows;       // M, or 0: given per call
+  bool c_bf16;    // c rounded to bf16 (else fp32)
+  auto tie() const { return std::tie(in, out, backward, accumulate, bf16, lda, ldc, rows, c_bf16); }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
 
@@ -63,7 +64,7 @@ std::shared_ptr<const Primitive> make_primitive(const Key& k) {
   const Dt dt = k.bf16 ? Dt::bf16 : Dt::f32;
   const memory::desc a({M, K}, dt, {k.lda, 1});
   const memory::desc b({K, Nout}, dt, k.backward ? memory::dims{Nout, 1} : memory::dims{1, K});
-  const memory::desc c({M, Nout}, k.c_bf16 ? Dt::bf16 : Dt::f32, {Nout, 1});
+  const memory::desc c({M, Nout}, k.c_bf16 ? Dt::bf16 : Dt::f32, {k.ldc, 1});
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   if (k.accumulate) {
@@ -98,13 +99,88 @@ std::shared_ptr<const Primitive> primitive(const Key& k) {
   return it->second;
 }
 
-// c[N, Nout] (+)= a[N, K] · b for the weight w (see Key); a is in w's precision, c fp32 or
-// (c_bf16) bf16.
+// c[N, Nout] (+)= a[N, K] · b for the rows b of a weight [out, in] (see Key); a and b are
+// bf16 or fp32, c fp32 or (c_bf16) bf16.
+void matmul(void* c, long ldc, const void* a, long lda, const void* b, int in, int out, int N,
+            bool accumulate, bool backward, bool bf16, bool c_bf16) {
+  const memory::dim K = backward ? out : in, Nout = backward ? in : out;
+  const bool fixed_rows =
+      bf16 && N >= kFixedRowsMin && K <= kFixedRowsMaxK && !one_kernel_per_shape();
+  const int rows = fixed_rows ? N : 0;
+  const std::shared_ptr<const Primitive> held =
+      primitive({in, out, backward, accumulate, bf16, lda, ldc, rows, c_bf16});
+  const Primitive& p = *held;
+  thread_local std::vector<char> scratchpad;  // grown once, then reused
+  if (scratchpad.size() < p.scratchpad_bytes) scratchpad.resize(p.scratchpad_bytes);
+  const Dt dt = bf16 ? Dt::bf16 : Dt::f32;
+  // oneDNN takes non-const handles; it only reads a and the weights.
+  memory a_mem({{N, K}, dt, {lda, 1}}, engine(), const_cast<void*>(a));
+  memory b_mem(p.weights, engine(), const_cast<void*>(b));
+  memory c_mem({{N, Nout}, c_bf16 ? Dt::bf16 : Dt::f32, {ldc, 1}}, engine(), c);
+  memory s_mem({{static_cast<memory::dim>(p.scratchpad_bytes)}, Dt::u8, {1}}, engine(),
+               scratchpad.data());
+  thread_local dnnl::stream stream(engine());
+  p.matmul.execute(stream, {{DNNL_ARG_SRC, a_mem},
+                            {DNNL_ARG_WEIGHTS, b_mem},
+                            {DNNL_ARG_DST, c_mem},
+                            {DNNL_ARG_SCRATCHPAD, s_mem}});
+  stream.wait();
+}
+
+// The rows of a kRowsBF16Widened weight are widened kWidenRows at a time into the calling
+// thread's fp32 slice (0.9 MB for Qwen2-0.5B's 896 inputs), each slice one fp32 product.
+constexpr int kWidenRows = 256;
+
+// run() for kRowsBF16Widened. Forward: c[:, r0 ..) = a · sliceᵀ, written to bf16 through an
+// fp32 tile where c_bf16. Input gradient: c (+)= a[:, r0 ..) · slice, the slices summed into c
+// in turn; a bf16 `a` (the lm_head's logits gradient) is widened a slice of columns at a time.
+void run_widened(void* c, bool c_bf16, const void* a, bool a_bf16, long lda, const PackedWeight& w,
+                 int N, bool accumulate, bool backward) {
+  const int in = w.in(), out = w.out();
+  thread_local std::vector<float> slice, a_cols, c_tile;  // grown to the largest call, reused
+  if (slice.size() < static_cast<size_t>(kWidenRows) * in) slice.resize(kWidenRows * in);
+  if (a_bf16 && a_cols.size() < static_cast<size_t>(N) * kWidenRows)
+    a_cols.resize(static_cast<size_t>(N) * kWidenRows);
+  if (c_bf16 && c_tile.size() < static_cast<size_t>(N) * kWidenRows)
+    c_tile.resize(static_cast<size_t>(N) * kWidenRows);
+  for (int r0 = 0; r0 < out; r0 += kWidenRows) {
+    const int rows = std::min(kWidenRows, out - r0);
+    widen_bf16(slice.data(), w.rows_bf16() + static_cast<long>(r0) * in,
+               static_cast<long>(rows) * in);
+    if (!backward) {
+      float* c32 = c_bf16 ? c_tile.data() : static_cast<float*>(c) + r0;
+      const long ldc = c_bf16 ? rows : out;
+      matmul(c32, ldc, a, lda, slice.data(), in, rows, N, accumulate, false, false, false);
+      if (c_bf16)
+        for (int n = 0; n < N; ++n)
+          round_to_bf16(static_cast<uint16_t*>(c) + static_cast<long>(n) * out + r0,
+                        c32 + static_cast<long>(n) * rows, rows);
+      continue;
+    }
+    const float* a_slice = static_cast<const float*>(a) + r0;
+    long ld_slice = lda;
+    if (a_bf16) {
+      const uint16_t* a16 = static_cast<const uint16_t*>(a) + r0;
+#pragma omp parallel for schedule(static) if (static_cast <long>(N) * rows > 65536)
+      for (int n = 0; n < N; ++n)
+        widen_bf16(a_cols.data() + static_cast<long>(n) * rows, a16 + n * lda, rows);
+      a_slice = a_cols.data();
+      ld_slice = rows;
+    }
+    matmul(c, in, a_slice, ld_slice, slice.data(), in, rows, N, accumulate || r0 > 0, true, false,
+           false);
+  }
+}
+
+// c[N, Nout] (+)= a[N, K] · b for the weight w (see Key); a is in w's precision (bf16, or for
+// kRowsBF16Widened its values in fp32, unless a_bf16), c fp32 or (c_bf16) bf16.
 void run(void* c, const void* a, const PackedWeight& w, int N, bool accumulate, bool backward,
-         long lda = 0, bool c_bf16 = false) {
-  const bool bf16 = w.format() == WeightFormat::kRowsBF16;
+         long lda = 0, bool c_bf16 = false, bool a_bf16 = false) {
   const memory::dim K = backward ? w.out() : w.in(), Nout = backward ? w.in() : w.out();
   if (lda == 0) lda = K;
+  if (w.format() == WeightFormat::kRowsBF16Widened)
+    return run_widened(c, c_bf16, a, a_bf16, lda, w, N, accumulate, backward);
+  const bool bf16 = w.format() == WeightFormat::kRowsBF16;
   if (bf16 && !backward && one_kernel_per_shape() && amx_rows_kernel_available()) {
     amx_rows_forward(c, c_bf16, static_cast<const uint16_t*>(a), lda, w.rows_bf16(), N,
                      static_cast<int>(K), static_cast<int>(Nout), accumulate);
@@ -125,32 +201,15 @@ void run(void* c, const void* a, const PackedWeight& w, int N, bool accumulate, 
     std::memcpy(c, c2.data(), c_bytes);
     return;
   }
-  const bool fixed_rows =
-      bf16 && N >= kFixedRowsMin && K <= kFixedRowsMaxK && !one_kernel_per_shape();
-  const int rows = fixed_rows ? N : 0;
-  const std::shared_ptr<const Primitive> held =
-      primitive({w.in(), w.out(), backward, accumulate, bf16, lda, rows, c_bf16});
-  const Primitive& p = *held;
-  thread_local std::vector<char> scratchpad;  // grown once, then reused
-  if (scratchpad.size() < p.scratchpad_bytes) scratchpad.resize(p.scratchpad_bytes);
-  const Dt dt = bf16 ? Dt::bf16 : Dt::f32;
-  const void* w_data = bf16 ? static_cast<const void*>(w.rows_bf16()) : w.rows_f32();
-  // oneDNN takes non-const handles; it only reads a and the weights.
-  memory a_mem({{N, K}, dt, {lda, 1}}, engine(), const_cast<void*>(a));
-  memory b_mem(p.weights, engine(), const_cast<void*>(w_data));
-  memory c_mem({{N, Nout}, c_bf16 ? Dt::bf16 : Dt::f32, {Nout, 1}}, engine(), c);
-  memory s_mem({{static_cast<memory::dim>(p.scratchpad_bytes)}, Dt::u8, {1}}, engine(),
-               scratchpad.data());
-  thread_local dnnl::stream stream(engine());
-  p.matmul.execute(stream, {{DNNL_ARG_SRC, a_mem},
-                            {DNNL_ARG_WEIGHTS, b_mem},
-                            {DNNL_ARG_DST, c_mem},
-                            {DNNL_ARG_SCRATCHPAD, s_mem}});
-  stream.wait();
+  const void* b = bf16 ? static_cast<const void*>(w.rows_bf16()) : w.rows_f32();
+  matmul(c, Nout, a, lda, b, w.in(), w.out(), N, accumulate, backward, bf16, c_bf16);
 }
 
-// a[n] as the weight's kernel reads it: itself (fp32) or its bf16 copy.
+// a[n] as the weight's kernel reads it: itself (fp32), its bf16 copy, or for
+// kRowsBF16Widened its copy rounded to bf16 in fp32.
 const void* operand(const float* a, size_t n, const PackedWeight& w) {
+  if (w.format() == WeightFormat::kRowsBF16Widened)
+    return bf16_precision_copy(a, static_cast<long>(n));
   return w.format() == WeightFormat::kRowsBF16
              ? static_cast<const void*>(bf16_copy(a, static_cast<long>(n)))
              : a;
@@ -177,7 +236,7 @@ void backward(float* dx, const float* dy, const PackedWeight& w, int N, bool acc
 
 void backward_bf16(float* dx, const uint16_t* dy, long ld_dy, const PackedWeight& w, int N,
                    bool accumulate) {
-  if (N > 0) run(dx, dy, w, N, accumulate, true, ld_dy);
+  if (N > 0) run(dx, dy, w, N, accumulate, true, ld_dy, false, true);
 }
 
 }  // namespace loratune::ops::onednn

@@ -66,7 +66,7 @@ PackedWeight::PackedWeight(const float* w, int out, int in, WeightFormat format)
 PackedWeight PackedWeight::from_bf16(const void* w, int out, int in, WeightFormat format) {
   PackedWeight p(out, in, format);
   const size_t n = static_cast<size_t>(out) * in;
-  if (format == WeightFormat::kRowsBF16) {
+  if (is_bf16_rows(format)) {
     std::memcpy(p.data_.get(), w, n * sizeof(uint16_t));
   } else if (format == WeightFormat::kGroupsBF16) {
     p.fill_groups(w);
@@ -98,7 +98,8 @@ void PackedWeight::fill_from(const float* w) {
     case WeightFormat::kRowsF32:
       std::memcpy(data_.get(), w, n * sizeof(float));
       return;
-    case WeightFormat::kRowsBF16: {
+    case WeightFormat::kRowsBF16:
+    case WeightFormat::kRowsBF16Widened: {
       uint16_t* dst = static_cast<uint16_t*>(data_.get());
 #pragma omp parallel for schedule(static)
       for (size_t i = 0; i < n; ++i) dst[i] = float_to_bf16(w[i]);
@@ -137,6 +138,7 @@ float PackedWeight::at(int o, int i) const {
     case WeightFormat::kRowsF32:
       return rows_f32()[row];
     case WeightFormat::kRowsBF16:
+    case WeightFormat::kRowsBF16Widened:
       return bf16_to_float(rows_bf16()[row]);
     case WeightFormat::kGroupsBF16:
       return bf16_to_float(
