@@ -101,6 +101,12 @@ TEST(Bench, SmokeEveryFigureOnTheTinyModel) {
     for (const std::string& key : keys.at(figure))
       EXPECT_TRUE(line.contains(key)) << figure << " lacks " << key << ": " << line.dump();
     expect_finite_positive(line);
+    // The rates that choose the bf16 kernel, where the CPU has AVX512-BF16.
+    if (figure == "cpu" &&
+        line["flags"].get<std::string>().find("avx512_bf16") != std::string::npos)
+      for (const char* key : {"bf16_dot_gflops_per_thread", "fp32_fma_gflops_per_thread"}) {
+        EXPECT_TRUE(line.contains(key)) << line.dump();
+      }
     if (figure == "sgemm" && r.lines[0]["bf16_kernel"] == "onednn-bf16") {
       EXPECT_TRUE(line.contains("onednn_bf16_forward_gflops")) << line.dump();
     }

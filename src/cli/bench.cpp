@@ -45,10 +45,12 @@ const CommandSpec kSpec = {
     "Measures performance figures of a model folder and prints one JSON line per figure on\n"
     "stdout, then a table on stderr. Each train shape, the seed job and generation run in a\n"
     "child process of their own, so each peak_rss_gb is that figure's alone.\n"
-    "  cpu        the CPU, its features, oneDNN's ISA, the matrix kernel each mode runs, and\n"
-    "             the CUDA GPUs this build sees\n"
+    "  cpu        the CPU, its features, oneDNN's ISA, one thread's vdpbf16ps and fp32 FMA\n"
+    "             GFLOP/s (bf16 multiplies in fp32 where vdpbf16ps is the slower), the matrix\n"
+    "             kernel each mode runs, and the CUDA GPUs this build sees\n"
     "  sgemm      GFLOP/s of cblas_sgemm and of loratune's linear kernels (own AVX2, oneDNN\n"
-    "             fp32, oneDNN bf16) on the model's linear shapes with M = 512 rows;\n"
+    "             fp32, oneDNN bf16 and fp32 on widened bf16) on the model's linear shapes, M = "
+    "512;\n"
     "             sgemm_peak is the best fp32 figure, bf16_peak the best bf16 one\n"
     "  bandwidth  streaming read of max(1 GiB, 4 x L3), best of 5 passes, GB/s\n"
     "  train      LoRA r 8 on q_proj,v_proj, random tokens, all labelled: seconds per step\n"
@@ -411,10 +413,15 @@ int run_bench(const Args& args) {
   std::vector<Row> rows;
   const OJson cpu = bench::cpu_figure();
   emit(cpu);
+  const std::string dot_rates =
+      cpu.contains("bf16_dot_gflops_per_thread")
+          ? "; one thread: vdpbf16ps " + fmt(num(cpu, "bf16_dot_gflops_per_thread")) +
+                " GFLOP/s, fp32 FMA " + fmt(num(cpu, "fp32_fma_gflops_per_thread"))
+          : "";
   rows.push_back({"cpu", cpu.value("model", ""), "",
                   cpu.value("flags", "") + "; oneDNN ISA " + cpu.value("onednn_isa", "") +
-                      "; kernels fp32 " + cpu.value("fp32_kernel", "") + " (generation " +
-                      cpu.value("fp32_generation_kernel", "") + "), bf16 " +
+                      dot_rates + "; kernels fp32 " + cpu.value("fp32_kernel", "") +
+                      " (generation " + cpu.value("fp32_generation_kernel", "") + "), bf16 " +
                       cpu.value("bf16_kernel", "") + " (generation " +
                       cpu.value("bf16_generation_kernel", "") + "); " + cpu.value("cuda", "")});
   std::optional<double> peak_gflops[2], bandwidth;  // by mode: fp32, bf16

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cli/precision_option.h"
+#include "core/bf16_dot_rate.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -227,23 +228,32 @@ std::vector<OJson> sgemm_figure(const ModelConfig& c, int M) {
 
 OJson cpu_figure() {
   const CpuFeatures& f = cpu_features();
-  return {{"figure", "cpu"},
-          {"model", f.model},
-          {"flags", f.flags()},
-          {"bf16_hardware", f.bf16()},
-          {"onednn_isa", ops::onednn_isa()},
-          {"fp32_kernel", ops::format_name(ops::choose_backend(ops::Precision::kF32).format)},
-          {"bf16_kernel", ops::format_name(ops::choose_backend(ops::Precision::kBF16).format)},
-          // Generation and serving take row-invariant kernels (ops/backend.h).
-          {"fp32_generation_kernel",
-           ops::generation_kernel_name(
-               ops::choose_backend(ops::Precision::kF32, ops::KernelUse::kRowInvariant).format)},
-          {"bf16_generation_kernel",
-           ops::generation_kernel_name(
-               ops::choose_backend(ops::Precision::kBF16, ops::KernelUse::kRowInvariant).format)},
-          // What CUDA offers; this version's figures are all the CPU's (ops/device.h).
-          {"cuda", ops::describe_cuda(ops::probe_cuda())},
-          {"threads", num_threads()}};
+  OJson line = {
+      {"figure", "cpu"},
+      {"model", f.model},
+      {"flags", f.flags()},
+      {"bf16_hardware", f.bf16()},
+      {"onednn_isa", ops::onednn_isa()},
+      // One thread's rates that choose the bf16 kernel (core/bf16_dot_rate.h).
+      {"bf16_dot_gflops_per_thread", bf16_dot_rate().dot_gflops},
+      {"fp32_fma_gflops_per_thread", bf16_dot_rate().fma_gflops},
+      {"fp32_kernel", ops::format_name(ops::choose_backend(ops::Precision::kF32).format)},
+      {"bf16_kernel", ops::format_name(ops::choose_backend(ops::Precision::kBF16).format)},
+      // Generation and serving take row-invariant kernels (ops/backend.h).
+      {"fp32_generation_kernel",
+       ops::generation_kernel_name(
+           ops::choose_backend(ops::Precision::kF32, ops::KernelUse::kRowInvariant).format)},
+      {"bf16_generation_kernel",
+       ops::generation_kernel_name(
+           ops::choose_backend(ops::Precision::kBF16, ops::KernelUse::kRowInvariant).format)},
+      // What CUDA offers; this version's figures are all the CPU's (ops/device.h).
+      {"cuda", ops::describe_cuda(ops::probe_cuda())},
+      {"threads", num_threads()}};
+  // One thread's rates that choose the bf16 kernel (core/bf16_dot_rate.h), where measured.
+  const Bf16DotRate& rate = bf16_dot_rate();
+  if (rate.fma_gflops > 0) line["fp32_fma_gflops_per_thread"] = rate.fma_gflops;
+  if (rate.dot_gflops > 0) line["bf16_dot_gflops_per_thread"] = rate.dot_gflops;
+  return line;
 }
 
 namespace {

@@ -1,4 +1,4 @@
-#include "ops/cpu/bf16_dot_rate.h"
+#include "core/bf16_dot_rate.h"
 
 #include <immintrin.h>
 
@@ -7,7 +7,7 @@
 
 #include "core/cpu_features.h"
 
-namespace loratune::ops {
+namespace loratune {
 
 namespace {
 
@@ -82,4 +82,4 @@ const Bf16DotRate& bf16_dot_rate() {
   return rate;
 }
 
-}  // namespace loratune::ops
+}  // namespace loratune

@@ -6,7 +6,7 @@
 // (docs/performance.md). The backend (ops/backend.h) picks the faster arithmetic from this.
 #pragma once
 
-namespace loratune::ops {
+namespace loratune {
 
 struct Bf16DotRate {
   double dot_gflops = 0.0;  // vdpbf16ps on one thread; 0 without AVX512-BF16
@@ -17,4 +17,4 @@ struct Bf16DotRate {
 
 const Bf16DotRate& bf16_dot_rate();
 
-}  // namespace loratune::ops
+}  // namespace loratune
