@@ -8,6 +8,11 @@
 
 namespace loratune::cli {
 
+namespace {
+// What select_precision chose the kernels for, which announce_backend's hints depend on.
+ops::KernelUse g_use = ops::KernelUse::kFastest;
+}  // namespace
+
 Option bf16_option(const std::string& fallback) {
   return {"--bf16", "[auto|true|false]",
           "bf16 mixed precision: bf16 weights and matrix-product inputs, fp32 accumulation, "
@@ -30,19 +35,27 @@ ops::Precision select_precision(const ParsedArgs& a, const std::string& fallback
     throw UsageError("--bf16 takes auto, true or false, not '" + v + "'");
   const ops::Precision p = bf16 ? ops::Precision::kBF16 : ops::Precision::kF32;
   ops::set_backend(ops::choose_backend(p, use));
+  g_use = use;
   return p;
 }
 
 void announce_backend() {
   const bool bf16 = ops::backend().precision == ops::Precision::kBF16;
+  // Where vdpbf16ps runs at half the FMA rate, bf16 products widen to fp32 (ops/backend.h):
+  // the modes then differ in memory and numerics more than in speed.
+  const bool widened = ops::choose_backend(ops::Precision::kBF16, g_use).format ==
+                       ops::WeightFormat::kRowsBF16Widened;
   std::string hint;
   if (bf16 && !cpu_features().bf16())
     hint = "; this CPU has no bf16 hardware: bf16 is emulated, no faster than fp32";
+  else if (bf16 && widened)
+    hint =
+        "; this CPU's bf16 dot products run at half its fp32 rate, so the bf16 products "
+        "widen to fp32: --bf16 false trains at about the same speed in twice the memory";
+  else if (!bf16 && widened)
+    hint = "; --bf16 true holds the weights in half the memory at about the same speed";
   else if (!bf16 && cpu_features().bf16())
-    hint = ops::choose_backend(ops::Precision::kBF16).format == ops::WeightFormat::kRowsBF16Widened
-               ? "; --bf16 true holds the weights in half the memory (this CPU's bf16 dot "
-                 "products run at half its fp32 rate, so its bf16 products widen to fp32)"
-               : "; this CPU has bf16 hardware: --bf16 true is faster";
+    hint = "; this CPU has bf16 hardware: --bf16 true is faster";
   std::fprintf(stderr, "loratune: %s on %s, device %s%s\n", describe_backend().c_str(),
                cpu_features().model.c_str(), describe_device().c_str(), hint.c_str());
 }
