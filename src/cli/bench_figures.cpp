@@ -234,9 +234,6 @@ OJson cpu_figure() {
       {"flags", f.flags()},
       {"bf16_hardware", f.bf16()},
       {"onednn_isa", ops::onednn_isa()},
-      // One thread's rates that choose the bf16 kernel (core/bf16_dot_rate.h).
-      {"bf16_dot_gflops_per_thread", bf16_dot_rate().dot_gflops},
-      {"fp32_fma_gflops_per_thread", bf16_dot_rate().fma_gflops},
       {"fp32_kernel", ops::format_name(ops::choose_backend(ops::Precision::kF32).format)},
       {"bf16_kernel", ops::format_name(ops::choose_backend(ops::Precision::kBF16).format)},
       // Generation and serving take row-invariant kernels (ops/backend.h).
