@@ -2,9 +2,9 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include "core/bf16_dot_rate.h"
 #include "core/cpu_features.h"
 #include "ops/cpu/amx_rows_kernel.h"
-#include "core/bf16_dot_rate.h"
 #include "ops/cpu/bf16_groups_kernel.h"
 #include "ops/ops.h"
 

@@ -1,4 +1,3 @@
-#include <cblas.h>
 #include <immintrin.h>
 #include <omp.h>
 
@@ -11,6 +10,7 @@
 #include "ops/cpu/bf16_groups_kernel.h"
 #include "ops/cpu/bf16_round.h"
 #include "ops/cpu/onednn_matmul.h"
+#include "ops/cpu/small_gemm.h"
 #include "ops/ops.h"
 
 namespace loratune::ops {
@@ -558,21 +558,17 @@ void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, b
 
 void lora_forward(float* y, float* u, const float* x, const float* A, const float* B, float scale,
                   int N, int in, int out, int r) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r, in, 1.0f, x, in, A, in, 0.0f, u, r);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, r, scale, u, r, B, r, 1.0f, y, out);
+  sgemm(false, true, N, r, in, 1.0f, x, in, A, in, 0.0f, u, r);
+  sgemm(false, true, N, out, r, scale, u, r, B, r, 1.0f, y, out);
 }
 
 void lora_backward(float* dx, float* dA, float* dB, float* du, const float* dy, const float* u,
                    const float* x, const float* A, const float* B, float scale, int N, int in,
                    int out, int r) {
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, N, scale, dy, out, u, r, 1.0f, dB,
-              r);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, r, out, scale, dy, out, B, r, 0.0f, du,
-              r);
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, N, 1.0f, du, r, x, in, 1.0f, dA, in);
-  if (dx)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, r, 1.0f, du, r, A, in, 1.0f, dx,
-                in);
+  sgemm(true, false, out, r, N, scale, dy, out, u, r, 1.0f, dB, r);
+  sgemm(false, false, N, r, out, scale, dy, out, B, r, 0.0f, du, r);
+  sgemm(true, false, r, in, N, 1.0f, du, r, x, in, 1.0f, dA, in);
+  if (dx) sgemm(false, false, N, in, r, 1.0f, du, r, A, in, 1.0f, dx, in);
 }
 
 }  // namespace loratune::ops

@@ -118,20 +118,24 @@ void row_times_matrix(int N, int K, float alpha, const float* a, const float* b,
 
 }  // namespace
 
-void small_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
-                 int lda, const float* B, int ldb, float beta, float* C, int ldc) {
-  // One row (decode's query against its keys, and its probabilities times the values): a
-  // direct loop, as BLAS's per-call cost outweighed the work by several times.
-  if (M == 1 && !trans_a && (beta == 0.0f || beta == 1.0f)) {
-    if (trans_b) return row_times_rows(N, K, alpha, A, B, ldb, beta, C);
-    return row_times_matrix(N, K, alpha, A, B, ldb, beta, C);
-  }
+void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+           const float* B, int ldb, float beta, float* C, int ldc) {
   static const bool onednn = cpu_features().avx512();
   if (onednn && dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb,
                            beta, C, ldc) == dnnl_success)
     return;
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
               trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void small_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+                 int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+  // One row (decode's query against its keys, and its probabilities times the values).
+  if (M == 1 && !trans_a && (beta == 0.0f || beta == 1.0f)) {
+    if (trans_b) return row_times_rows(N, K, alpha, A, B, ldb, beta, C);
+    return row_times_matrix(N, K, alpha, A, B, ldb, beta, C);
+  }
+  sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 }  // namespace loratune::ops

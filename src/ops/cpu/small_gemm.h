@@ -1,10 +1,20 @@
-// The small fp32 products inside attention (blocks of 64 query rows against their keys), one
-// per task of a parallel loop: oneDNN's sgemm on CPUs with AVX-512 (about 1.4x OpenBLAS's on
-// those blocks there, one thread each), OpenBLAS elsewhere, and a single row (decode) through
-// own AVX2 loops. Row-major, as cblas_sgemm: C[M, N] = alpha · op(A) · op(B) + beta · C.
+// fp32 products through a BLAS, row-major as cblas_sgemm: C[M, N] = alpha · op(A) · op(B) +
+// beta · C.
+//
+// sgemm: oneDNN's sgemm on CPUs with AVX-512, OpenBLAS elsewhere. On AVX-512 CPUs oneDNN's is
+// the faster (attention's blocks about 1.4x; the LoRA branches' thin products, r = 8, about 2x
+// with OpenBLAS's AVX-512 kernels), and Debian's OpenBLAS 0.3.21 runs its generic SSE3 kernels
+// on CPUs newer than it knows (Xeon family 6 model 207: "Prescott", 3.5x slower there).
+//
+// small_sgemm: the small products inside attention (blocks of 64 query rows against their
+// keys), one per task of a parallel loop, one thread each; a single row (decode) goes through
+// own AVX2 loops, as BLAS's per-call cost outweighed the work by several times.
 #pragma once
 
 namespace loratune::ops {
+
+void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+           const float* B, int ldb, float beta, float* C, int ldc);
 
 void small_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                  int lda, const float* B, int ldb, float beta, float* C, int ldc);
