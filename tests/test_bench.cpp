@@ -70,8 +70,8 @@ TEST(Bench, SmokeEveryFigureOnTheTinyModel) {
 
   const std::map<std::string, std::vector<std::string>> keys = {
       {"cpu",
-       {"model", "flags", "bf16_hardware", "onednn_isa", "fp32_kernel", "bf16_kernel",
-        "fp32_generation_kernel", "bf16_generation_kernel"}},
+       {"model", "flags", "bf16_hardware", "onednn_isa", "openblas_core", "fp32_kernel",
+        "bf16_kernel", "fp32_generation_kernel", "bf16_generation_kernel"}},
       {"sgemm",
        {"shape", "m", "k", "n", "blas_forward_gflops", "blas_backward_gflops", "own_forward_gflops",
         "own_backward_gflops", "onednn_f32_forward_gflops", "onednn_f32_backward_gflops",

@@ -420,8 +420,9 @@ int run_bench(const Args& args) {
           : "";
   rows.push_back({"cpu", cpu.value("model", ""), "",
                   cpu.value("flags", "") + "; oneDNN ISA " + cpu.value("onednn_isa", "") +
-                      dot_rates + "; kernels fp32 " + cpu.value("fp32_kernel", "") +
-                      " (generation " + cpu.value("fp32_generation_kernel", "") + "), bf16 " +
+                      "; OpenBLAS " + cpu.value("openblas_core", "") + dot_rates +
+                      "; kernels fp32 " + cpu.value("fp32_kernel", "") + " (generation " +
+                      cpu.value("fp32_generation_kernel", "") + "), bf16 " +
                       cpu.value("bf16_kernel", "") + " (generation " +
                       cpu.value("bf16_generation_kernel", "") + "); " + cpu.value("cuda", "")});
   std::optional<double> peak_gflops[2], bandwidth;  // by mode: fp32, bf16

@@ -234,6 +234,9 @@ OJson cpu_figure() {
       {"flags", f.flags()},
       {"bf16_hardware", f.bf16()},
       {"onednn_isa", ops::onednn_isa()},
+      // The kernels OpenBLAS took for this CPU (the sgemm figure's blas columns): its generic
+      // "Prescott" on CPUs newer than it knows.
+      {"openblas_core", openblas_get_corename()},
       {"fp32_kernel", ops::format_name(ops::choose_backend(ops::Precision::kF32).format)},
       {"bf16_kernel", ops::format_name(ops::choose_backend(ops::Precision::kBF16).format)},
       // Generation and serving take row-invariant kernels (ops/backend.h).
