@@ -5,6 +5,7 @@
 #include <limits>
 #include <memory>
 #include <stdexcept>
+#include <tuple>
 #include <vector>
 
 #include "core/half.h"
@@ -338,6 +339,31 @@ TEST(OpsForward, AmxRowsKernelIsExactToRoundingAndRowInvariant) {
   };
   expect_exact_and_row_invariant(amx(200, 37), 200, 37, 40);
   expect_exact_and_row_invariant(amx(128, 64), 128, 64, 33);  // tiles read in place
+}
+
+// Generation and serving batch the rows of every sequence with the same adapter into one LoRA
+// product: under OneKernelPerShape a row's branch must come out bit for bit the same at every
+// row count (BLAS products round rows differently at some counts), and match the reference.
+TEST(OpsForward, LoraBranchIsRowInvariantUnderOneKernelPerShape) {
+  const ops::OneKernelPerShape one_kernel;
+  for (const auto& [in, out, r] : {std::tuple{896, 128, 8}, std::tuple{200, 37, 5}}) {
+    const int N = 40;
+    const float s = 2.0f;
+    const auto x = random_vec(N * in, 50), A = random_vec(r * in, 51, 0.05f);
+    const auto B = random_vec(out * r, 52), y0 = random_vec(N * out, 53);
+    std::vector<float> all = y0, u(N * r), y_ref = y0, u_ref(N * r);
+    ops::lora_forward(all.data(), u.data(), x.data(), A.data(), B.data(), s, N, in, out, r);
+    ref::lora_forward(y_ref.data(), u_ref.data(), x.data(), A.data(), B.data(), s, N, in, out, r);
+    expect_close(all, y_ref, 1e-4f * std::sqrt(static_cast<float>(in)));
+    for (int first = 0; first < N; ++first) {
+      const int rows = N - first;
+      std::vector<float> some(y0.begin() + first * out, y0.end());
+      ops::lora_forward(some.data(), u.data(), x.data() + first * in, A.data(), B.data(), s, rows,
+                        in, out, r);
+      for (int i = 0; i < rows * out; ++i)
+        ASSERT_EQ(some[i], all[first * out + i]) << in << ": rows " << first << ".." << N - 1;
+    }
+  }
 }
 
 TEST(OpsForward, FastExpWithinTwoUlp) {

@@ -51,7 +51,8 @@ class OneKernelPerShape {
 bool one_kernel_per_shape();
 
 // LoRA branch of a linear layer: u[N, r] = x · Aᵀ (saved), y[N, out] += s · u · Bᵀ.
-// x is the branch input (already dropped out when training with dropout).
+// x is the branch input (already dropped out when training with dropout). Under
+// OneKernelPerShape a row's values do not depend on the other rows.
 void lora_forward(float* y, float* u, const float* x, const float* A, const float* B, float scale,
                   int N, int in, int out, int r);
 // dB[out, r] += s · dyᵀ · u; du[N, r] = s · dy · B (scratch); dA[r, in] += duᵀ · x;
