@@ -152,6 +152,7 @@ void run_widened(void* c, bool c_bf16, const void* a, bool a_bf16, long lda, con
       const long ldc = c_bf16 ? rows : out;
       matmul(c32, ldc, a, lda, slice.data(), in, rows, N, accumulate, false, false, false);
       if (c_bf16)
+#pragma omp parallel for schedule(static) if (static_cast <long>(N) * rows > 65536)
         for (int n = 0; n < N; ++n)
           round_to_bf16(static_cast<uint16_t*>(c) + static_cast<long>(n) * out + r0,
                         c32 + static_cast<long>(n) * rows, rows);
