@@ -123,6 +123,7 @@ const char* format_name(WeightFormat format) {
 }
 
 std::string onednn_isa() {
+  cap_onednn_isa();  // oneDNN keeps its ISA from the first query on
   using isa = dnnl::cpu_isa;
   switch (dnnl::get_effective_cpu_isa()) {
     case isa::sse41:
