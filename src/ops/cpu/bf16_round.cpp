@@ -53,7 +53,9 @@ void round_avx2(uint16_t* dst, const float* src, long n) {
 
 // One range on the calling thread, with the widest conversion this CPU has.
 void round_range(uint16_t* dst, const float* src, long n) {
-  if (cpu_features().avx512() && cpu_features().avx512_bf16)
+  // Asked once: callers round a row at a time, a million rows per training step.
+  static const bool avx512_bf16 = cpu_features().avx512() && cpu_features().avx512_bf16;
+  if (avx512_bf16)
     round_avx512_bf16(dst, src, n);
   else
     round_avx2(dst, src, n);
