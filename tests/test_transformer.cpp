@@ -122,6 +122,58 @@ TEST(Transformer, EachSequenceWithItsOwnAdapter) {
   EXPECT_GT(max_abs_diff(alone[0].data(), alone[2].data(), V), 1e-3f);
 }
 
+// What a server relies on to answer as `generate` does: a sequence's decode logits are bit for
+// bit those of its step alone, whichever sequences and adapters share the step, in both modes
+// with generation's kernels (every product, the LoRA branches included, is row-invariant).
+TEST(Transformer, DecodeLogitsDoNotDependOnTheBatch) {
+  const std::pair<std::string, ops::Precision> cases[] = {
+      {test::tiny_model_dir(), ops::Precision::kF32},
+      {test::golden("models/tiny_bf16"), ops::Precision::kBF16}};
+  for (const auto& [dir, precision] : cases) {
+    test::BackendScope backend(
+        precision, ops::choose_backend(precision, ops::KernelUse::kRowInvariant).format);
+    Transformer m(dir);
+    const int V = m.config().vocab_size;
+    LoraConfig qv;
+    LoraConfig all;
+    all.target_modules = {"all-linear"};
+    all.r = 4;
+    const LoraAdapter a(m.config(), qv, 1, 0.05), b(m.config(), all, 2, 0.05);
+    const LoraAdapter* adapters[] = {&a, nullptr, &b, &a, &a, &b, &b};
+    const int S = 7;
+    KVCache alone_cache(m.config(), S, 16), batch_cache(m.config(), S, 16);
+    std::vector<float> out(S * V);
+    for (int i = 0; i < S; ++i) {  // prompts of 1 to 7 tokens, each prefilled alone
+      std::vector<int> prompt;
+      for (int t = 0; t <= i; ++t) prompt.push_back((37 * i + 11 * t) % V);
+      const SequenceSpan span{0, i + 1, i, adapters[i]};
+      for (KVCache* cache : {&alone_cache, &batch_cache})
+        m.forward(prompt, {span}, cache, {i}, out.data());
+    }
+    for (int step = 0; step < 5; ++step) {
+      // Every other step two sequences sit out, so that the batch changes size.
+      std::vector<int> active, tokens, rows;
+      std::vector<SequenceSpan> spans;
+      for (int i = 0; i < S; ++i) {
+        if (step % 2 == 1 && (i == 1 || i == 4)) continue;
+        const int n = static_cast<int>(active.size());
+        active.push_back(i);
+        tokens.push_back((13 * step + 5 * i + 3) % V);
+        spans.push_back({n, 1, i, adapters[i]});
+        rows.push_back(n);
+      }
+      m.forward(tokens, spans, &batch_cache, rows, out.data());
+      for (size_t n = 0; n < active.size(); ++n) {
+        std::vector<float> one(V);
+        m.forward({tokens[n]}, {{0, 1, active[n], adapters[active[n]]}}, &alone_cache, {0},
+                  one.data());
+        EXPECT_EQ(one, std::vector<float>(out.begin() + n * V, out.begin() + (n + 1) * V))
+            << dir << ": sequence " << active[n] << " at step " << step;
+      }
+    }
+  }
+}
+
 // Matrices used in place in the memory map (the ranks of a job on one host) give the logits
 // of copied ones, bit for bit: f32 rows in fp32 mode, bf16 rows in bf16 mode.
 TEST(Transformer, SharedFilePagesGiveTheSameLogits) {
