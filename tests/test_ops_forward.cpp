@@ -341,6 +341,33 @@ TEST(OpsForward, AmxRowsKernelIsExactToRoundingAndRowInvariant) {
   expect_exact_and_row_invariant(amx(128, 64), 128, 64, 33);  // tiles read in place
 }
 
+// Generation's fp32 kernels (the own blocks, also on AVX-512 CPUs, where whole pairs of blocks
+// go through a tile of twice the width): a row's values bit for bit the same at every row
+// count, from one row (the few-row path) to tiles of six and their edges. 1,100 inputs take
+// two reduction slices; 72 outputs four whole blocks and a half one.
+TEST(OpsForward, OwnKernelsAreRowInvariant) {
+  const ops::OneKernelPerShape one_kernel;
+  for (const ops::WeightFormat format :
+       {ops::WeightFormat::kBlocksF32, ops::WeightFormat::kBlocksBF16}) {
+    for (const auto& [in, out] : {std::pair{200, 72}, std::pair{1100, 40}}) {
+      const int N = 20;
+      const auto x = random_vec(N * in, 60), w = random_vec(out * in, 61);
+      const ops::PackedWeight packed(w.data(), out, in, format);
+      std::vector<float> all(N * out);
+      ops::linear_forward(all.data(), x.data(), packed, nullptr, N);
+      for (int first = 0; first < N; ++first)
+        for (int rows : {1, 2, 3, 4, 7, N - first}) {
+          if (first + rows > N) continue;
+          std::vector<float> some(rows * out);
+          ops::linear_forward(some.data(), x.data() + first * in, packed, nullptr, rows);
+          for (int i = 0; i < rows * out; ++i)
+            ASSERT_EQ(some[i], all[first * out + i])
+                << ops::format_name(format) << " " << in << ": rows " << first << " + " << rows;
+        }
+    }
+  }
+}
+
 // Generation and serving batch the rows of every sequence with the same adapter into one LoRA
 // product: under OneKernelPerShape a row's branch must come out bit for bit the same at every
 // row count (BLAS products round rows differently at some counts), and match the reference.

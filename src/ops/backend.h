@@ -15,10 +15,11 @@
 // Generation and serving ask for row-invariant kernels (KernelUse::kRowInvariant): a row's
 // values must not depend on the other rows of its product, so that a sequence decodes the same
 // alone and in any batch. oneDNN's fp32 matmul rounds a row differently at other row counts,
-// so fp32 then takes the own kernels on every CPU; the others are row-invariant under
-// OneKernelPerShape (ops.h). In bf16 on a CPU with AVX512-BF16 but no AMX, the weights are
-// regrouped for loratune's own vdpbf16ps kernel (kGroupsBF16), which streams them from memory
-// faster than it streams rows (decode is bound by that stream).
+// so fp32 then takes the own kernels on every CPU (on AVX-512 CPUs their forward runs two
+// weight blocks per AVX-512 tile, each output the AVX2 tile's FMA chain); the others are
+// row-invariant under OneKernelPerShape (ops.h). In bf16 on a CPU with AVX512-BF16 but no AMX,
+// the weights are regrouped for loratune's own vdpbf16ps kernel (kGroupsBF16), which streams
+// them from memory faster than it streams rows (decode is bound by that stream).
 #pragma once
 
 #include <string>

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/cpu_features.h"
 #include "core/threads.h"
 #include "ops/cpu/bf16_groups_kernel.h"
 #include "ops/cpu/bf16_round.h"
@@ -55,12 +56,15 @@ Range thread_share(int n) {
 // Deals items [0, n) out over the calling team as body(begin, end), to whichever thread is
 // free: three quarters in chunks of about n / (threads · kChunksPerThread), the rest in
 // chunks a quarter that size, so that the threads reach the closing barrier together (one
-// whole chunk left to one thread kept the other waiting about 3 % of the time).
+// whole chunk left to one thread kept the other waiting about 3 % of the time). Chunks are
+// whole multiples of `granule` items where they can be (pairs of blocks for a wide tile).
 template <typename Body>
-void for_chunks(int n, Body&& body) {
-  const int cs = std::max(1, n / (omp_get_num_threads() * kChunksPerThread));
+void for_chunks(int n, int granule, Body&& body) {
+  const auto round_up = [granule](int c) { return (c + granule - 1) / granule * granule; };
+  const int cs = round_up(std::max(1, n / (omp_get_num_threads() * kChunksPerThread)));
   const int bulk_chunks = n * 3 / 4 / cs, bulk = bulk_chunks * cs;
-  const int tail_cs = std::max(1, cs / 4), tail_chunks = (n - bulk + tail_cs - 1) / tail_cs;
+  const int tail_cs = round_up(std::max(1, cs / 4));
+  const int tail_chunks = (n - bulk + tail_cs - 1) / tail_cs;
 #pragma omp for schedule(dynamic, 1) nowait
   for (int c = 0; c < bulk_chunks; ++c) body(c * cs, (c + 1) * cs);
 #pragma omp for schedule(dynamic, 1)
@@ -107,6 +111,35 @@ void forward_tile6(float* y, long ldy, const float* a, const float* p, int K, bo
     ADD_ROW(0) ADD_ROW(1) ADD_ROW(2) ADD_ROW(3) ADD_ROW(4) ADD_ROW(5)
   }
   STORE_ROW(0) STORE_ROW(1) STORE_ROW(2) STORE_ROW(3) STORE_ROW(4) STORE_ROW(5)
+}
+
+// forward_tile6 for two weight blocks side by side (p0, p1: 32 outputs, y's columns 0 .. 32),
+// in 12 AVX-512 accumulators: twice the FMA width with the loads of one AVX2 tile. Each output
+// is the same FMA chain as there, lane for lane, so both give the same bits.
+__attribute__((target("avx512f"))) void forward_tile6x2_avx512(float* y, long ldy, const float* a,
+                                                               const float* p0, const float* p1,
+                                                               int K, bool acc, const float* next) {
+  for (int m = 0; m < kRows; ++m) {
+    _mm_prefetch(reinterpret_cast<const char*>(next + m * ldy), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(next + m * ldy + kW), _MM_HINT_T0);
+  }
+  __m512 c[kRows][2];
+  for (int m = 0; m < kRows; ++m) c[m][0] = c[m][1] = _mm512_setzero_ps();
+#pragma GCC unroll 4
+  for (int k = 0; k < K; ++k) {
+    const __m512 b0 = _mm512_loadu_ps(p0 + k * kW), b1 = _mm512_loadu_ps(p1 + k * kW);
+#pragma GCC unroll 6
+    for (int m = 0; m < kRows; ++m) {
+      const __m512 am = _mm512_set1_ps(a[k * kRows + m]);
+      c[m][0] = _mm512_fmadd_ps(am, b0, c[m][0]);
+      c[m][1] = _mm512_fmadd_ps(am, b1, c[m][1]);
+    }
+  }
+  for (int m = 0; m < kRows; ++m)
+    for (int h = 0; h < 2; ++h) {
+      float* ym = y + m * ldy + h * kW;
+      _mm512_storeu_ps(ym, acc ? _mm512_add_ps(c[m][h], _mm512_loadu_ps(ym)) : c[m][h]);
+    }
 }
 
 // Transposes the 8 × 8 matrix whose rows are r[0..7], in place. Inlined, with named
@@ -183,6 +216,25 @@ void forward_block(float* y, long ldy, const float* a, const float* p, int K, bo
     forward_tile6(tile, kW, at, p, K, acc, tile);
     for (int r = 0; r < rows; ++r) std::memcpy(yt + r * ldy, tile + r * kW, cols * sizeof(float));
   }
+}
+
+// forward_block for two whole blocks of one weight (p, and p + stride: y's columns b·16 ..
+// b·16 + 32) on an AVX-512 CPU; a tile past the rows' edge goes through forward_block.
+void forward_block_pair(float* y, long ldy, const float* a, const float* p, long stride, int K,
+                        bool acc, int M, const float* next_p) {
+  const int full = M / kRows, per_tile = full > 0 ? (K + full - 1) / full : 0;
+  for (int t = 0; t < full; ++t) {
+    for (int l = t * per_tile; l < std::min(K, (t + 1) * per_tile); ++l)
+      _mm_prefetch(reinterpret_cast<const char*>(next_p + l * kW), _MM_HINT_T0);
+    float* yt = y + static_cast<long>(t) * kRows * ldy;
+    forward_tile6x2_avx512(yt, ldy, a + static_cast<long>(t) * kRows * K, p, p + stride, K, acc,
+                           t + 1 < full ? yt + kRows * ldy : yt);
+  }
+  if (full * kRows == M) return;
+  const long done = static_cast<long>(full) * kRows;
+  for (int h = 0; h < 2; ++h)
+    forward_block(y + done * ldy + h * kW, ldy, a + done * K, p + h * stride, K, acc,
+                  M - full * kRows, kW, next_p);
 }
 
 // The input features of each reduction slice of a product with `in` inputs: equal slices of
@@ -287,6 +339,8 @@ void blocks_forward(const Product* ps, int n, const float* x, int N) {
     long ldy;
     int cols;
     bool acc;
+    int product;
+    long stride;  // to the product's next block
   };
   auto locate = [&](int g, int k0, int m0) {
     int j = 0;
@@ -294,9 +348,15 @@ void blocks_forward(const Product* ps, int n, const float* x, int N) {
     const PackedWeight& w = *ps[j].w;
     const int b = g - first_block[j];
     return BlockRef{w.block(b) + static_cast<long>(k0) * kW,
-                    ps[j].y + static_cast<long>(m0) * w.out() + b * kW, w.out(),
-                    std::min(kW, w.out() - b * kW), ps[j].accumulate || k0 > 0};
+                    ps[j].y + static_cast<long>(m0) * w.out() + b * kW,
+                    w.out(),
+                    std::min(kW, w.out() - b * kW),
+                    ps[j].accumulate || k0 > 0,
+                    j,
+                    w.block_stride()};
   };
+  // On AVX-512 CPUs two whole blocks of a product go through one tile of twice the width.
+  static const bool pairs = cpu_features().avx512();
 #pragma omp parallel
   {
     // The team packs each token block's rows together, then takes chunks of weight blocks.
@@ -307,11 +367,18 @@ void blocks_forward(const Product* ps, int n, const float* x, int N) {
         const Range share = thread_share(tiles);
         pack_rows(packed, x + static_cast<long>(m0) * in + k0, in, M, K, share.begin, share.end);
 #pragma omp barrier
-        for_chunks(nb, [&](int g0, int g1) {
+        for_chunks(nb, pairs ? 2 : 1, [&](int g0, int g1) {
           BlockRef cur = locate(g0, k0, m0);
           for (int g = g0; g < g1; ++g) {
-            const BlockRef next = g + 1 < g1 ? locate(g + 1, k0, m0) : cur;
-            forward_block(cur.y, cur.ldy, packed, cur.p, K, cur.acc, M, cur.cols, next.p);
+            BlockRef next = g + 1 < g1 ? locate(g + 1, k0, m0) : cur;
+            if (pairs && g + 1 < g1 && next.product == cur.product && next.cols == kW) {
+              const BlockRef after = g + 2 < g1 ? locate(g + 2, k0, m0) : next;
+              forward_block_pair(cur.y, cur.ldy, packed, cur.p, cur.stride, K, cur.acc, M, after.p);
+              ++g;
+              next = after;
+            } else {
+              forward_block(cur.y, cur.ldy, packed, cur.p, K, cur.acc, M, cur.cols, next.p);
+            }
             cur = next;
           }
         });
@@ -429,7 +496,7 @@ void blocks_backward(float* dx, const float* dy, const PackedWeight& w, int N, b
         pack_dy_panel(dyp + static_cast<long>(pn) * K * kW, dy, N, out, pn * kW, o0, K);
       // Chunks of input tiles, each through every panel group of this output slice.
       const float* p = w.block(o0 / kW);
-      for_chunks(tiles, [&](int t0, int t1) {
+      for_chunks(tiles, 1, [&](int t0, int t1) {
         for (int g = 0; g < panels; g += kPanelGroup)
           for (int tile = t0; tile < t1; ++tile) {
             const int i = tile * kRows, M = std::min(kRows, in - i);
