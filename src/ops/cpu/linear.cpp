@@ -219,22 +219,30 @@ void forward_block(float* y, long ldy, const float* a, const float* p, int K, bo
 }
 
 // forward_block for two whole blocks of one weight (p, and p + stride: y's columns b·16 ..
-// b·16 + 32) on an AVX-512 CPU; a tile past the rows' edge goes through forward_block.
+// b·16 + 32) on an AVX-512 CPU. A tile past the rows' edge goes through a full scratch tile
+// (the packed rows past M are zeros).
 void forward_block_pair(float* y, long ldy, const float* a, const float* p, long stride, int K,
                         bool acc, int M, const float* next_p) {
-  const int full = M / kRows, per_tile = full > 0 ? (K + full - 1) / full : 0;
-  for (int t = 0; t < full; ++t) {
+  const int tiles = (M + kRows - 1) / kRows, per_tile = (K + tiles - 1) / tiles;
+  for (int t = 0; t < tiles; ++t) {
     for (int l = t * per_tile; l < std::min(K, (t + 1) * per_tile); ++l)
       _mm_prefetch(reinterpret_cast<const char*>(next_p + l * kW), _MM_HINT_T0);
     float* yt = y + static_cast<long>(t) * kRows * ldy;
-    forward_tile6x2_avx512(yt, ldy, a + static_cast<long>(t) * kRows * K, p, p + stride, K, acc,
-                           t + 1 < full ? yt + kRows * ldy : yt);
+    const float* at = a + static_cast<long>(t) * kRows * K;
+    const int rows = std::min(kRows, M - t * kRows);
+    if (rows == kRows) {
+      forward_tile6x2_avx512(yt, ldy, at, p, p + stride, K, acc,
+                             t + 1 < tiles ? yt + kRows * ldy : yt);
+      continue;
+    }
+    constexpr int kPairW = 2 * kW;
+    alignas(64) float tile[kRows * kPairW] = {};
+    for (int r = 0; r < rows; ++r)
+      std::memcpy(tile + r * kPairW, yt + r * ldy, sizeof(float) * kPairW);
+    forward_tile6x2_avx512(tile, kPairW, at, p, p + stride, K, acc, tile);
+    for (int r = 0; r < rows; ++r)
+      std::memcpy(yt + r * ldy, tile + r * kPairW, sizeof(float) * kPairW);
   }
-  if (full * kRows == M) return;
-  const long done = static_cast<long>(full) * kRows;
-  for (int h = 0; h < 2; ++h)
-    forward_block(y + done * ldy + h * kW, ldy, a + done * K, p + h * stride, K, acc,
-                  M - full * kRows, kW, next_p);
 }
 
 // The input features of each reduction slice of a product with `in` inputs: equal slices of
