@@ -195,53 +195,37 @@ void pack_rows(float* a, const float* x, long ldx, int M, int K, int t0, int t1)
   }
 }
 
-// Rows [0, M) of y[:, b·16 .. b·16 + cols) (+)= the packed rows a · block slice p. Tiles past
-// the rows' or the block's edge go through a full scratch tile. While it runs, the next
-// block's slice (`next_p`, K lines) is prefetched a few lines per tile.
-void forward_block(float* y, long ldy, const float* a, const float* p, int K, bool acc, int M,
-                   int cols, const float* next_p) {
+// Rows [0, M) of y[:, b·16 .. b·16 + cols) (+)= the packed rows a · block slice p, or with
+// `pair` (AVX-512 CPUs) · the two whole blocks p and p + stride (cols = 32) through the wide
+// tile. Tiles past the rows' or the block's edge go through a full scratch tile (the packed
+// rows past M are zeros). While it runs, the next block's slice (`next_p`, K lines) is
+// prefetched a few lines per tile.
+void forward_block(float* y, long ldy, const float* a, const float* p, long stride, int K, bool acc,
+                   int M, int cols, bool pair, const float* next_p) {
   const int tiles = (M + kRows - 1) / kRows, per_tile = (K + tiles - 1) / tiles;
+  const int width = pair ? 2 * kW : kW;
   for (int t = 0; t < tiles; ++t) {
     for (int l = t * per_tile; l < std::min(K, (t + 1) * per_tile); ++l)
       _mm_prefetch(reinterpret_cast<const char*>(next_p + l * kW), _MM_HINT_T0);
     float* yt = y + static_cast<long>(t) * kRows * ldy;
     const float* at = a + static_cast<long>(t) * kRows * K;
+    const auto tile6 = [&](float* yy, long ld, const float* next) {
+      if (pair)
+        forward_tile6x2_avx512(yy, ld, at, p, p + stride, K, acc, next);
+      else
+        forward_tile6(yy, ld, at, p, K, acc, next);
+    };
     const int rows = std::min(kRows, M - t * kRows);
-    if (rows == kRows && cols == kW) {
-      forward_tile6(yt, ldy, at, p, K, acc, t + 1 < tiles ? yt + kRows * ldy : yt);
+    if (rows == kRows && cols == width) {
+      tile6(yt, ldy, t + 1 < tiles ? yt + kRows * ldy : yt);
       continue;
     }
-    alignas(32) float tile[kRows * kW] = {};
-    for (int r = 0; r < rows; ++r) std::memcpy(tile + r * kW, yt + r * ldy, cols * sizeof(float));
-    forward_tile6(tile, kW, at, p, K, acc, tile);
-    for (int r = 0; r < rows; ++r) std::memcpy(yt + r * ldy, tile + r * kW, cols * sizeof(float));
-  }
-}
-
-// forward_block for two whole blocks of one weight (p, and p + stride: y's columns b·16 ..
-// b·16 + 32) on an AVX-512 CPU. A tile past the rows' edge goes through a full scratch tile
-// (the packed rows past M are zeros).
-void forward_block_pair(float* y, long ldy, const float* a, const float* p, long stride, int K,
-                        bool acc, int M, const float* next_p) {
-  const int tiles = (M + kRows - 1) / kRows, per_tile = (K + tiles - 1) / tiles;
-  for (int t = 0; t < tiles; ++t) {
-    for (int l = t * per_tile; l < std::min(K, (t + 1) * per_tile); ++l)
-      _mm_prefetch(reinterpret_cast<const char*>(next_p + l * kW), _MM_HINT_T0);
-    float* yt = y + static_cast<long>(t) * kRows * ldy;
-    const float* at = a + static_cast<long>(t) * kRows * K;
-    const int rows = std::min(kRows, M - t * kRows);
-    if (rows == kRows) {
-      forward_tile6x2_avx512(yt, ldy, at, p, p + stride, K, acc,
-                             t + 1 < tiles ? yt + kRows * ldy : yt);
-      continue;
-    }
-    constexpr int kPairW = 2 * kW;
-    alignas(64) float tile[kRows * kPairW] = {};
+    alignas(64) float tile[kRows * 2 * kW] = {};
     for (int r = 0; r < rows; ++r)
-      std::memcpy(tile + r * kPairW, yt + r * ldy, sizeof(float) * kPairW);
-    forward_tile6x2_avx512(tile, kPairW, at, p, p + stride, K, acc, tile);
+      std::memcpy(tile + r * width, yt + r * ldy, cols * sizeof(float));
+    tile6(tile, width, tile);
     for (int r = 0; r < rows; ++r)
-      std::memcpy(yt + r * ldy, tile + r * kPairW, sizeof(float) * kPairW);
+      std::memcpy(yt + r * ldy, tile + r * width, cols * sizeof(float));
   }
 }
 
@@ -381,11 +365,13 @@ void blocks_forward(const Product* ps, int n, const float* x, int N) {
             BlockRef next = g + 1 < g1 ? locate(g + 1, k0, m0) : cur;
             if (pairs && g + 1 < g1 && next.product == cur.product && next.cols == kW) {
               const BlockRef after = g + 2 < g1 ? locate(g + 2, k0, m0) : next;
-              forward_block_pair(cur.y, cur.ldy, packed, cur.p, cur.stride, K, cur.acc, M, after.p);
+              forward_block(cur.y, cur.ldy, packed, cur.p, cur.stride, K, cur.acc, M, 2 * kW, true,
+                            after.p);
               ++g;
               next = after;
             } else {
-              forward_block(cur.y, cur.ldy, packed, cur.p, K, cur.acc, M, cur.cols, next.p);
+              forward_block(cur.y, cur.ldy, packed, cur.p, cur.stride, K, cur.acc, M, cur.cols,
+                            false, next.p);
             }
             cur = next;
           }
