@@ -331,8 +331,7 @@ void blocks_forward(const Product* ps, int n, const float* x, int N) {
     long ldy;
     int cols;
     bool acc;
-    int product;
-    long stride;  // to the product's next block
+    int product;  // its index in ps
   };
   auto locate = [&](int g, int k0, int m0) {
     int j = 0;
@@ -344,8 +343,7 @@ void blocks_forward(const Product* ps, int n, const float* x, int N) {
                     w.out(),
                     std::min(kW, w.out() - b * kW),
                     ps[j].accumulate || k0 > 0,
-                    j,
-                    w.block_stride()};
+                    j};
   };
   // On AVX-512 CPUs two whole blocks of a product go through one tile of twice the width.
   static const bool pairs = cpu_features().avx512();
@@ -365,13 +363,13 @@ void blocks_forward(const Product* ps, int n, const float* x, int N) {
             BlockRef next = g + 1 < g1 ? locate(g + 1, k0, m0) : cur;
             if (pairs && g + 1 < g1 && next.product == cur.product && next.cols == kW) {
               const BlockRef after = g + 2 < g1 ? locate(g + 2, k0, m0) : next;
-              forward_block(cur.y, cur.ldy, packed, cur.p, cur.stride, K, cur.acc, M, 2 * kW, true,
-                            after.p);
+              forward_block(cur.y, cur.ldy, packed, cur.p, ps[cur.product].w->block_stride(), K,
+                            cur.acc, M, 2 * kW, true, after.p);
               ++g;
               next = after;
             } else {
-              forward_block(cur.y, cur.ldy, packed, cur.p, cur.stride, K, cur.acc, M, cur.cols,
-                            false, next.p);
+              forward_block(cur.y, cur.ldy, packed, cur.p, 0, K, cur.acc, M, cur.cols, false,
+                            next.p);
             }
             cur = next;
           }
