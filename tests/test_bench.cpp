@@ -109,8 +109,9 @@ TEST(Bench, SmokeEveryFigureOnTheTinyModel) {
       }
     // LORATUNE_MAX_ISA=avx2 caps oneDNN's JIT too (CI's second pass), also when the cpu figure
     // asks oneDNN first.
-    if (figure == "cpu" && line["flags"].get<std::string>().find("capped") != std::string::npos)
+    if (figure == "cpu" && line["flags"].get<std::string>().find("capped") != std::string::npos) {
       EXPECT_EQ(line["onednn_isa"], "avx2") << line.dump();
+    }
     if (figure == "sgemm" && r.lines[0]["bf16_kernel"] == "onednn-bf16") {
       EXPECT_TRUE(line.contains("onednn_bf16_forward_gflops")) << line.dump();
     }

@@ -118,9 +118,11 @@ TEST(OpsForward, PackedWeightFromBf16KeepsTheFileValues) {
     packed.unpack(back.data());
     for (int i = 0; i < out * in; ++i)
       ASSERT_EQ(back[i], bf16_to_float(w16[i])) << ops::format_name(format) << " at " << i;
-    if (ops::holds_bf16(format)) {  // held as 2 bytes a value (groups zero-padded), not widened
+    if (ops::holds_bf16(format)) {  // held as 2 bytes a value (padded as laid out), not widened
       const size_t values = format == ops::WeightFormat::kGroupsBF16
                                 ? static_cast<size_t>(packed.groups()) * packed.group_size()
+                            : ops::is_blocks(format)
+                                ? static_cast<size_t>(packed.blocks()) * packed.block_stride()
                                 : static_cast<size_t>(out) * in;
       EXPECT_LE(packed.bytes(), (values * sizeof(uint16_t) + 63) / 64 * 64);
     }
@@ -341,20 +343,28 @@ TEST(OpsForward, AmxRowsKernelIsExactToRoundingAndRowInvariant) {
   expect_exact_and_row_invariant(amx(128, 64), 128, 64, 33);  // tiles read in place
 }
 
-// Generation's fp32 kernels (the own blocks, also on AVX-512 CPUs, where whole pairs of blocks
-// go through a tile of twice the width): a row's values bit for bit the same at every row
-// count, from one row (the few-row path) to tiles of six and their edges. 1,100 inputs take
-// two reduction slices; 72 outputs four whole blocks and a half one.
+// Generation's own blocks kernels (also on AVX-512 CPUs, where whole pairs of blocks go through
+// a tile of twice the width): a row's values bit for bit the same at every row count, from one
+// row (the few-row path) to tiles of six and their edges. 1,100 inputs take two reduction
+// slices; 72 outputs four whole blocks and a half one. The bf16 weights held as bf16 give the
+// bits of the same values held as fp32: widening is exact, and the FMA chains are the same.
 TEST(OpsForward, OwnKernelsAreRowInvariant) {
   const ops::OneKernelPerShape one_kernel;
   for (const ops::WeightFormat format :
-       {ops::WeightFormat::kBlocksF32, ops::WeightFormat::kBlocksBF16}) {
+       {ops::WeightFormat::kBlocksF32, ops::WeightFormat::kBlocksBF16,
+        ops::WeightFormat::kBlocksBF16Widened}) {
     for (const auto& [in, out] : {std::pair{200, 72}, std::pair{1100, 40}}) {
       const int N = 20;
       const auto x = random_vec(N * in, 60), w = random_vec(out * in, 61);
       const ops::PackedWeight packed(w.data(), out, in, format);
       std::vector<float> all(N * out);
       ops::linear_forward(all.data(), x.data(), packed, nullptr, N);
+      if (format == ops::WeightFormat::kBlocksBF16Widened) {
+        const ops::PackedWeight as_f32(w.data(), out, in, ops::WeightFormat::kBlocksBF16);
+        std::vector<float> all_f32(N * out);
+        ops::linear_forward(all_f32.data(), x.data(), as_f32, nullptr, N);
+        ASSERT_EQ(all, all_f32) << in;
+      }
       for (int first = 0; first < N; ++first)
         for (int rows : {1, 2, 3, 4, 7, N - first}) {
           if (first + rows > N) continue;

@@ -178,15 +178,17 @@ std::vector<OJson> sgemm_figure(const ModelConfig& c, int M) {
     // loratune's kernels through ops::linear_*, on every weight format this CPU runs, packed
     // once as at model load: own = the AVX2 kernels (own_bf16: on bf16-rounded operands),
     // onednn_f32 / onednn_bf16 = oneDNN's matmul, onednn_f32_widened = its fp32 one on bf16
-    // weights widened a slice at a time.
+    // weights widened a slice at a time; generation's forward-only own_avx512bf16 (vdpbf16ps)
+    // and own_bf16_widened (the own kernels on bf16 blocks widened in registers).
     std::vector<std::unique_ptr<ops::PackedWeight>> packed;
     for (const ops::WeightFormat format : ops::available_formats()) {
-      const char* name = format == ops::WeightFormat::kBlocksF32         ? "own"
-                         : format == ops::WeightFormat::kRowsF32         ? "onednn_f32"
-                         : format == ops::WeightFormat::kRowsBF16        ? "onednn_bf16"
-                         : format == ops::WeightFormat::kRowsBF16Widened ? "onednn_f32_widened"
-                         : format == ops::WeightFormat::kGroupsBF16      ? "own_avx512bf16"
-                                                                         : "own_bf16";
+      const char* name = format == ops::WeightFormat::kBlocksF32           ? "own"
+                         : format == ops::WeightFormat::kRowsF32           ? "onednn_f32"
+                         : format == ops::WeightFormat::kRowsBF16          ? "onednn_bf16"
+                         : format == ops::WeightFormat::kRowsBF16Widened   ? "onednn_f32_widened"
+                         : format == ops::WeightFormat::kGroupsBF16        ? "own_avx512bf16"
+                         : format == ops::WeightFormat::kBlocksBF16Widened ? "own_bf16_widened"
+                                                                           : "own_bf16";
       packed.push_back(std::make_unique<ops::PackedWeight>(w.data(), out, in, format));
       const ops::PackedWeight& pw = *packed.back();
       const bool bf16 = ops::is_bf16(format);

@@ -48,7 +48,10 @@ void announce_backend() {
                        ops::WeightFormat::kRowsBF16Widened;
   std::string hint;
   if (bf16 && !cpu_features().bf16())
-    hint = "; this CPU has no bf16 hardware: bf16 is emulated, no faster than fp32";
+    hint = ops::backend().format == ops::WeightFormat::kBlocksBF16Widened
+               ? "; this CPU has no bf16 hardware: the products widen the bf16 weights to fp32 "
+                 "(half fp32's memory and bytes read)"
+               : "; this CPU has no bf16 hardware: bf16 is emulated, no faster than fp32";
   else if (bf16 && widened)
     hint =
         "; this CPU's bf16 dot products run at half its fp32 rate, so the bf16 products "

@@ -17,9 +17,11 @@
 // alone and in any batch. oneDNN's fp32 matmul rounds a row differently at other row counts,
 // so fp32 then takes the own kernels on every CPU (on AVX-512 CPUs their forward runs two
 // weight blocks per AVX-512 tile, each output the AVX2 tile's FMA chain); the others are
-// row-invariant under OneKernelPerShape (ops.h). In bf16 on a CPU with AVX512-BF16 but no AMX,
-// the weights are regrouped for loratune's own vdpbf16ps kernel (kGroupsBF16), which streams
-// them from memory faster than it streams rows (decode is bound by that stream).
+// row-invariant under OneKernelPerShape (ops.h). In bf16: on a CPU with AMX the own AMX kernel
+// on the rows; where vdpbf16ps outruns the FMAs (AMD Zen 4/5) the own vdpbf16ps kernel on
+// weights regrouped so that they stream from memory faster than rows (kGroupsBF16); on any
+// other CPU the own FMA kernels on bf16 blocks widened in registers (kBlocksBF16Widened): bf16's
+// bytes (decode is bound by them) at the FMAs' rate, with kBlocksBF16's bits.
 #pragma once
 
 #include <string>
@@ -31,12 +33,13 @@ enum class Precision { kF32, kBF16 };
 
 // How a PackedWeight holds its matrix w[out, in], which names the kernel that reads it.
 enum class WeightFormat {
-  kBlocksF32,        // fp32 blocks of 16 output rows for the own AVX2 kernels
-  kRowsF32,          // fp32 rows [out, in] for oneDNN
-  kRowsBF16,         // bf16 rows [out, in] for oneDNN (inputs rounded to bf16, fp32 accumulation)
-  kRowsBF16Widened,  // kRowsBF16's rows, widened per slice for oneDNN's fp32 matmul
-  kBlocksBF16,       // kBlocksF32 holding bf16-rounded values; inputs rounded too (bf16 emulated)
-  kGroupsBF16,       // bf16 groups of output rows for the own AVX512-BF16 kernel; forward only
+  kBlocksF32,          // fp32 blocks of 16 output rows for the own AVX2 kernels
+  kRowsF32,            // fp32 rows [out, in] for oneDNN
+  kRowsBF16,           // bf16 rows [out, in] for oneDNN (inputs rounded to bf16, fp32 accumulation)
+  kRowsBF16Widened,    // kRowsBF16's rows, widened per slice for oneDNN's fp32 matmul
+  kBlocksBF16,         // kBlocksF32 holding bf16-rounded values; inputs rounded too (bf16 emulated)
+  kGroupsBF16,         // bf16 groups of output rows for the own AVX512-BF16 kernel; forward only
+  kBlocksBF16Widened,  // kBlocksBF16's blocks held as bf16, widened in registers; forward only
 };
 
 // Whether a format holds bf16 rows [out, in] as a file does; whether it multiplies in bf16
@@ -47,19 +50,21 @@ inline bool is_bf16_rows(WeightFormat f) {
   return f == WeightFormat::kRowsBF16 || f == WeightFormat::kRowsBF16Widened;
 }
 inline bool is_bf16(WeightFormat f) {
-  return is_bf16_rows(f) || f == WeightFormat::kBlocksBF16 || f == WeightFormat::kGroupsBF16;
+  return is_bf16_rows(f) || f == WeightFormat::kBlocksBF16 || f == WeightFormat::kGroupsBF16 ||
+         f == WeightFormat::kBlocksBF16Widened;
 }
 inline bool holds_bf16(WeightFormat f) {
-  return is_bf16_rows(f) || f == WeightFormat::kGroupsBF16;
+  return is_bf16_rows(f) || f == WeightFormat::kGroupsBF16 || f == WeightFormat::kBlocksBF16Widened;
 }
 inline bool is_blocks(WeightFormat f) {
-  return f == WeightFormat::kBlocksF32 || f == WeightFormat::kBlocksBF16;
+  return f == WeightFormat::kBlocksF32 || f == WeightFormat::kBlocksBF16 ||
+         f == WeightFormat::kBlocksBF16Widened;
 }
 inline bool is_rows(WeightFormat f) {
   return f == WeightFormat::kRowsF32 || is_bf16_rows(f);
 }
 inline bool has_backward(WeightFormat f) {
-  return f != WeightFormat::kGroupsBF16;
+  return f != WeightFormat::kGroupsBF16 && f != WeightFormat::kBlocksBF16Widened;
 }
 
 struct Backend {
@@ -78,7 +83,7 @@ const Backend& backend();
 // Every format that runs on this CPU, the run's own first: tests and the bench try each.
 std::vector<WeightFormat> available_formats();
 // "own-avx2-f32", "onednn-f32", "onednn-bf16", "onednn-f32-widened", "own-avx2-bf16-emulated",
-// "own-avx512bf16".
+// "own-avx512bf16", "own-bf16-widened".
 const char* format_name(WeightFormat format);
 // The kernel that multiplies by weights of `format` under OneKernelPerShape (generation and
 // serving): format_name's, except kRowsBF16 on a CPU with AMX, where the own row-invariant

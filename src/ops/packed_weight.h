@@ -5,7 +5,8 @@
 //   loads kWidth outputs of one input feature as two vectors; the input gradient (dy·w)
 //   broadcasts single elements. Neither repacks the weight, which a general sgemm does on
 //   every call. kBlocksBF16: the same layout holding bf16-rounded values (bf16 emulated where
-//   oneDNN has no bf16 kernel).
+//   oneDNN has no bf16 kernel). kBlocksBF16Widened: the same values held as bf16 (half the
+//   bytes), each block row's 16 outputs in widened_slot order, widened in registers.
 // - kRowsF32 / kRowsBF16 / kRowsBF16Widened, for oneDNN: the rows [out, in] as the file holds
 //   them, in fp32 or bf16 (rounded to nearest even); the same rows serve x·wᵀ and dy·w.
 // - kGroupsBF16, for ops/cpu/bf16_groups_kernel.cpp: groups of kGroupRows output rows, each
@@ -45,16 +46,23 @@ class PackedWeight {
   size_t bytes() const { return bytes_; }
   const void* memory() const { return rows_; }
 
-  // kBlocksF32 / kBlocksBF16 only.
+  // The blocks formats only.
   int blocks() const { return (out_ + kWidth - 1) / kWidth; }
   // Floats from one block to the next: the block plus one cache line, so that the same row of
   // consecutive blocks falls in different cache sets (the input gradient reads down a column
   // of blocks; at a stride of whole pages those rows would evict each other from L1).
   long block_stride() const { return static_cast<long>(in_) * kWidth + kWidth; }
-  // Block b: [in][kWidth], w[b·kWidth + j, i] at [i·kWidth + j].
+  // Block b: [in][kWidth], w[b·kWidth + j, i] at [i·kWidth + j] (kBlocksF32 / kBlocksBF16).
   const float* block(int b) const {
     return static_cast<const float*>(data_.get()) + b * block_stride();
   }
+  // kBlocksBF16Widened's block b, w[b·kWidth + j, i] at [i·kWidth + widened_slot(j)]: outputs
+  // 0-3, 8-11, 4-7, 12-15, so that a byte shuffle of each 128-bit half widens 8 outputs in order
+  // (ops/cpu/linear.cpp). The stride is block_stride() values of 2 bytes.
+  const uint16_t* block_bf16(int b) const {
+    return static_cast<const uint16_t*>(data_.get()) + b * block_stride();
+  }
+  static int widened_slot(int j) { return (j & 3) | (j & 4) << 1 | (j & 8) >> 1; }
   // kRowsF32 / the bf16 rows formats: w[out, in].
   const float* rows_f32() const { return static_cast<const float*>(rows_); }
   const uint16_t* rows_bf16() const { return static_cast<const uint16_t*>(rows_); }
@@ -75,6 +83,7 @@ class PackedWeight {
   PackedWeight(int out, int in, WeightFormat format);  // allocates, contents undefined
   void fill_from(const float* w);                      // fp32 rows into this format
   void fill_groups(const void* rows);                  // kGroupsBF16 from bf16 rows
+  void fill_blocks_bf16(const void* rows);             // kBlocksBF16Widened from bf16 rows
 
   struct Free {
     void operator()(void* p) const { std::free(p); }

@@ -52,10 +52,12 @@ bool onednn_has_bf16() {
 Backend choose_backend(Precision precision, KernelUse use) {
   cap_onednn_isa();
   if (precision == Precision::kBF16) {
-    // AMX reads the rows as they are (amx_rows_kernel.h); vdpbf16ps streams groups faster.
-    if (use == KernelUse::kRowInvariant && bf16_groups_kernel_available() &&
-        !amx_rows_kernel_available())
-      return {precision, WeightFormat::kGroupsBF16};
+    // Generation: AMX reads the rows as they are (amx_rows_kernel.h); vdpbf16ps at full rate
+    // streams groups; elsewhere the own FMA kernels widen bf16 blocks in registers.
+    if (use == KernelUse::kRowInvariant && !amx_rows_kernel_available())
+      return {precision, bf16_groups_kernel_available() && bf16_dot_rate().dot_outruns_fma()
+                             ? WeightFormat::kGroupsBF16
+                             : WeightFormat::kBlocksBF16Widened};
     if (!onednn_has_bf16()) return {precision, WeightFormat::kBlocksBF16};
     // Training's products (and generation's on a CPU without AVX512-BF16 or with AMX, which
     // keep the rows of oneDNN's row-invariant bf16 kernels).
@@ -90,9 +92,9 @@ const Backend& backend() {
 
 std::vector<WeightFormat> available_formats() {
   std::vector<WeightFormat> formats = {backend().format};
-  for (WeightFormat f :
-       {WeightFormat::kBlocksF32, WeightFormat::kRowsF32, WeightFormat::kRowsBF16,
-        WeightFormat::kRowsBF16Widened, WeightFormat::kBlocksBF16, WeightFormat::kGroupsBF16})
+  for (WeightFormat f : {WeightFormat::kBlocksF32, WeightFormat::kRowsF32, WeightFormat::kRowsBF16,
+                         WeightFormat::kRowsBF16Widened, WeightFormat::kBlocksBF16,
+                         WeightFormat::kGroupsBF16, WeightFormat::kBlocksBF16Widened})
     if (f != backend().format && (f != WeightFormat::kRowsBF16 || onednn_has_bf16()) &&
         (f != WeightFormat::kGroupsBF16 || bf16_groups_kernel_available()))
       formats.push_back(f);
@@ -118,6 +120,8 @@ const char* format_name(WeightFormat format) {
       return "own-avx2-bf16-emulated";
     case WeightFormat::kGroupsBF16:
       return "own-avx512bf16";
+    case WeightFormat::kBlocksBF16Widened:
+      return "own-bf16-widened";
   }
   return "?";
 }

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/cpu_features.h"
@@ -77,6 +78,51 @@ float* aligned32(float* p) {
   return p + (8 - reinterpret_cast<uintptr_t>(p) / sizeof(float) % 8) % 8;
 }
 
+// A block row's kW weights as two vectors of 8 floats (outputs 0-7, 8-15). kBlocksBF16Widened
+// holds them as bf16 in PackedWeight::widened_slot order (0-3, 8-11, 4-7, 12-15): a byte
+// shuffle of both 128-bit halves puts four outputs of each in order into the top halves of
+// 32-bit lanes, zeroing the bottom halves, which is the bf16 value's fp32.
+inline __attribute__((always_inline)) void load_block_row(const float* p, __m256& b0, __m256& b1) {
+  b0 = _mm256_load_ps(p);
+  b1 = _mm256_load_ps(p + 8);
+}
+// Shuffle indices: 8 outputs from the first half of each 128-bit half, then 8 from the second
+// (an index with its top bit set writes a zero byte).
+constexpr char kZ = -128;
+#define WIDEN_FIRST kZ, kZ, 0, 1, kZ, kZ, 2, 3, kZ, kZ, 4, 5, kZ, kZ, 6, 7
+#define WIDEN_SECOND kZ, kZ, 8, 9, kZ, kZ, 10, 11, kZ, kZ, 12, 13, kZ, kZ, 14, 15
+alignas(64) constexpr char kWidenIndex[64] = {WIDEN_FIRST, WIDEN_FIRST, WIDEN_SECOND, WIDEN_SECOND};
+#undef WIDEN_FIRST
+#undef WIDEN_SECOND
+inline __attribute__((always_inline)) void load_block_row(const uint16_t* p, __m256& b0,
+                                                          __m256& b1) {
+  const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+  const auto* index = reinterpret_cast<const __m256i*>(kWidenIndex);
+  b0 = _mm256_castsi256_ps(_mm256_shuffle_epi8(v, _mm256_load_si256(index)));
+  b1 = _mm256_castsi256_ps(_mm256_shuffle_epi8(v, _mm256_load_si256(index + 1)));
+}
+// The same as one AVX-512 vector. For bf16 the row is loaded into both 256-bit halves and one
+// shuffle widens the first half's outputs into lanes 0-7 and the second's into 8-15.
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512 load_block_row512(
+    const float* p) {
+  return _mm512_loadu_ps(p);
+}
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512 load_block_row512(
+    const uint16_t* p) {
+  const __m512i v =
+      _mm512_maskz_broadcast_i64x4(0xff, _mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_shuffle_epi8(v, _mm512_load_si512(kWidenIndex)));
+}
+
+// Block b of a blocks-format weight, as the element type its kernels read.
+template <typename T>
+const T* block_of(const PackedWeight& w, int b) {
+  if constexpr (std::is_same_v<T, float>)
+    return w.block(b);
+  else
+    return w.block_bf16(b);
+}
+
 #define ADD_ROW(m)                                                \
   c##m##0 = _mm256_add_ps(c##m##0, _mm256_loadu_ps(y + (m)*ldy)); \
   c##m##1 = _mm256_add_ps(c##m##1, _mm256_loadu_ps(y + (m)*ldy + 8));
@@ -94,7 +140,8 @@ float* aligned32(float* p) {
 // first input feature. The accumulators start at zero and y is added at the end, so a cache
 // miss on y does not hold up the first FMAs; `next` (the y lines of the following tile) is
 // prefetched meanwhile.
-void forward_tile6(float* y, long ldy, const float* a, const float* p, int K, bool acc,
+template <typename T>
+void forward_tile6(float* y, long ldy, const float* a, const T* p, int K, bool acc,
                    const float* next) {
   for (int m = 0; m < kRows; ++m)
     _mm_prefetch(reinterpret_cast<const char*>(next + m * ldy), _MM_HINT_T0);
@@ -102,7 +149,8 @@ void forward_tile6(float* y, long ldy, const float* a, const float* p, int K, bo
   c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
 #pragma GCC unroll 4
   for (int k = 0; k < K; ++k) {
-    const __m256 b0 = _mm256_load_ps(p + k * kW), b1 = _mm256_load_ps(p + k * kW + 8);
+    __m256 b0, b1;
+    load_block_row(p + k * kW, b0, b1);
     const float* ak = a + k * kRows;
     FMA_ROW(0, ak)
     FMA_ROW(1, ak + 1) FMA_ROW(2, ak + 2) FMA_ROW(3, ak + 3) FMA_ROW(4, ak + 4) FMA_ROW(5, ak + 5)
@@ -116,9 +164,12 @@ void forward_tile6(float* y, long ldy, const float* a, const float* p, int K, bo
 // forward_tile6 for two weight blocks side by side (p0, p1: 32 outputs, y's columns 0 .. 32),
 // in 12 AVX-512 accumulators: twice the FMA width with the loads of one AVX2 tile. Each output
 // is the same FMA chain as there, lane for lane, so both give the same bits.
-__attribute__((target("avx512f"))) void forward_tile6x2_avx512(float* y, long ldy, const float* a,
-                                                               const float* p0, const float* p1,
-                                                               int K, bool acc, const float* next) {
+template <typename T>
+__attribute__((target("avx512f,avx512bw"))) void forward_tile6x2_avx512(float* y, long ldy,
+                                                                        const float* a, const T* p0,
+                                                                        const T* p1, int K,
+                                                                        bool acc,
+                                                                        const float* next) {
   for (int m = 0; m < kRows; ++m) {
     _mm_prefetch(reinterpret_cast<const char*>(next + m * ldy), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(next + m * ldy + kW), _MM_HINT_T0);
@@ -127,7 +178,7 @@ __attribute__((target("avx512f"))) void forward_tile6x2_avx512(float* y, long ld
   for (int m = 0; m < kRows; ++m) c[m][0] = c[m][1] = _mm512_setzero_ps();
 #pragma GCC unroll 4
   for (int k = 0; k < K; ++k) {
-    const __m512 b0 = _mm512_loadu_ps(p0 + k * kW), b1 = _mm512_loadu_ps(p1 + k * kW);
+    const __m512 b0 = load_block_row512(p0 + k * kW), b1 = load_block_row512(p1 + k * kW);
 #pragma GCC unroll 6
     for (int m = 0; m < kRows; ++m) {
       const __m512 am = _mm512_set1_ps(a[k * kRows + m]);
@@ -200,8 +251,9 @@ void pack_rows(float* a, const float* x, long ldx, int M, int K, int t0, int t1)
 // tile. Tiles past the rows' or the block's edge go through a full scratch tile (the packed
 // rows past M are zeros). While it runs, the next block's slice (`next_p`, K lines) is
 // prefetched a few lines per tile.
-void forward_block(float* y, long ldy, const float* a, const float* p, long stride, int K, bool acc,
-                   int M, int cols, bool pair, const float* next_p) {
+template <typename T>
+void forward_block(float* y, long ldy, const float* a, const T* p, long stride, int K, bool acc,
+                   int M, int cols, bool pair, const T* next_p) {
   const int tiles = (M + kRows - 1) / kRows, per_tile = (K + tiles - 1) / tiles;
   const int width = pair ? 2 * kW : kW;
   for (int t = 0; t < tiles; ++t) {
@@ -241,8 +293,8 @@ int slice_size(int in) {
 // slice one FMA chain from zero, then y added), so a row has the same value whatever the row
 // count of its product; the B blocks' chains run side by side, since one row's two chains
 // alone wait on the FMA latency (decode at 60 % of the bandwidth bound on an AMD Zen 5).
-template <int R, int B>
-void gemv_blocks(float* y, long ldy, const float* x, long ldx, const float* p, long stride, int in,
+template <int R, int B, typename T>
+void gemv_blocks(float* y, long ldy, const float* x, long ldx, const T* p, long stride, int in,
                  int cols, bool acc) {
   const int slice = slice_size(in);
   for (int k0 = 0; k0 < in; k0 += slice) {
@@ -252,8 +304,8 @@ void gemv_blocks(float* y, long ldy, const float* x, long ldx, const float* p, l
       for (int b = 0; b < B; ++b) c[r][b][0] = c[r][b][1] = _mm256_setzero_ps();
     for (int i = k0; i < k1; ++i)
       for (int b = 0; b < B; ++b) {
-        const __m256 b0 = _mm256_load_ps(p + b * stride + i * kW);
-        const __m256 b1 = _mm256_load_ps(p + b * stride + i * kW + 8);
+        __m256 b0, b1;
+        load_block_row(p + b * stride + i * kW, b0, b1);
         for (int r = 0; r < R; ++r) {
           const __m256 a = _mm256_broadcast_ss(x + r * ldx + i);
           c[r][b][0] = _mm256_fmadd_ps(a, b0, c[r][b][0]);
@@ -274,7 +326,8 @@ void gemv_blocks(float* y, long ldy, const float* x, long ldx, const float* p, l
 }
 
 // One weight block p for N < kGemvRows rows.
-void gemv_block(float* y, long ldy, const float* x, const float* p, long stride, int in, int cols,
+template <typename T>
+void gemv_block(float* y, long ldy, const float* x, const T* p, long stride, int in, int cols,
                 int N, bool acc) {
   if (N == 1) gemv_blocks<1, 1>(y, ldy, x, in, p, stride, in, cols, acc);
   if (N == 2) gemv_blocks<2, 1>(y, ldy, x, in, p, stride, in, cols, acc);
@@ -284,6 +337,7 @@ void gemv_block(float* y, long ldy, const float* x, const float* p, long stride,
 // y[N, out] (+)= x[N, in] · wᵀ for N < kGemvRows: each weight block is streamed from memory
 // once, for all rows; one row takes kGemvBlocks blocks at a time.
 constexpr int kGemvBlocks = 4;
+template <typename T>
 void gemv(float* y, const float* x, const PackedWeight& w, int N, bool acc) {
   const int in = w.in(), out = w.out(), nb = w.blocks();
   const int step = N == 1 ? kGemvBlocks : 1, groups = (nb + step - 1) / step;
@@ -293,11 +347,13 @@ void gemv(float* y, const float* x, const PackedWeight& w, int N, bool acc) {
     const int b0 = g * step, b1 = std::min(nb, b0 + step);
     if (b1 - b0 == kGemvBlocks) {  // one row, a whole group
       const int cols = std::min(kW, out - (b1 - 1) * kW);
-      gemv_blocks<1, kGemvBlocks>(y + b0 * kW, out, x, in, w.block(b0), stride, in, cols, acc);
+      gemv_blocks<1, kGemvBlocks>(y + b0 * kW, out, x, in, block_of<T>(w, b0), stride, in, cols,
+                                  acc);
       continue;
     }
     for (int b = b0; b < b1; ++b)
-      gemv_block(y + b * kW, out, x, w.block(b), stride, in, std::min(kW, out - b * kW), N, acc);
+      gemv_block(y + b * kW, out, x, block_of<T>(w, b), stride, in, std::min(kW, out - b * kW), N,
+                 acc);
   }
 }
 
@@ -305,10 +361,12 @@ using onednn::Product;
 
 // The products of one input x[N, in] (q/k/v, gate/up: the same `in`): the rows are packed
 // once per slice and token block, and the team deals out every product's weight blocks
-// together, so that a small product (k, v) does not have a barrier of its own.
-void blocks_forward(const Product* ps, int n, const float* x, int N) {
+// together, so that a small product (k, v) does not have a barrier of its own. T is the type of
+// the weights' values (float, or uint16_t for kBlocksBF16Widened's bf16).
+template <typename T>
+void blocks_forward_of(const Product* ps, int n, const float* x, int N) {
   if (N < kGemvRows) {
-    for (int j = 0; j < n; ++j) gemv(ps[j].y, x, *ps[j].w, N, ps[j].accumulate);
+    for (int j = 0; j < n; ++j) gemv<T>(ps[j].y, x, *ps[j].w, N, ps[j].accumulate);
     return;
   }
   const int in = ps[0].w->in();
@@ -326,7 +384,7 @@ void blocks_forward(const Product* ps, int n, const float* x, int N) {
   // Block g of all products: its weight slice from input k0 and its output columns in y from
   // token m0.
   struct BlockRef {
-    const float* p;
+    const T* p;
     float* y;
     long ldy;
     int cols;
@@ -338,7 +396,7 @@ void blocks_forward(const Product* ps, int n, const float* x, int N) {
     while (g >= first_block[j + 1]) ++j;
     const PackedWeight& w = *ps[j].w;
     const int b = g - first_block[j];
-    return BlockRef{w.block(b) + static_cast<long>(k0) * kW,
+    return BlockRef{block_of<T>(w, b) + static_cast<long>(k0) * kW,
                     ps[j].y + static_cast<long>(m0) * w.out() + b * kW,
                     w.out(),
                     std::min(kW, w.out() - b * kW),
@@ -377,6 +435,12 @@ void blocks_forward(const Product* ps, int n, const float* x, int N) {
       }
     }
   }
+}
+
+void blocks_forward(const Product* ps, int n, const float* x, int N) {
+  if (ps[0].w->format() == WeightFormat::kBlocksBF16Widened)
+    return blocks_forward_of<uint16_t>(ps, n, x, N);
+  blocks_forward_of<float>(ps, n, x, N);
 }
 
 // dxt[6 rows ldt apart][16 tokens] (+)= Σ_o w[o, i..i+5] · dyp[o][16] over K outputs (a
@@ -523,9 +587,9 @@ void blocks_backward(float* dx, const float* dy, const PackedWeight& w, int N, b
   }
 }
 
-// The input as w's kernel multiplies it: x itself, or for kBlocksBF16 a copy rounded to bf16.
+// The input as w's blocks kernel multiplies it: x itself, or in bf16 a copy rounded to bf16.
 const float* emulated_input(const float* x, size_t n, const PackedWeight& w) {
-  if (w.format() != WeightFormat::kBlocksBF16) return x;
+  if (!is_bf16(w.format())) return x;
   return bf16_precision_copy(x, static_cast<long>(n));
 }
 
@@ -594,7 +658,7 @@ void linear_forward_to_bf16(const LinearOutBF16* outs, int n, const float* x, in
     for (int j = 0; j < n; ++j) gs[j] = {outs[j].y, outs[j].w, false};
     return groups_forward(gs, n, x, N, true);
   }
-  if (w0.format() != WeightFormat::kBlocksBF16)
+  if (!is_blocks(w0.format()) || !is_bf16(w0.format()))
     throw std::invalid_argument("linear_forward_to_bf16 needs a bf16 weight format");
   // The emulation: the own kernels' fp32 products of the rounded input, then rounded.
   const float* xr = emulated_input(x, static_cast<size_t>(N) * w0.in(), w0);

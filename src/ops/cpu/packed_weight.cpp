@@ -23,11 +23,12 @@ PackedWeight::PackedWeight(int out, int in, WeightFormat format)
   if (format == WeightFormat::kGroupsBF16 && !bf16_groups_kernel_available())
     throw Error("this CPU lacks AVX512-BF16, which reads weights in the own-avx512bf16 format");
   const size_t rows = static_cast<size_t>(out) * in;
-  const size_t raw =
-      is_blocks(format) ? static_cast<size_t>(blocks()) * block_stride() * sizeof(float)
-      : format == WeightFormat::kRowsF32    ? rows * sizeof(float)
-      : format == WeightFormat::kGroupsBF16 ? static_cast<size_t>(groups()) * group_size() * 2
-                                            : rows * sizeof(uint16_t);
+  const size_t raw = is_blocks(format) ? static_cast<size_t>(blocks()) * block_stride() *
+                                             (holds_bf16(format) ? 2 : sizeof(float))
+                     : format == WeightFormat::kRowsF32 ? rows * sizeof(float)
+                     : format == WeightFormat::kGroupsBF16
+                         ? static_cast<size_t>(groups()) * group_size() * 2
+                         : rows * sizeof(uint16_t);
   // Big matrices start on a huge page and ask for huge pages (all but the tail, so no memory
   // is wasted): the kernels read a matrix row by row, a page or more apart, and with 4 KB
   // pages those reads kept missing the TLB. Small ones are cache-line aligned, as the kernels
@@ -58,6 +59,23 @@ void PackedWeight::fill_groups(const void* rows) {
       }
 }
 
+void PackedWeight::fill_blocks_bf16(const void* rows) {
+  const char* src = static_cast<const char*>(rows);
+  uint16_t* data = static_cast<uint16_t*>(data_.get());
+#pragma omp parallel for schedule(static)
+  for (int b = 0; b < blocks(); ++b) {
+    uint16_t* dst = data + b * block_stride();
+    for (int j = 0; j < kWidth; ++j) {
+      const int o = b * kWidth + j;
+      for (int i = 0; i < in_; ++i) {
+        uint16_t v = 0;  // padding past `out`
+        if (o < out_) std::memcpy(&v, src + (static_cast<size_t>(o) * in_ + i) * 2, 2);
+        dst[static_cast<size_t>(i) * kWidth + widened_slot(j)] = v;
+      }
+    }
+  }
+}
+
 PackedWeight::PackedWeight(const float* w, int out, int in, WeightFormat format)
     : PackedWeight(out, in, format) {
   fill_from(w);
@@ -70,6 +88,8 @@ PackedWeight PackedWeight::from_bf16(const void* w, int out, int in, WeightForma
     std::memcpy(p.data_.get(), w, n * sizeof(uint16_t));
   } else if (format == WeightFormat::kGroupsBF16) {
     p.fill_groups(w);
+  } else if (format == WeightFormat::kBlocksBF16Widened) {
+    p.fill_blocks_bf16(w);
   } else if (format == WeightFormat::kRowsF32) {
     widen_bf16(static_cast<float*>(p.data_.get()), w, static_cast<long>(n));
   } else {
@@ -105,11 +125,15 @@ void PackedWeight::fill_from(const float* w) {
       for (size_t i = 0; i < n; ++i) dst[i] = float_to_bf16(w[i]);
       return;
     }
-    case WeightFormat::kGroupsBF16: {
+    case WeightFormat::kGroupsBF16:
+    case WeightFormat::kBlocksBF16Widened: {
       std::vector<uint16_t> rounded(n);
 #pragma omp parallel for schedule(static)
       for (size_t i = 0; i < n; ++i) rounded[i] = float_to_bf16(w[i]);
-      fill_groups(rounded.data());
+      if (format_ == WeightFormat::kGroupsBF16)
+        fill_groups(rounded.data());
+      else
+        fill_blocks_bf16(rounded.data());
       return;
     }
     case WeightFormat::kBlocksF32:
@@ -145,6 +169,9 @@ float PackedWeight::at(int o, int i) const {
           group(o / kGroupRows)[(static_cast<long>(i / kGroupStep) * kGroupRows + o % kGroupRows) *
                                     kGroupStep +
                                 i % kGroupStep]);
+    case WeightFormat::kBlocksBF16Widened:
+      return bf16_to_float(
+          block_bf16(o / kWidth)[static_cast<size_t>(i) * kWidth + widened_slot(o % kWidth)]);
     case WeightFormat::kBlocksF32:
     case WeightFormat::kBlocksBF16:
       break;
