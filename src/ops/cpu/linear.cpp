@@ -136,19 +136,34 @@ const T* block_of(const PackedWeight& w, int b) {
   _mm256_storeu_ps(y + (m)*ldy, c##m##0); \
   _mm256_storeu_ps(y + (m)*ldy + 8, c##m##1);
 
+// Weight lines that a forward tile prefetches while it runs: `lines` cache lines from each of
+// at[0] and at[1] (null: none), one of each per step of its reduction, so that the weights'
+// stream from memory overlaps the multiplies. (Prefetched in a burst before the tile, they
+// kept a product of a few rows waiting on memory: 4 to 16 rows ran at half the bandwidth.)
+struct Prefetch {
+  const char* at[2];
+  int lines;
+};
+inline __attribute__((always_inline)) void prefetch_step(const Prefetch& pf, int k) {
+  if (k >= pf.lines) return;
+  _mm_prefetch(pf.at[0] + 64L * k, _MM_HINT_T0);
+  if (pf.at[1]) _mm_prefetch(pf.at[1] + 64L * k, _MM_HINT_T0);
+}
+
 // y[6, 16] (+)= a[K][6] · p[K][16]: six rows packed k-major, a weight block from the slice's
 // first input feature. The accumulators start at zero and y is added at the end, so a cache
-// miss on y does not hold up the first FMAs; `next` (the y lines of the following tile) is
-// prefetched meanwhile.
+// miss on y does not hold up the first FMAs; `next` (the y lines of the following tile) and
+// `pf` are prefetched meanwhile.
 template <typename T>
 void forward_tile6(float* y, long ldy, const float* a, const T* p, int K, bool acc,
-                   const float* next) {
+                   const float* next, const Prefetch& pf) {
   for (int m = 0; m < kRows; ++m)
     _mm_prefetch(reinterpret_cast<const char*>(next + m * ldy), _MM_HINT_T0);
   __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
   c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
 #pragma GCC unroll 4
   for (int k = 0; k < K; ++k) {
+    prefetch_step(pf, k);
     __m256 b0, b1;
     load_block_row(p + k * kW, b0, b1);
     const float* ak = a + k * kRows;
@@ -168,8 +183,8 @@ template <typename T>
 __attribute__((target("avx512f,avx512bw"))) void forward_tile6x2_avx512(float* y, long ldy,
                                                                         const float* a, const T* p0,
                                                                         const T* p1, int K,
-                                                                        bool acc,
-                                                                        const float* next) {
+                                                                        bool acc, const float* next,
+                                                                        const Prefetch& pf) {
   for (int m = 0; m < kRows; ++m) {
     _mm_prefetch(reinterpret_cast<const char*>(next + m * ldy), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(next + m * ldy + kW), _MM_HINT_T0);
@@ -178,6 +193,7 @@ __attribute__((target("avx512f,avx512bw"))) void forward_tile6x2_avx512(float* y
   for (int m = 0; m < kRows; ++m) c[m][0] = c[m][1] = _mm512_setzero_ps();
 #pragma GCC unroll 4
   for (int k = 0; k < K; ++k) {
+    prefetch_step(pf, k);
     const __m512 b0 = load_block_row512(p0 + k * kW), b1 = load_block_row512(p1 + k * kW);
 #pragma GCC unroll 6
     for (int m = 0; m < kRows; ++m) {
@@ -249,23 +265,30 @@ void pack_rows(float* a, const float* x, long ldx, int M, int K, int t0, int t1)
 // Rows [0, M) of y[:, b·16 .. b·16 + cols) (+)= the packed rows a · block slice p, or with
 // `pair` (AVX-512 CPUs) · the two whole blocks p and p + stride (cols = 32) through the wide
 // tile. Tiles past the rows' or the block's edge go through a full scratch tile (the packed
-// rows past M are zeros). While it runs, the next block's slice (`next_p`, K lines) is
-// prefetched a few lines per tile.
+// rows past M are zeros). While they run, the slices of the blocks that come next (`next0`
+// and `next1` where not null) are prefetched, a share for each tile.
 template <typename T>
 void forward_block(float* y, long ldy, const float* a, const T* p, long stride, int K, bool acc,
-                   int M, int cols, bool pair, const T* next_p) {
-  const int tiles = (M + kRows - 1) / kRows, per_tile = (K + tiles - 1) / tiles;
+                   int M, int cols, bool pair, const T* next0, const T* next1) {
+  const int tiles = (M + kRows - 1) / kRows;
+  const int lines = next0 ? (K * kW * static_cast<int>(sizeof(T)) + 63) / 64 : 0;
+  const int per_tile = (lines + tiles - 1) / tiles;
   const int width = pair ? 2 * kW : kW;
   for (int t = 0; t < tiles; ++t) {
-    for (int l = t * per_tile; l < std::min(K, (t + 1) * per_tile); ++l)
-      _mm_prefetch(reinterpret_cast<const char*>(next_p + l * kW), _MM_HINT_T0);
+    Prefetch pf{{nullptr, nullptr}, 0};
+    const int first = std::min(lines, t * per_tile);
+    if (first < lines) {
+      pf = {{reinterpret_cast<const char*>(next0) + 64L * first,
+             next1 ? reinterpret_cast<const char*>(next1) + 64L * first : nullptr},
+            std::min(per_tile, lines - first)};
+    }
     float* yt = y + static_cast<long>(t) * kRows * ldy;
     const float* at = a + static_cast<long>(t) * kRows * K;
     const auto tile6 = [&](float* yy, long ld, const float* next) {
       if (pair)
-        forward_tile6x2_avx512(yy, ld, at, p, p + stride, K, acc, next);
+        forward_tile6x2_avx512(yy, ld, at, p, p + stride, K, acc, next, pf);
       else
-        forward_tile6(yy, ld, at, p, K, acc, next);
+        forward_tile6(yy, ld, at, p, K, acc, next, pf);
     };
     const int rows = std::min(kRows, M - t * kRows);
     if (rows == kRows && cols == width) {
@@ -416,19 +439,29 @@ void blocks_forward_of(const Product* ps, int n, const float* x, int N) {
         pack_rows(packed, x + static_cast<long>(m0) * in + k0, in, M, K, share.begin, share.end);
 #pragma omp barrier
         for_chunks(nb, pairs ? 2 : 1, [&](int g0, int g1) {
-          BlockRef cur = locate(g0, k0, m0);
-          for (int g = g0; g < g1; ++g) {
-            BlockRef next = g + 1 < g1 ? locate(g + 1, k0, m0) : cur;
-            if (pairs && g + 1 < g1 && next.product == cur.product && next.cols == kW) {
-              const BlockRef after = g + 2 < g1 ? locate(g + 2, k0, m0) : next;
-              forward_block(cur.y, cur.ldy, packed, cur.p, ps[cur.product].w->block_stride(), K,
-                            cur.acc, M, 2 * kW, true, after.p);
-              ++g;
-              next = after;
-            } else {
-              forward_block(cur.y, cur.ldy, packed, cur.p, 0, K, cur.acc, M, cur.cols, false,
-                            next.p);
+          // The blocks of one tile from block g: two whole ones of a product on AVX-512 CPUs,
+          // else one; and the second's slice.
+          struct TileBlocks {
+            BlockRef first;
+            const T* second;
+          };
+          const auto tile_at = [&](int g) {
+            const BlockRef r = locate(g, k0, m0);
+            if (pairs && g + 1 < g1) {
+              const BlockRef s = locate(g + 1, k0, m0);
+              if (s.product == r.product && s.cols == kW) return TileBlocks{r, s.p};
             }
+            return TileBlocks{r, nullptr};
+          };
+          TileBlocks cur = tile_at(g0);
+          for (int g = g0; g < g1;) {
+            g += cur.second ? 2 : 1;
+            const TileBlocks next = g < g1 ? tile_at(g) : TileBlocks{cur.first, nullptr};
+            const BlockRef& b = cur.first;
+            const bool pair = cur.second != nullptr;
+            forward_block(b.y, b.ldy, packed, b.p, pair ? cur.second - b.p : 0, K, b.acc, M,
+                          pair ? 2 * kW : b.cols, pair, g < g1 ? next.first.p : nullptr,
+                          next.second);
             cur = next;
           }
         });
