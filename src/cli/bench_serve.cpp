@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <exception>
 #include <thread>
 
 #include "cli/bench_figures.h"
@@ -77,6 +78,33 @@ Load run_load(int port, int clients, int requests, const std::vector<int>& promp
   return load;
 }
 
+// The warm-up, then each count of clients in turn: one figure line each.
+void run_clients(int port, const std::vector<int>& prompt, int new_tokens, int slots,
+                 std::vector<OJson>& lines) {
+  run_load(port, 1, 1, prompt, 4);  // warm-up: every weight page touched once
+  double single = 0;
+  for (const int clients : kClients) {
+    const Load load = run_load(port, clients, std::max(4, 2 * clients), prompt, new_tokens);
+    const double rate = load.generated / std::max(load.seconds, 1e-9);
+    if (clients == 1) single = rate;
+    lines.push_back({{"figure", "serve"},
+                     {"clients", clients},
+                     {"requests", load.requests},
+                     {"failed", load.failed},
+                     {"prompt_tokens", static_cast<int>(prompt.size())},
+                     {"max_tokens", new_tokens},
+                     {"generated_tokens", load.generated},
+                     {"seconds", load.seconds},
+                     {"tokens_per_second", rate},
+                     {"speedup_vs_1_client", rate / std::max(single, 1e-9)},
+                     {"p50_latency_seconds", percentile(load.latencies, 0.5)},
+                     {"p99_latency_seconds", percentile(load.latencies, 0.99)},
+                     {"slots", slots},
+                     {"precision", precision_name()},
+                     {"threads", num_threads()}});
+  }
+}
+
 }  // namespace
 
 std::vector<OJson> serve_figure(const std::string& model_dir, const std::string& tokenizer_dir,
@@ -98,31 +126,22 @@ std::vector<OJson> serve_figure(const std::string& model_dir, const std::string&
   Rng rng(5);
   std::vector<int> prompt(prompt_tokens);
   for (int& t : prompt) t = static_cast<int>(rng.next_u64() % std::min(c.vocab_size, 100000));
-  run_load(port, 1, 1, prompt, 4);  // warm-up: every weight page touched once
   std::vector<OJson> lines;
-  double single = 0;
-  for (const int clients : kClients) {
-    const Load load = run_load(port, clients, std::max(4, 2 * clients), prompt, new_tokens);
-    const double rate = load.generated / std::max(load.seconds, 1e-9);
-    if (clients == 1) single = rate;
-    lines.push_back({{"figure", "serve"},
-                     {"clients", clients},
-                     {"requests", load.requests},
-                     {"failed", load.failed},
-                     {"prompt_tokens", prompt_tokens},
-                     {"max_tokens", new_tokens},
-                     {"generated_tokens", load.generated},
-                     {"seconds", load.seconds},
-                     {"tokens_per_second", rate},
-                     {"speedup_vs_1_client", rate / std::max(single, 1e-9)},
-                     {"p50_latency_seconds", percentile(load.latencies, 0.5)},
-                     {"p99_latency_seconds", percentile(load.latencies, 0.99)},
-                     {"slots", slots},
-                     {"precision", precision_name()},
-                     {"threads", num_threads()}});
-  }
-  server.shutdown();
+  // The clients from a thread of their own: the engine runs on this one, which loaded the
+  // model (serve/engine.h).
+  std::exception_ptr failure;
+  std::thread clients_thread([&] {
+    try {
+      run_clients(port, prompt, new_tokens, slots, lines);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    server.shutdown();
+  });
+  engine.run();
+  clients_thread.join();
   serving.join();
+  if (failure) std::rethrow_exception(failure);
   return lines;
 }
 

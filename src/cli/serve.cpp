@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <thread>
 
 #include "cli/commands.h"
 #include "cli/device_option.h"
@@ -128,7 +129,14 @@ int run_serve(const Args& args) {
                options.host.c_str(), bound, names.c_str(), slots, ctx);
   std::fflush(stderr);
   StopSignalListener stop([&](int) { server.shutdown(); });
-  server.run();
+  // The requests run on this thread, which loaded the model (serve/engine.h says why); the
+  // server on another, which ends the engine if it stops listening on its own.
+  std::thread http([&] {
+    server.run();
+    engine.shutdown();
+  });
+  engine.run();
+  http.join();
   std::fprintf(stderr, "loratune serve: stopped\n");
   return 0;
 }

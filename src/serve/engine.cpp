@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <stdexcept>
 
 #include "core/error.h"
 
@@ -119,9 +120,7 @@ Engine::Engine(Transformer& model, const tokenizer::Tokenizer& tokenizer, int sl
       slots_(slots),
       context_(context),
       max_queue_(max_queue),
-      cache_(model.config(), slots, context) {
-  thread_ = std::thread([this] { run(); });
-}
+      cache_(model.config(), slots, context) {}
 
 Engine::~Engine() {
   shutdown();
@@ -141,12 +140,10 @@ std::shared_ptr<Job> Engine::submit(GenerationRequest request) {
 }
 
 void Engine::shutdown() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = true;
-    work_.notify_one();
-  }
-  if (thread_.joinable()) thread_.join();
+  std::unique_lock<std::mutex> lock(mutex_);
+  stopping_ = true;
+  work_.notify_all();
+  work_.wait(lock, [&] { return !running_loop_; });
 }
 
 EngineStats Engine::stats() {
@@ -160,6 +157,22 @@ EngineStats Engine::stats() {
 }
 
 void Engine::run() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (running_loop_) throw std::logic_error("Engine::run runs on one thread at a time");
+    running_loop_ = true;
+  }
+  // However the loop ends, shutdown() learns of it.
+  struct Returned {
+    Engine& e;
+    ~Returned() {
+      {
+        std::lock_guard<std::mutex> lock(e.mutex_);
+        e.running_loop_ = false;
+      }
+      e.work_.notify_all();
+    }
+  } returned{*this};
   std::vector<Running> running;
   std::vector<int> free_slots;
   for (int s = slots_ - 1; s >= 0; --s) free_slots.push_back(s);

@@ -11,7 +11,6 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "generate/sampler.h"
@@ -79,16 +78,23 @@ struct EngineStats {
 class Engine {
  public:
   // `slots` sequences at most run at once, each up to `context` positions (prompt and
-  // output); up to `max_queue` more wait. Starts the engine's thread.
+  // output); up to `max_queue` more wait.
   Engine(Transformer& model, const tokenizer::Tokenizer& tokenizer, int slots, int context,
          int max_queue);
   ~Engine();
+
+  // Runs the requests on the calling thread until shutdown(). Call it on the thread that
+  // loaded the model: OpenMP keeps a pool of workers for each thread that has run parallel
+  // regions, and with more workers than cores libgomp makes them sleep between regions
+  // instead of waiting awake (a decode step has over a hundred regions: serving on a thread
+  // of its own decoded about a quarter slower than `generate`).
+  void run();
 
   // Queues a request (its prompt plus max_tokens must fit the context); nullptr when the
   // queue is full or the engine is shutting down.
   std::shared_ptr<Job> submit(GenerationRequest request);
   // Stops taking requests and ends every queued and running one as cancelled; returns when
-  // the engine's thread has finished.
+  // run() has returned (at once where it does not run). Safe from any thread.
   void shutdown();
 
   EngineStats stats();
@@ -96,7 +102,6 @@ class Engine {
 
  private:
   struct Running;
-  void run();
   void step(std::vector<Running>& running);
   // Drops the finished sequences from `running`, freeing their slots.
   void retire(std::vector<Running>& running, std::vector<int>& free_slots);
@@ -105,14 +110,14 @@ class Engine {
   const tokenizer::Tokenizer& tokenizer_;
   const int slots_, context_, max_queue_;
   KVCache cache_;
-  std::vector<float> logits_;  // [rows, V] of the last step, reused (engine thread only)
+  std::vector<float> logits_;  // [rows, V] of the last step, reused (run()'s thread only)
   std::mutex mutex_;
-  std::condition_variable work_;
+  std::condition_variable work_;  // new work, stopping, run() returning
   std::deque<std::pair<std::shared_ptr<Job>, GenerationRequest>> queue_;
   bool stopping_ = false;
+  bool running_loop_ = false;  // run() is running
   std::atomic<int> running_{0};
   std::atomic<long long> finished_{0}, cancelled_{0};
-  std::thread thread_;
 };
 
 }  // namespace loratune::serve
