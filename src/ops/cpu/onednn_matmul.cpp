@@ -3,7 +3,6 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <algorithm>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -185,21 +184,6 @@ void run(void* c, const void* a, const PackedWeight& w, int N, bool accumulate, 
   if (bf16 && !backward && one_kernel_per_shape() && amx_rows_kernel_available()) {
     amx_rows_forward(c, c_bf16, static_cast<const uint16_t*>(a), lda, w.rows_bf16(), N,
                      static_cast<int>(K), static_cast<int>(Nout), accumulate);
-    return;
-  }
-  if (bf16 && N == 1 && one_kernel_per_shape()) {
-    // Without AMX: one row goes through oneDNN's gemv, which rounds otherwise than its
-    // gemm; as the first of two rows (the second zero) it gets the value it has among any
-    // number of rows.
-    thread_local std::vector<uint16_t> a2;
-    thread_local std::vector<float> c2;
-    a2.assign(2 * static_cast<size_t>(K), 0);
-    std::memcpy(a2.data(), a, static_cast<size_t>(K) * sizeof(uint16_t));
-    const size_t c_bytes = static_cast<size_t>(Nout) * (c_bf16 ? sizeof(uint16_t) : sizeof(float));
-    c2.resize(2 * static_cast<size_t>(Nout));
-    if (accumulate) std::memcpy(c2.data(), c, c_bytes);
-    run(c2.data(), a2.data(), w, 2, accumulate, backward, K, c_bf16);
-    std::memcpy(c, c2.data(), c_bytes);
     return;
   }
   const void* b = bf16 ? static_cast<const void*>(w.rows_bf16()) : w.rows_f32();
