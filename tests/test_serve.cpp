@@ -12,7 +12,10 @@
 #include <thread>
 
 #include "io/json_file.h"
+#include "model/transformer.h"
+#include "serve/engine.h"
 #include "test_util.h"
+#include "tokenizer/tokenizer.h"
 
 namespace loratune {
 namespace {
@@ -177,6 +180,35 @@ Json completion_with_ids(const std::string& model, const std::string& prompt, in
   Json body = completion(model, prompt, tokens);
   body["return_token_ids"] = true;
   return body;
+}
+
+// The engine runs the requests on the thread that calls run() (the one that loaded the model)
+// until shutdown() from another thread; shutdown() waits for run() to return, and returns at
+// once where run() is not running, as run() does after a shutdown.
+TEST(ServeEngine, RunsOnTheCallingThreadUntilShutdown) {
+  Transformer model(test::tiny_model_dir());
+  const tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(test::tiny_model_dir());
+  serve::Engine engine(model, tok, 2, 64, 4);
+  serve::GenerationRequest request;
+  request.prompt = {5, 6, 7};
+  request.max_tokens = 6;
+  std::vector<int> ids;
+  std::thread client([&] {
+    const std::shared_ptr<serve::Job> job = engine.submit(request);
+    ASSERT_NE(job, nullptr);
+    std::string text;
+    while (!job->wait(text, 1000)) {
+    }
+    ids = job->token_ids();
+    engine.shutdown();
+  });
+  engine.run();
+  client.join();
+  EXPECT_EQ(ids.size(), 6u);
+  engine.run();  // after shutdown(): returns at once
+  EXPECT_EQ(engine.submit(request), nullptr);
+  serve::Engine idle(model, tok, 1, 64, 1);
+  idle.shutdown();  // run() never ran
 }
 
 // In both modes (the kernels of generation and serving are row-invariant: a row's values do not
