@@ -79,30 +79,29 @@ float* aligned32(float* p) {
 }
 
 // A block row's kW weights as two vectors of 8 floats (outputs 0-7, 8-15). kBlocksBF16Widened
-// holds them as bf16 in PackedWeight::widened_slot order (0-3, 8-11, 4-7, 12-15): a byte
-// shuffle of both 128-bit halves puts four outputs of each in order into the top halves of
-// 32-bit lanes, zeroing the bottom halves, which is the bf16 value's fp32.
+// holds them as bf16 in PackedWeight::widened_slot order (0-3, 8-11, 4-7, 12-15): interleaved
+// with zeros, each 128-bit half's first and then last four values land in order in the top
+// halves of 32-bit lanes, which is the bf16 value's fp32.
 inline __attribute__((always_inline)) void load_block_row(const float* p, __m256& b0, __m256& b1) {
   b0 = _mm256_load_ps(p);
   b1 = _mm256_load_ps(p + 8);
 }
-// Shuffle indices: 8 outputs from the first half of each 128-bit half, then 8 from the second
-// (an index with its top bit set writes a zero byte).
+inline __attribute__((always_inline)) void load_block_row(const uint16_t* p, __m256& b0,
+                                                          __m256& b1) {
+  const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i zero = _mm256_setzero_si256();  // one register: the 6-row tile uses 15 more
+  b0 = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
+  b1 = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
+}
+// The same as one AVX-512 vector: the row is loaded into both 256-bit halves, and one byte
+// shuffle (an index with its top bit set writes a zero byte) widens the first four values of
+// each 128-bit lane into lanes 0-7 and the last four of the copy into 8-15.
 constexpr char kZ = -128;
 #define WIDEN_FIRST kZ, kZ, 0, 1, kZ, kZ, 2, 3, kZ, kZ, 4, 5, kZ, kZ, 6, 7
 #define WIDEN_SECOND kZ, kZ, 8, 9, kZ, kZ, 10, 11, kZ, kZ, 12, 13, kZ, kZ, 14, 15
 alignas(64) constexpr char kWidenIndex[64] = {WIDEN_FIRST, WIDEN_FIRST, WIDEN_SECOND, WIDEN_SECOND};
 #undef WIDEN_FIRST
 #undef WIDEN_SECOND
-inline __attribute__((always_inline)) void load_block_row(const uint16_t* p, __m256& b0,
-                                                          __m256& b1) {
-  const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
-  const auto* index = reinterpret_cast<const __m256i*>(kWidenIndex);
-  b0 = _mm256_castsi256_ps(_mm256_shuffle_epi8(v, _mm256_load_si256(index)));
-  b1 = _mm256_castsi256_ps(_mm256_shuffle_epi8(v, _mm256_load_si256(index + 1)));
-}
-// The same as one AVX-512 vector. For bf16 the row is loaded into both 256-bit halves and one
-// shuffle widens the first half's outputs into lanes 0-7 and the second's into 8-15.
 __attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512 load_block_row512(
     const float* p) {
   return _mm512_loadu_ps(p);
@@ -143,21 +142,37 @@ const T* block_of(const PackedWeight& w, int b) {
 struct Prefetch {
   const char* at[2];
   int lines;
+  int shift;  // one line of each every 2^shift steps
 };
 inline __attribute__((always_inline)) void prefetch_step(const Prefetch& pf, int k) {
-  if (k >= pf.lines) return;
-  _mm_prefetch(pf.at[0] + 64L * k, _MM_HINT_T0);
-  if (pf.at[1]) _mm_prefetch(pf.at[1] + 64L * k, _MM_HINT_T0);
+  if (k & ((1 << pf.shift) - 1)) return;
+  const long line = k >> pf.shift;
+  if (line >= pf.lines) return;
+  _mm_prefetch(pf.at[0] + 64 * line, _MM_HINT_T0);
+  if (pf.at[1]) _mm_prefetch(pf.at[1] + 64 * line, _MM_HINT_T0);
 }
 
-// y[6, 16] (+)= a[K][6] · p[K][16]: six rows packed k-major, a weight block from the slice's
-// first input feature. The accumulators start at zero and y is added at the end, so a cache
-// miss on y does not hold up the first FMAs; `next` (the y lines of the following tile) and
-// `pf` are prefetched meanwhile.
-template <typename T>
-void forward_tile6(float* y, long ldy, const float* a, const T* p, int K, bool acc,
-                   const float* next, const Prefetch& pf) {
-  for (int m = 0; m < kRows; ++m)
+// y[R, 16] (+)= a[K][6] · p[K][16] for R ≤ 6 rows: rows packed k-major six at a time (the
+// first R used), a weight block from the slice's first input feature. The accumulators start
+// at zero and y is added at the end, so a cache miss on y does not hold up the first FMAs;
+// `next` (the y lines of the following tile) and `pf` are prefetched meanwhile. Each output is
+// one FMA chain whatever R, so a row's value does not depend on the rows beside it.
+// (Named accumulators: GCC 12 kept an array of five or six rows' AVX2 accumulators in memory.)
+#define IF_ROW(m, ...)     \
+  if constexpr (R > (m)) { \
+    __VA_ARGS__            \
+  }
+#define FOR_ROWS(macro, ...)                                    \
+  IF_ROW(0, macro(0 __VA_OPT__(, ) __VA_ARGS__))                \
+  IF_ROW(1, macro(1 __VA_OPT__(, ) __VA_ARGS__ __VA_OPT__(+1))) \
+  IF_ROW(2, macro(2 __VA_OPT__(, ) __VA_ARGS__ __VA_OPT__(+2))) \
+  IF_ROW(3, macro(3 __VA_OPT__(, ) __VA_ARGS__ __VA_OPT__(+3))) \
+  IF_ROW(4, macro(4 __VA_OPT__(, ) __VA_ARGS__ __VA_OPT__(+4))) \
+  IF_ROW(5, macro(5 __VA_OPT__(, ) __VA_ARGS__ __VA_OPT__(+5)))
+template <int R, typename T>
+void forward_tile(float* y, long ldy, const float* a, const T* p, int K, bool acc,
+                  const float* next, const Prefetch& pf) {
+  for (int m = 0; m < R; ++m)
     _mm_prefetch(reinterpret_cast<const char*>(next + m * ldy), _MM_HINT_T0);
   __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
   c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
@@ -167,46 +182,75 @@ void forward_tile6(float* y, long ldy, const float* a, const T* p, int K, bool a
     __m256 b0, b1;
     load_block_row(p + k * kW, b0, b1);
     const float* ak = a + k * kRows;
-    FMA_ROW(0, ak)
-    FMA_ROW(1, ak + 1) FMA_ROW(2, ak + 2) FMA_ROW(3, ak + 3) FMA_ROW(4, ak + 4) FMA_ROW(5, ak + 5)
+    FOR_ROWS(FMA_ROW, ak)
   }
   if (acc) {
-    ADD_ROW(0) ADD_ROW(1) ADD_ROW(2) ADD_ROW(3) ADD_ROW(4) ADD_ROW(5)
+    FOR_ROWS(ADD_ROW)
   }
-  STORE_ROW(0) STORE_ROW(1) STORE_ROW(2) STORE_ROW(3) STORE_ROW(4) STORE_ROW(5)
+  FOR_ROWS(STORE_ROW)
 }
+#undef FOR_ROWS
+#undef IF_ROW
 
-// forward_tile6 for two weight blocks side by side (p0, p1: 32 outputs, y's columns 0 .. 32),
-// in 12 AVX-512 accumulators: twice the FMA width with the loads of one AVX2 tile. Each output
+// forward_tile for two weight blocks side by side (p0, p1: 32 outputs, y's columns 0 .. 32),
+// in AVX-512 accumulators: twice the FMA width with the loads of one AVX2 tile. Each output
 // is the same FMA chain as there, lane for lane, so both give the same bits.
-template <typename T>
-__attribute__((target("avx512f,avx512bw"))) void forward_tile6x2_avx512(float* y, long ldy,
-                                                                        const float* a, const T* p0,
-                                                                        const T* p1, int K,
-                                                                        bool acc, const float* next,
-                                                                        const Prefetch& pf) {
-  for (int m = 0; m < kRows; ++m) {
+template <int R, typename T>
+__attribute__((target("avx512f,avx512bw"))) void forward_tile_pair(float* y, long ldy,
+                                                                   const float* a, const T* p0,
+                                                                   const T* p1, int K, bool acc,
+                                                                   const float* next,
+                                                                   const Prefetch& pf) {
+  for (int m = 0; m < R; ++m) {
     _mm_prefetch(reinterpret_cast<const char*>(next + m * ldy), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(next + m * ldy + kW), _MM_HINT_T0);
   }
-  __m512 c[kRows][2];
-  for (int m = 0; m < kRows; ++m) c[m][0] = c[m][1] = _mm512_setzero_ps();
+  __m512 c[R][2];
+  for (int m = 0; m < R; ++m) c[m][0] = c[m][1] = _mm512_setzero_ps();
 #pragma GCC unroll 4
   for (int k = 0; k < K; ++k) {
     prefetch_step(pf, k);
     const __m512 b0 = load_block_row512(p0 + k * kW), b1 = load_block_row512(p1 + k * kW);
 #pragma GCC unroll 6
-    for (int m = 0; m < kRows; ++m) {
+    for (int m = 0; m < R; ++m) {
       const __m512 am = _mm512_set1_ps(a[k * kRows + m]);
       c[m][0] = _mm512_fmadd_ps(am, b0, c[m][0]);
       c[m][1] = _mm512_fmadd_ps(am, b1, c[m][1]);
     }
   }
-  for (int m = 0; m < kRows; ++m)
+  for (int m = 0; m < R; ++m)
     for (int h = 0; h < 2; ++h) {
       float* ym = y + m * ldy + h * kW;
       _mm512_storeu_ps(ym, acc ? _mm512_add_ps(c[m][h], _mm512_loadu_ps(ym)) : c[m][h]);
     }
+}
+
+// The tile of `rows` rows (1 to 6): with `pair`, of blocks p and p + stride.
+template <int R, typename T>
+void tile_of(bool pair, float* y, long ldy, const float* a, const T* p, long stride, int K,
+             bool acc, const float* next, const Prefetch& pf) {
+  if (pair)
+    forward_tile_pair<R>(y, ldy, a, p, p + stride, K, acc, next, pf);
+  else
+    forward_tile<R>(y, ldy, a, p, K, acc, next, pf);
+}
+template <typename T>
+void any_tile(int rows, bool pair, float* y, long ldy, const float* a, const T* p, long stride,
+              int K, bool acc, const float* next, const Prefetch& pf) {
+  switch (rows) {
+    case 1:
+      return tile_of<1>(pair, y, ldy, a, p, stride, K, acc, next, pf);
+    case 2:
+      return tile_of<2>(pair, y, ldy, a, p, stride, K, acc, next, pf);
+    case 3:
+      return tile_of<3>(pair, y, ldy, a, p, stride, K, acc, next, pf);
+    case 4:
+      return tile_of<4>(pair, y, ldy, a, p, stride, K, acc, next, pf);
+    case 5:
+      return tile_of<5>(pair, y, ldy, a, p, stride, K, acc, next, pf);
+    default:
+      return tile_of<kRows>(pair, y, ldy, a, p, stride, K, acc, next, pf);
+  }
 }
 
 // Transposes the 8 × 8 matrix whose rows are r[0..7], in place. Inlined, with named
@@ -236,7 +280,7 @@ inline __attribute__((always_inline)) void transpose8(__m256 r[8]) {
   r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
-// Tiles [t0, t1) of rows [0, M) of x[:, 0 .. K) packed for forward_tile6: tile t at
+// Tiles [t0, t1) of rows [0, M) of x[:, 0 .. K) packed for forward_tile: tile t at
 // a + t·6·K as [K][6], rows past M zero. Eight features at a time go through a register
 // transpose (two of its rows unused); each stored row spills two floats into the next, which
 // overwrites them, and the last is stored as four floats and two (a masked store is slow on
@@ -264,8 +308,8 @@ void pack_rows(float* a, const float* x, long ldx, int M, int K, int t0, int t1)
 
 // Rows [0, M) of y[:, b·16 .. b·16 + cols) (+)= the packed rows a · block slice p, or with
 // `pair` (AVX-512 CPUs) · the two whole blocks p and p + stride (cols = 32) through the wide
-// tile. Tiles past the rows' or the block's edge go through a full scratch tile (the packed
-// rows past M are zeros). While they run, the slices of the blocks that come next (`next0`
+// tile: six rows a tile, the last tile the rows left. A block's partial edge goes through a
+// scratch tile. While they run, the slices of the blocks that come next (`next0`
 // and `next1` where not null) are prefetched, a share for each tile.
 template <typename T>
 void forward_block(float* y, long ldy, const float* a, const T* p, long stride, int K, bool acc,
@@ -275,30 +319,29 @@ void forward_block(float* y, long ldy, const float* a, const T* p, long stride, 
   const int per_tile = (lines + tiles - 1) / tiles;
   const int width = pair ? 2 * kW : kW;
   for (int t = 0; t < tiles; ++t) {
-    Prefetch pf{{nullptr, nullptr}, 0};
+    Prefetch pf{{nullptr, nullptr}, 0, 0};
     const int first = std::min(lines, t * per_tile);
     if (first < lines) {
+      const int n = std::min(per_tile, lines - first);
+      int shift = 0;
+      while ((n << (shift + 1)) <= K) ++shift;  // spread over the tile's K steps
       pf = {{reinterpret_cast<const char*>(next0) + 64L * first,
              next1 ? reinterpret_cast<const char*>(next1) + 64L * first : nullptr},
-            std::min(per_tile, lines - first)};
+            n,
+            shift};
     }
     float* yt = y + static_cast<long>(t) * kRows * ldy;
     const float* at = a + static_cast<long>(t) * kRows * K;
-    const auto tile6 = [&](float* yy, long ld, const float* next) {
-      if (pair)
-        forward_tile6x2_avx512(yy, ld, at, p, p + stride, K, acc, next, pf);
-      else
-        forward_tile6(yy, ld, at, p, K, acc, next, pf);
-    };
     const int rows = std::min(kRows, M - t * kRows);
-    if (rows == kRows && cols == width) {
-      tile6(yt, ldy, t + 1 < tiles ? yt + kRows * ldy : yt);
+    if (cols == width) {
+      any_tile(rows, pair, yt, ldy, at, p, stride, K, acc, t + 1 < tiles ? yt + kRows * ldy : yt,
+               pf);
       continue;
     }
     alignas(64) float tile[kRows * 2 * kW] = {};
     for (int r = 0; r < rows; ++r)
       std::memcpy(tile + r * width, yt + r * ldy, cols * sizeof(float));
-    tile6(tile, width, tile);
+    any_tile(rows, pair, tile, width, at, p, stride, K, acc, tile, pf);
     for (int r = 0; r < rows; ++r)
       std::memcpy(yt + r * ldy, tile + r * width, cols * sizeof(float));
   }
@@ -312,7 +355,7 @@ int slice_size(int in) {
 }
 
 // y[R, b·16 ..) (+)= x[R, in] · B consecutive weight blocks from p (the last one's first
-// `cols` outputs), the R rows together. Each output is summed as forward_tile6 sums it (per
+// `cols` outputs), the R rows together. Each output is summed as forward_tile sums it (per
 // slice one FMA chain from zero, then y added), so a row has the same value whatever the row
 // count of its product; the B blocks' chains run side by side, since one row's two chains
 // alone wait on the FMA latency (decode at 60 % of the bandwidth bound on an AMD Zen 5).
@@ -478,7 +521,7 @@ void blocks_forward(const Product* ps, int n, const float* x, int N) {
 
 // dxt[6 rows ldt apart][16 tokens] (+)= Σ_o w[o, i..i+5] · dyp[o][16] over K outputs (a
 // multiple of 16): p is the weight block holding the slice's first output, advanced to row i;
-// block_stride floats lead to the next block. As in forward_tile6, the accumulators start at
+// block_stride floats lead to the next block. As in forward_tile, the accumulators start at
 // zero and dxt is added at the end, so that a cache miss on it does not hold up the FMAs;
 // `next` (the same rows of the next token panel) is prefetched meanwhile, and so are the
 // weight lines at `next_w` (the next input tile's, given on a tile's first panel: the hardware
