@@ -1,6 +1,6 @@
 // Which implementation multiplies by the frozen weight matrices, chosen once per run from
 // the precision asked for and what the CPU has (model/ and train/ never branch on it):
-//   fp32, CPU without AVX-512: loratune's own AVX2 kernels (ops/cpu/linear.cpp);
+//   fp32, CPU without AVX-512: loratune's own AVX2 kernels (ops/cpu/blocks_kernel.h);
 //   fp32, CPU with AVX-512: oneDNN's fp32 matmul (it JITs AVX-512 code; on such a CPU it
 //        ran 1.9-3x the own kernel on the Qwen2-0.5B shapes: docs/performance.md);
 //   bf16, CPU with AVX-512 whose bf16 hardware outruns its fp32 FMAs (AMX, or vdpbf16ps at

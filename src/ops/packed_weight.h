@@ -1,6 +1,6 @@
 // A frozen weight w[out, in] laid out once, at load, for the kernel that the run's backend
 // (ops/backend.h) multiplies with:
-// - kBlocksF32, for ops/cpu/linear.cpp: blocks of kWidth output rows, each block stored
+// - kBlocksF32, for ops/cpu/blocks_kernel.h: blocks of kWidth output rows, each block stored
 //   [in][kWidth] (the output index fastest), the last block zero-padded. The forward (x·wᵀ)
 //   loads kWidth outputs of one input feature as two vectors; the input gradient (dy·w)
 //   broadcasts single elements. Neither repacks the weight, which a general sgemm does on
@@ -58,7 +58,7 @@ class PackedWeight {
   }
   // kBlocksBF16Widened's block b, w[b·kWidth + j, i] at [i·kWidth + widened_slot(j)]: outputs
   // 0-3, 8-11, 4-7, 12-15, so that a byte shuffle of each 128-bit half widens 8 outputs in order
-  // (ops/cpu/linear.cpp). The stride is block_stride() values of 2 bytes.
+  // (ops/cpu/blocks_forward.cpp). The stride is block_stride() values of 2 bytes.
   const uint16_t* block_bf16(int b) const {
     return static_cast<const uint16_t*>(data_.get()) + b * block_stride();
   }
