@@ -59,21 +59,37 @@ void PackedWeight::fill_groups(const void* rows) {
       }
 }
 
-void PackedWeight::fill_blocks_bf16(const void* rows) {
-  const char* src = static_cast<const char*>(rows);
-  uint16_t* data = static_cast<uint16_t*>(data_.get());
+namespace {
+
+// Blocks of kWidth outputs, each [in][kWidth], `stride` values apart: output o's input i is
+// value(o, i) (zero past `out`), a block's output j at slot(j).
+template <typename T, typename Value, typename Slot>
+void fill_blocks(T* data, int out, int in, long stride, Value value, Slot slot) {
+  constexpr int kWidth = PackedWeight::kWidth;
+  const int blocks = (out + kWidth - 1) / kWidth;
 #pragma omp parallel for schedule(static)
-  for (int b = 0; b < blocks(); ++b) {
-    uint16_t* dst = data + b * block_stride();
+  for (int b = 0; b < blocks; ++b) {
+    T* dst = data + b * stride;
     for (int j = 0; j < kWidth; ++j) {
       const int o = b * kWidth + j;
-      for (int i = 0; i < in_; ++i) {
-        uint16_t v = 0;  // padding past `out`
-        if (o < out_) std::memcpy(&v, src + (static_cast<size_t>(o) * in_ + i) * 2, 2);
-        dst[static_cast<size_t>(i) * kWidth + widened_slot(j)] = v;
-      }
+      for (int i = 0; i < in; ++i)
+        dst[static_cast<size_t>(i) * kWidth + slot(j)] = o < out ? value(o, i) : T{0};
     }
   }
+}
+
+}  // namespace
+
+void PackedWeight::fill_blocks_bf16(const void* rows) {
+  const char* src = static_cast<const char*>(rows);
+  fill_blocks(
+      static_cast<uint16_t*>(data_.get()), out_, in_, block_stride(),
+      [&](int o, int i) {
+        uint16_t v;  // any alignment, as a file maps them
+        std::memcpy(&v, src + (static_cast<size_t>(o) * in_ + i) * sizeof(v), sizeof(v));
+        return v;
+      },
+      widened_slot);
 }
 
 PackedWeight::PackedWeight(const float* w, int out, int in, WeightFormat format)
@@ -141,19 +157,13 @@ void PackedWeight::fill_from(const float* w) {
       break;
   }
   const bool round = format_ == WeightFormat::kBlocksBF16;
-  float* data = static_cast<float*>(data_.get());
-#pragma omp parallel for schedule(static)
-  for (int b = 0; b < blocks(); ++b) {
-    float* dst = data + b * block_stride();
-    for (int j = 0; j < kWidth; ++j) {
-      const int o = b * kWidth + j;
-      const float* row = o < out_ ? w + static_cast<size_t>(o) * in_ : nullptr;  // null: padding
-      for (int i = 0; i < in_; ++i) {
-        const float v = row ? row[i] : 0.0f;
-        dst[static_cast<size_t>(i) * kWidth + j] = round ? bf16_to_float(float_to_bf16(v)) : v;
-      }
-    }
-  }
+  fill_blocks(
+      static_cast<float*>(data_.get()), out_, in_, block_stride(),
+      [&](int o, int i) {
+        const float v = w[static_cast<size_t>(o) * in_ + i];
+        return round ? bf16_to_float(float_to_bf16(v)) : v;
+      },
+      [](int j) { return j; });
 }
 
 float PackedWeight::at(int o, int i) const {
