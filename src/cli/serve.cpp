@@ -1,6 +1,7 @@
 // loratune serve: the OpenAI API (completions, chat completions, models) over HTTP for a base
 // model and any number of LoRA adapters, with continuous batching.
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <memory>
 #include <thread>
@@ -131,12 +132,18 @@ int run_serve(const Args& args) {
   StopSignalListener stop([&](int) { server.shutdown(); });
   // The requests run on this thread, which loaded the model (serve/engine.h says why); the
   // server on another, which ends the engine if it stops listening on its own.
+  std::exception_ptr failure;  // the server's, reported from this thread
   std::thread http([&] {
-    server.run();
+    try {
+      server.run();
+    } catch (...) {
+      failure = std::current_exception();
+    }
     engine.shutdown();
   });
   engine.run();
   http.join();
+  if (failure) std::rethrow_exception(failure);
   std::fprintf(stderr, "loratune serve: stopped\n");
   return 0;
 }
