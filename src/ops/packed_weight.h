@@ -57,8 +57,9 @@ class PackedWeight {
     return static_cast<const float*>(data_.get()) + b * block_stride();
   }
   // kBlocksBF16Widened's block b, w[b·kWidth + j, i] at [i·kWidth + widened_slot(j)]: outputs
-  // 0-3, 8-11, 4-7, 12-15, so that a byte shuffle of each 128-bit half widens 8 outputs in order
-  // (ops/cpu/blocks_forward.cpp). The stride is block_stride() values of 2 bytes.
+  // 0-3, 8-11, 4-7, 12-15, so that one interleave with zeros (AVX2) or one byte shuffle
+  // (AVX-512) widens 8 or 16 outputs in order (ops/cpu/blocks_forward.cpp). The stride is
+  // block_stride() values of 2 bytes.
   const uint16_t* block_bf16(int b) const {
     return static_cast<const uint16_t*>(data_.get()) + b * block_stride();
   }

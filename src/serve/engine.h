@@ -86,8 +86,8 @@ class Engine {
   // Runs the requests on the calling thread until shutdown(). Call it on the thread that
   // loaded the model: OpenMP keeps a pool of workers for each thread that has run parallel
   // regions, and with more workers than cores libgomp makes them sleep between regions
-  // instead of waiting awake (a decode step has over a hundred regions: serving on a thread
-  // of its own decoded about a quarter slower than `generate`).
+  // instead of waiting awake (a decode step has over a hundred regions: with the engine on a
+  // thread of its own, one client got 17.3 against 20.9 tokens/s, docs/performance.md).
   void run();
 
   // Queues a request (its prompt plus max_tokens must fit the context); nullptr when the

@@ -59,8 +59,7 @@ Backend choose_backend(Precision precision, KernelUse use) {
                              ? WeightFormat::kGroupsBF16
                              : WeightFormat::kBlocksBF16Widened};
     if (!onednn_has_bf16()) return {precision, WeightFormat::kBlocksBF16};
-    // Training's products (and generation's on a CPU without AVX512-BF16 or with AMX, which
-    // keep the rows of oneDNN's row-invariant bf16 kernels).
+    // Training's products (and generation's on AMX CPUs, whose own AMX kernel reads the rows).
     const bool bf16_arithmetic = amx_rows_kernel_available() || bf16_dot_rate().dot_outruns_fma();
     return {precision, use == KernelUse::kFastest && !bf16_arithmetic
                            ? WeightFormat::kRowsBF16Widened

@@ -43,7 +43,6 @@ struct Key {
 // does on a reduction longer than kFixedRowsMaxK (the lm_head's input gradient sums over the
 // vocabulary: 78 against 107 ms for 256 rows of Qwen2). fp32 products are as fast with M at
 // run time.
-// (Not under OneKernelPerShape: the two kernels round differently.)
 constexpr int kFixedRowsMin = 32;
 constexpr long kFixedRowsMaxK = 16384;
 // Row counts vary from step to step with packed sequences: the least recently used fixed-M
@@ -103,8 +102,7 @@ std::shared_ptr<const Primitive> primitive(const Key& k) {
 void matmul(void* c, long ldc, const void* a, long lda, const void* b, int in, int out, int N,
             bool accumulate, bool backward, bool bf16, bool c_bf16) {
   const memory::dim K = backward ? out : in, Nout = backward ? in : out;
-  const bool fixed_rows =
-      bf16 && N >= kFixedRowsMin && K <= kFixedRowsMaxK && !one_kernel_per_shape();
+  const bool fixed_rows = bf16 && N >= kFixedRowsMin && K <= kFixedRowsMaxK;
   const int rows = fixed_rows ? N : 0;
   const std::shared_ptr<const Primitive> held =
       primitive({in, out, backward, accumulate, bf16, lda, ldc, rows, c_bf16});
