@@ -47,8 +47,9 @@ TEST(OpsForward, Linear) {
     int N, in, out;
   };
   for (const ops::WeightFormat format : ops::available_formats())
-    for (const Shape s : {Shape{1, 13, 11}, Shape{3, 13, 40}, Shape{7, 13, 11}, Shape{7, 1100, 40},
-                          Shape{200, 37, 32}, Shape{301, 37, 32}, Shape{9, 37, 300}}) {
+    for (const Shape s :
+         {Shape{1, 13, 11}, Shape{3, 13, 40}, Shape{7, 13, 11}, Shape{7, 1100, 40},
+          Shape{200, 37, 32}, Shape{301, 37, 32}, Shape{9, 37, 300}, Shape{9, 40, 16500}}) {
       const int N = s.N, in = s.in, out = s.out;
       const std::string name = std::string(ops::format_name(format)) + " " + std::to_string(N) +
                                "x" + std::to_string(in) + "x" + std::to_string(out);
