@@ -42,7 +42,7 @@ ops::Precision select_precision(const ParsedArgs& a, const std::string& fallback
 void announce_backend() {
   const bool bf16 = ops::backend().precision == ops::Precision::kBF16;
   // Where vdpbf16ps runs at half the FMA rate, bf16 products widen to fp32 (ops/backend.h):
-  // the modes then differ in memory and numerics more than in speed (fp32 trained 14-19 % faster
+  // the modes then differ in memory and numerics more than in speed (fp32 trained 7-15 % faster
   // there, docs/performance.md).
   const bool widened = ops::choose_backend(ops::Precision::kBF16, g_use).format ==
                        ops::WeightFormat::kRowsBF16Widened;
@@ -55,9 +55,9 @@ void announce_backend() {
   else if (bf16 && widened)
     hint =
         "; this CPU's bf16 dot products run at half its fp32 rate, so the bf16 products "
-        "widen to fp32: --bf16 false trains 14-19 % faster in twice the memory";
+        "widen to fp32: --bf16 false trains about 10 % faster in twice the memory";
   else if (!bf16 && widened)
-    hint = "; --bf16 true holds the weights in half the memory, trains 13-16 % slower";
+    hint = "; --bf16 true holds the weights in half the memory, trains about 10 % slower";
   else if (!bf16 && cpu_features().bf16())
     hint = "; this CPU has bf16 hardware: --bf16 true is faster";
   std::fprintf(stderr, "loratune: %s on %s, device %s%s\n", describe_backend().c_str(),
