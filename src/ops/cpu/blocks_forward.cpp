@@ -1,5 +1,6 @@
 // The forward of the blocks kernels (blocks_kernel.h): rows packed six at a time against one
-// or (AVX-512) two weight blocks per register tile, a few rows as matrix-vector products.
+// weight block per register tile, or (AVX-512) twelve rows against two, a few rows as
+// matrix-vector products.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -19,6 +20,11 @@ namespace {
 // Token blocks of at most kTokenBlock rows (a multiple of kRows; the blocks of a product are
 // of equal size), packed so that each tile broadcasts from one contiguous stream.
 constexpr int kTokenBlock = 264;
+// Rows of a pair tile (AVX-512): two packed tiles, 24 of the 32 vector registers accumulating.
+// kBlocksBF16Widened spends one byte shuffle per 16 outputs and step on the FMA ports: 2 per
+// 24 FMAs instead of 2 per 12 (the Xeon model 207 at 512 rows: 256-259 → 280-285 GFLOP/s; fp32
+// blocks 303-308 → 315-318).
+constexpr int kPairRows = 2 * kRows;
 // Below this many rows a product is a few matrix-vector products: memory-bound.
 constexpr int kGemvRows = 4;  // gemv() takes 1 to 3 rows
 
@@ -127,7 +133,8 @@ void forward_tile(float* y, long ldy, const float* a, const T* p, int K, bool ac
 
 // forward_tile for two weight blocks side by side (p0, p1: 32 outputs, y's columns 0 .. 32),
 // in AVX-512 accumulators: twice the FMA width with the loads of one AVX2 tile. Each output
-// is the same FMA chain as there, lane for lane, so both give the same bits.
+// is the same FMA chain as there, lane for lane, so both give the same bits. R may be up to
+// kPairRows: rows past six are the next packed tile's (at a + 6·K).
 template <int R, typename T>
 __attribute__((target("avx512f,avx512bw"))) void forward_tile_pair(float* y, long ldy,
                                                                    const float* a, const T* p0,
@@ -144,9 +151,10 @@ __attribute__((target("avx512f,avx512bw"))) void forward_tile_pair(float* y, lon
   for (int k = 0; k < K; ++k) {
     prefetch_step(pf, k);
     const __m512 b0 = load_block_row512(p0 + k * kW), b1 = load_block_row512(p1 + k * kW);
-#pragma GCC unroll 6
+#pragma GCC unroll 12
     for (int m = 0; m < R; ++m) {
-      const __m512 am = _mm512_set1_ps(a[k * kRows + m]);
+      const float* row = m < kRows ? a + k * kRows + m : a + (K + k) * kRows + m - kRows;
+      const __m512 am = _mm512_set1_ps(*row);
       c[m][0] = _mm512_fmadd_ps(am, b0, c[m][0]);
       c[m][1] = _mm512_fmadd_ps(am, b1, c[m][1]);
     }
@@ -170,7 +178,19 @@ void tile_of(bool pair, float* y, long ldy, const float* a, const T* p, long str
 template <typename T>
 void any_tile(int rows, bool pair, float* y, long ldy, const float* a, const T* p, long stride,
               int K, bool acc, const float* next, const Prefetch& pf) {
-  switch (rows) {
+  switch (rows) {  // 7 to 12 rows: pair tiles only
+    case 7:
+      return forward_tile_pair<7>(y, ldy, a, p, p + stride, K, acc, next, pf);
+    case 8:
+      return forward_tile_pair<8>(y, ldy, a, p, p + stride, K, acc, next, pf);
+    case 9:
+      return forward_tile_pair<9>(y, ldy, a, p, p + stride, K, acc, next, pf);
+    case 10:
+      return forward_tile_pair<10>(y, ldy, a, p, p + stride, K, acc, next, pf);
+    case 11:
+      return forward_tile_pair<11>(y, ldy, a, p, p + stride, K, acc, next, pf);
+    case 12:
+      return forward_tile_pair<12>(y, ldy, a, p, p + stride, K, acc, next, pf);
     case 1:
       return tile_of<1>(pair, y, ldy, a, p, stride, K, acc, next, pf);
     case 2:
@@ -181,7 +201,7 @@ void any_tile(int rows, bool pair, float* y, long ldy, const float* a, const T* 
       return tile_of<4>(pair, y, ldy, a, p, stride, K, acc, next, pf);
     case 5:
       return tile_of<5>(pair, y, ldy, a, p, stride, K, acc, next, pf);
-    default:
+    default:  // kRows
       return tile_of<kRows>(pair, y, ldy, a, p, stride, K, acc, next, pf);
   }
 }
@@ -214,16 +234,18 @@ void pack_rows(float* a, const float* x, long ldx, int M, int K, int t0, int t1)
 
 // Rows [0, M) of y[:, b·16 .. b·16 + cols) (+)= the packed rows a · block slice p, or with
 // `pair` (AVX-512 CPUs) · the two whole blocks p and p + stride (cols = 32) through the wide
-// tile: six rows a tile, the last tile the rows left. A block's partial edge goes through a
-// scratch tile. While they run, the slices of the blocks that come next (`next0`
-// and `next1` where not null) are prefetched, a share for each tile spread over its steps.
+// tile: six rows a tile (twelve on a pair), the last tile the rows left. A block's partial
+// edge goes through a scratch tile of six rows. While they run, the slices of the blocks that come
+// next (`next0` and `next1` where not null) are prefetched, a share for each tile spread over its
+// steps.
 template <typename T>
 void forward_block(float* y, long ldy, const float* a, const T* p, long stride, int K, bool acc,
                    int M, int cols, bool pair, const T* next0, const T* next1) {
-  const int tiles = (M + kRows - 1) / kRows;
+  const int width = pair ? 2 * kW : kW;
+  const int tile_rows = pair && cols == width ? kPairRows : kRows;
+  const int tiles = (M + tile_rows - 1) / tile_rows;
   const int lines = next0 ? (K * kW * static_cast<int>(sizeof(T)) + 63) / 64 : 0;
   const int per_tile = (lines + tiles - 1) / tiles;
-  const int width = pair ? 2 * kW : kW;
   for (int t = 0; t < tiles; ++t) {
     Prefetch pf{{nullptr, nullptr}, 0, 0};
     const int first = std::min(lines, t * per_tile);
@@ -236,12 +258,12 @@ void forward_block(float* y, long ldy, const float* a, const T* p, long stride, 
             n,
             shift};
     }
-    float* yt = y + static_cast<long>(t) * kRows * ldy;
-    const float* at = a + static_cast<long>(t) * kRows * K;
-    const int rows = std::min(kRows, M - t * kRows);
+    float* yt = y + static_cast<long>(t) * tile_rows * ldy;
+    const float* at = a + static_cast<long>(t) * tile_rows * K;
+    const int rows = std::min(tile_rows, M - t * tile_rows);
     if (cols == width) {
-      any_tile(rows, pair, yt, ldy, at, p, stride, K, acc, t + 1 < tiles ? yt + kRows * ldy : yt,
-               pf);
+      any_tile(rows, pair, yt, ldy, at, p, stride, K, acc,
+               t + 1 < tiles ? yt + tile_rows * ldy : yt, pf);
       continue;
     }
     alignas(64) float tile[kRows * 2 * kW] = {};
