@@ -48,16 +48,16 @@ void announce_backend() {
                        ops::WeightFormat::kRowsBF16Widened;
   std::string hint;
   if (bf16 && !cpu_features().bf16())
-    hint = ops::backend().format == ops::WeightFormat::kBlocksBF16Widened
-               ? "; this CPU has no bf16 hardware: the products widen the bf16 weights to fp32 "
-                 "(half fp32's memory and bytes read)"
-               : "; this CPU has no bf16 hardware: bf16 is emulated, no faster than fp32";
+    hint =
+        "; this CPU has no bf16 hardware: the products widen the bf16 weights to fp32 (half "
+        "fp32's memory and bytes read)";
   else if (bf16 && widened)
     hint =
         "; this CPU's bf16 dot products run at half its fp32 rate, so the bf16 products "
         "widen to fp32: --bf16 false trains about 10 % faster in twice the memory";
   else if (!bf16 && widened)
-    hint = "; --bf16 true holds the weights in half the memory, trains about 10 % slower";
+    hint = std::string("; --bf16 true holds the weights in half the memory") +
+           (cpu_features().bf16() ? ", trains about 10 % slower" : "");
   else if (!bf16 && cpu_features().bf16())
     hint = "; this CPU has bf16 hardware: --bf16 true is faster";
   std::fprintf(stderr, "loratune: %s on %s, device %s%s\n", describe_backend().c_str(),

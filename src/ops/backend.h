@@ -5,13 +5,13 @@
 //        ran 1.9-3x the own kernel on the Qwen2-0.5B shapes: docs/performance.md);
 //   bf16, CPU with AVX-512 whose bf16 hardware outruns its fp32 FMAs (AMX, or vdpbf16ps at
 //        full rate as on AMD Zen 4/5): oneDNN's bf16 matmul with fp32 accumulation;
-//   bf16, any other CPU with AVX-512 (vdpbf16ps at half the FMA rate, as on Intel Xeons
-//        without AMX, or none): the weights kept as bf16 rows, widened a slice at a time
-//        for oneDNN's fp32 matmul on bf16-rounded inputs, the same arithmetic at fp32 speed
-//        (bf16_dot_rate.h measures the two rates at start);
-//   bf16, CPU without AVX-512 (oneDNN 2.6 has no bf16 matmul there): the own AVX2 kernels on
-//        bf16-rounded weights and inputs, the same arithmetic (a product of two bf16 values
-//        is exact in fp32) at fp32 speed and memory.
+//   bf16, any other CPU (vdpbf16ps at half the FMA rate, as on Intel Xeons without AMX, or
+//        none; without AVX-512 oneDNN 2.6 has no bf16 matmul): the weights kept as bf16 rows,
+//        widened a slice at a time for oneDNN's fp32 matmul on bf16-rounded inputs, the same
+//        arithmetic (a product of two bf16 values is exact in fp32) at fp32 speed in bf16's
+//        memory (bf16_dot_rate.h measures the two rates at start). The own AVX2 kernels on
+//        bf16-rounded values held in fp32 (kBlocksBF16) emulate the same arithmetic: the
+//        reference of the widened blocks' bits, in the tests and the bench.
 // Generation and serving ask for row-invariant kernels (KernelUse::kRowInvariant): a row's
 // values must not depend on the other rows of its product, so that a sequence decodes the same
 // alone and in any batch. oneDNN's fp32 matmul rounds a row differently at other row counts,

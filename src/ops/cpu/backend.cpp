@@ -58,9 +58,12 @@ Backend choose_backend(Precision precision, KernelUse use) {
       return {precision, bf16_groups_kernel_available() && bf16_dot_rate().dot_outruns_fma()
                              ? WeightFormat::kGroupsBF16
                              : WeightFormat::kBlocksBF16Widened};
-    if (!onednn_has_bf16()) return {precision, WeightFormat::kBlocksBF16};
-    // Training's products (and generation's on AMX CPUs, whose own AMX kernel reads the rows).
-    const bool bf16_arithmetic = amx_rows_kernel_available() || bf16_dot_rate().dot_outruns_fma();
+    // Training's products (and generation's on AMX CPUs, whose own AMX kernel reads the rows):
+    // bf16 rows multiplied by oneDNN's bf16 matmul where the CPU's bf16 arithmetic outruns its
+    // FMAs, else widened a slice at a time for its fp32 matmul (also on CPUs without AVX-512,
+    // where oneDNN 2.6 has no bf16 matmul).
+    const bool bf16_arithmetic =
+        onednn_has_bf16() && (amx_rows_kernel_available() || bf16_dot_rate().dot_outruns_fma());
     return {precision, use == KernelUse::kFastest && !bf16_arithmetic
                            ? WeightFormat::kRowsBF16Widened
                            : WeightFormat::kRowsBF16};
