@@ -235,9 +235,9 @@ void pack_rows(float* a, const float* x, long ldx, int M, int K, int t0, int t1)
 // Rows [0, M) of y[:, b·16 .. b·16 + cols) (+)= the packed rows a · block slice p, or with
 // `pair` (AVX-512 CPUs) · the two whole blocks p and p + stride (cols = 32) through the wide
 // tile: six rows a tile (twelve on a pair), the last tile the rows left. A block's partial
-// edge goes through a scratch tile of six rows. While they run, the slices of the blocks that come
-// next (`next0` and `next1` where not null) are prefetched, a share for each tile spread over its
-// steps.
+// edge goes through a scratch tile of six rows. While they run, the slices of the blocks that
+// come next (`next0` and `next1` where not null) are prefetched, a share for each tile spread
+// over its steps.
 template <typename T>
 void forward_block(float* y, long ldy, const float* a, const T* p, long stride, int K, bool acc,
                    int M, int cols, bool pair, const T* next0, const T* next1) {
