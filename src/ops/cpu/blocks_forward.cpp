@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "core/cpu_features.h"
@@ -166,44 +167,33 @@ __attribute__((target("avx512f,avx512bw"))) void forward_tile_pair(float* y, lon
     }
 }
 
-// The tile of `rows` rows (1 to 6): with `pair`, of blocks p and p + stride.
+// The tile of R rows: with `pair`, of blocks p and p + stride (more than six rows: pair tiles
+// only).
 template <int R, typename T>
 void tile_of(bool pair, float* y, long ldy, const float* a, const T* p, long stride, int K,
              bool acc, const float* next, const Prefetch& pf) {
-  if (pair)
+  if constexpr (R > kRows)
+    forward_tile_pair<R>(y, ldy, a, p, p + stride, K, acc, next, pf);
+  else if (pair)
     forward_tile_pair<R>(y, ldy, a, p, p + stride, K, acc, next, pf);
   else
     forward_tile<R>(y, ldy, a, p, K, acc, next, pf);
 }
+// tile_of for `rows` rows, 1 to kPairRows.
+template <typename T, int... R>
+void tile_of_rows(std::integer_sequence<int, R...>, int rows, bool pair, float* y, long ldy,
+                  const float* a, const T* p, long stride, int K, bool acc, const float* next,
+                  const Prefetch& pf) {
+  using Tile = void (*)(bool, float*, long, const float*, const T*, long, int, bool, const float*,
+                        const Prefetch&);
+  static constexpr Tile kTiles[] = {&tile_of<R + 1, T>...};
+  kTiles[rows - 1](pair, y, ldy, a, p, stride, K, acc, next, pf);
+}
 template <typename T>
 void any_tile(int rows, bool pair, float* y, long ldy, const float* a, const T* p, long stride,
               int K, bool acc, const float* next, const Prefetch& pf) {
-  switch (rows) {  // 7 to 12 rows: pair tiles only
-    case 7:
-      return forward_tile_pair<7>(y, ldy, a, p, p + stride, K, acc, next, pf);
-    case 8:
-      return forward_tile_pair<8>(y, ldy, a, p, p + stride, K, acc, next, pf);
-    case 9:
-      return forward_tile_pair<9>(y, ldy, a, p, p + stride, K, acc, next, pf);
-    case 10:
-      return forward_tile_pair<10>(y, ldy, a, p, p + stride, K, acc, next, pf);
-    case 11:
-      return forward_tile_pair<11>(y, ldy, a, p, p + stride, K, acc, next, pf);
-    case 12:
-      return forward_tile_pair<12>(y, ldy, a, p, p + stride, K, acc, next, pf);
-    case 1:
-      return tile_of<1>(pair, y, ldy, a, p, stride, K, acc, next, pf);
-    case 2:
-      return tile_of<2>(pair, y, ldy, a, p, stride, K, acc, next, pf);
-    case 3:
-      return tile_of<3>(pair, y, ldy, a, p, stride, K, acc, next, pf);
-    case 4:
-      return tile_of<4>(pair, y, ldy, a, p, stride, K, acc, next, pf);
-    case 5:
-      return tile_of<5>(pair, y, ldy, a, p, stride, K, acc, next, pf);
-    default:  // kRows
-      return tile_of<kRows>(pair, y, ldy, a, p, stride, K, acc, next, pf);
-  }
+  tile_of_rows(std::make_integer_sequence<int, kPairRows>(), rows, pair, y, ldy, a, p, stride, K,
+               acc, next, pf);
 }
 
 // Tiles [t0, t1) of rows [0, M) of x[:, 0 .. K) packed for forward_tile: tile t at
