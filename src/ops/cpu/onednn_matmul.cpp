@@ -132,9 +132,9 @@ constexpr int kWidenRows = 256;
 // Up to this many slices a product's slices are widened and multiplied by the whole team, one
 // after the other. A weight of more (Qwen2's lm_head: 594) is dealt out instead: each thread
 // widens and multiplies a share of its own in single-threaded products, with no barrier per
-// slice (the loss of a 4×128 bf16 step 1.36 → 1.20 s on the Xeon model 207). The layers'
-// weights (at most 19 slices) are not: down_proj's 4864-long rows make a thread's slice
-// overflow its L2, 10 % slower.
+// slice (the loss of a 4×128 bf16 step 1.35–1.49 → 1.19–1.24 s on the Xeon model 207). The
+// layers' weights (at most 19 slices) are not: down_proj's 4864-long rows make a thread's slice
+// overflow its L2, 9 % slower.
 constexpr int kTeamSlicesMost = 64;
 
 // body(n0, n1) over the N rows of a slice's operand: on the team where it holds more than 65536
@@ -210,8 +210,9 @@ void run_widened_by_team(void* c, bool c_bf16, const void* a, bool a_bf16, long 
 // run() for kRowsBF16Widened, each thread on a share of its own (see kTeamSlicesMost).
 // Forward: the thread's outputs, in slices of half the team's rows (the same bytes per thread
 // in the cache). Input gradient: the thread's columns of c, each slice the thread's part of
-// kWidenRows rows of w, summed in the order run_widened_by_team sums them. oneDNN, called
-// inside the parallel region, runs each product on the calling thread.
+// kWidenRows rows of w, summed in the order run_widened_by_team sums them (a bf16 `a` is then
+// widened by every thread, each needing all of its rows). oneDNN, called inside the parallel
+// region, runs each product on the calling thread.
 void run_widened_by_thread(void* c, bool c_bf16, const void* a, bool a_bf16, long lda,
                            const PackedWeight& w, int N, bool accumulate, bool backward) {
   const int in = w.in(), out = w.out();
