@@ -120,6 +120,14 @@ TEST(CliErrors, BadIdsAndOptions) {
   expect_clean_failure("frobnicate", "unknown command", 2);
 }
 
+TEST(CliErrors, UnknownIsaCap) {
+  test::CommandResult r = test::run_shell("LORATUNE_MAX_ISA=avx512 '" + test::binary() + "' " +
+                                          logits_cmd(test::tiny_model_dir()) + " 2>&1");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  EXPECT_NE(r.output.find("unknown LORATUNE_MAX_ISA 'avx512'"), std::string::npos) << r.output;
+}
+
 TEST(CliErrors, GeneratePromptProblems) {
   const std::string& m = test::tiny_model_dir();
   expect_clean_failure("generate --model '" + m + "'", "exactly one of", 2);

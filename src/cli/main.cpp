@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "cli/options.h"
+#include "core/cpu_features.h"
 #include "core/error.h"
 #include "core/stop_signals.h"
 #include "dist/world.h"
@@ -73,6 +74,7 @@ int main(int argc, char** argv) {
   for (const Command& c : kCommands) {
     if (std::strcmp(argv[1], c.name) != 0) continue;
     try {
+      loratune::cpu_features();  // a bad LORATUNE_MAX_ISA stops the run here, before any work
       return c.run(args);
     } catch (const loratune::cli::HelpShown&) {
       return 0;

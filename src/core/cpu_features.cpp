@@ -5,6 +5,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+
+#include "core/error.h"
 
 namespace loratune {
 
@@ -85,6 +88,9 @@ const CpuFeatures& cpu_features() {
   static const CpuFeatures features = [] {
     CpuFeatures f = detect();
     const char* cap = std::getenv("LORATUNE_MAX_ISA");
+    if (cap && *cap && std::string(cap) != "avx2")
+      throw UsageError("unknown LORATUNE_MAX_ISA '" + std::string(cap) + "'", "environment",
+                       "the one cap is avx2; unset it for the CPU's own ISA");
     if (cap && std::string(cap) == "avx2") {
       f.avx512f = f.avx512bw = f.avx512vl = f.avx512_bf16 = false;
       f.amx_tile = f.amx_bf16 = false;

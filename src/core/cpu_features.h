@@ -1,7 +1,7 @@
 // What the running CPU can do, read once from cpuid (and the OS's saved-state mask, so that
 // an AVX-512 or AMX unit the kernel does not enable counts as absent). LORATUNE_MAX_ISA=avx2
 // in the environment hides AVX-512 and AMX: the program then runs as on an AVX2-only CPU
-// (to test that path, or to compare kernels on one machine).
+// (to test that path, or to compare kernels on one machine); any other value is a UsageError.
 #pragma once
 
 #include <string>
