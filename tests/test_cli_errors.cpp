@@ -121,11 +121,11 @@ TEST(CliErrors, BadIdsAndOptions) {
 }
 
 TEST(CliErrors, UnknownIsaCap) {
-  test::CommandResult r = test::run_shell("LORATUNE_MAX_ISA=avx512 '" + test::binary() + "' " +
+  test::CommandResult r = test::run_shell("LORATUNE_MAX_ISA=avx512f '" + test::binary() + "' " +
                                           logits_cmd(test::tiny_model_dir()) + " 2>&1");
   EXPECT_EQ(r.status, 2) << r.output;
   EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
-  EXPECT_NE(r.output.find("unknown LORATUNE_MAX_ISA 'avx512'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("unknown LORATUNE_MAX_ISA 'avx512f'"), std::string::npos) << r.output;
 }
 
 TEST(CliErrors, GeneratePromptProblems) {

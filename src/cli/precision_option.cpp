@@ -41,23 +41,24 @@ ops::Precision select_precision(const ParsedArgs& a, const std::string& fallback
 
 void announce_backend() {
   const bool bf16 = ops::backend().precision == ops::Precision::kBF16;
-  // Where vdpbf16ps runs at half the FMA rate, bf16 products widen to fp32 (ops/backend.h):
-  // the modes then differ in memory and numerics more than in speed (fp32 trained 7-15 % faster
-  // there, docs/performance.md).
+  // Where vdpbf16ps runs at half the FMA rate, or there is no bf16 hardware, bf16 training's
+  // products widen to fp32 (ops/backend.h): the modes then differ in memory and numerics more
+  // than in speed. The widening and rounding cost about 10 % of a step beside oneDNN's
+  // AVX-512 fp32 kernels, 1-3 % beside the own AVX2 ones (docs/performance.md).
   const bool widened = ops::choose_backend(ops::Precision::kBF16, g_use).format ==
                        ops::WeightFormat::kRowsBF16Widened;
+  const bool widening_costs = widened && cpu_features().avx512();
   std::string hint;
-  if (bf16 && !cpu_features().bf16())
-    hint =
-        "; this CPU has no bf16 hardware: the products widen the bf16 weights to fp32 (half "
-        "fp32's memory and bytes read)";
-  else if (bf16 && widened)
-    hint =
-        "; this CPU's bf16 dot products run at half its fp32 rate, so the bf16 products "
-        "widen to fp32: --bf16 false trains about 10 % faster in twice the memory";
+  if (bf16 && (widened || !cpu_features().bf16()))
+    hint = std::string(cpu_features().bf16()
+                           ? "; this CPU's bf16 dot products run at half its fp32 rate, so the "
+                             "bf16 products widen to fp32"
+                           : "; this CPU has no bf16 hardware: the products widen the bf16 "
+                             "weights to fp32 (half fp32's memory and bytes read)") +
+           (widening_costs ? "; --bf16 false trains about 10 % faster in twice the memory" : "");
   else if (!bf16 && widened)
     hint = std::string("; --bf16 true holds the weights in half the memory") +
-           (cpu_features().bf16() ? ", trains about 10 % slower" : "");
+           (widening_costs ? ", trains about 10 % slower" : "");
   else if (!bf16 && cpu_features().bf16())
     hint = "; this CPU has bf16 hardware: --bf16 true is faster";
   std::fprintf(stderr, "loratune: %s on %s, device %s%s\n", describe_backend().c_str(),

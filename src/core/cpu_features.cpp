@@ -81,21 +81,21 @@ std::string CpuFeatures::flags() const {
   std::string s;
   for (const auto& [present, name] : all)
     if (present) s += (s.empty() ? "" : " ") + std::string(name);
-  return capped_to_avx2 ? s + " (capped by LORATUNE_MAX_ISA=avx2)" : s;
+  return cap.empty() ? s : s + " (capped by LORATUNE_MAX_ISA=" + cap + ")";
 }
 
 const CpuFeatures& cpu_features() {
   static const CpuFeatures features = [] {
     CpuFeatures f = detect();
     const char* cap = std::getenv("LORATUNE_MAX_ISA");
-    if (cap && *cap && std::string(cap) != "avx2")
-      throw UsageError("unknown LORATUNE_MAX_ISA '" + std::string(cap) + "'", "environment",
-                       "the one cap is avx2; unset it for the CPU's own ISA");
-    if (cap && std::string(cap) == "avx2") {
-      f.avx512f = f.avx512bw = f.avx512vl = f.avx512_bf16 = false;
-      f.amx_tile = f.amx_bf16 = false;
-      f.capped_to_avx2 = true;
-    }
+    if (!cap || !*cap) return f;
+    f.cap = cap;
+    if (f.cap != "avx2" && f.cap != "avx512" && f.cap != "avx512_bf16")
+      throw UsageError("unknown LORATUNE_MAX_ISA '" + f.cap + "'", "environment",
+                       "the caps are avx2, avx512 and avx512_bf16; unset it for the CPU's own");
+    f.amx_tile = f.amx_bf16 = false;
+    if (f.cap != "avx512_bf16") f.avx512_bf16 = false;
+    if (f.cap == "avx2") f.avx512f = f.avx512bw = f.avx512vl = false;
     return f;
   }();
   return features;

@@ -12,10 +12,13 @@ namespace loratune::ops {
 
 namespace {
 
-// LORATUNE_MAX_ISA=avx2 (core/cpu_features.h) caps oneDNN's JIT as well.
+// LORATUNE_MAX_ISA (core/cpu_features.h) caps oneDNN's JIT at the same level.
 void cap_onednn_isa() {
   static const bool capped = [] {
-    if (cpu_features().capped_to_avx2) dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx2);
+    const std::string& cap = cpu_features().cap;
+    if (cap == "avx2") dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx2);
+    if (cap == "avx512") dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx512_core);
+    if (cap == "avx512_bf16") dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx512_core_bf16);
     return true;
   }();
   (void)capped;
