@@ -1,7 +1,5 @@
 #include "model/weights.h"
 
-#include <cblas.h>
-
 #include <cstring>
 #include <set>
 
@@ -9,6 +7,7 @@
 #include "core/half.h"
 #include "io/gguf.h"
 #include "model/gguf_model.h"
+#include "ops/ops.h"
 
 namespace loratune {
 
@@ -178,9 +177,7 @@ void ModelWeights::merge_lora(const LoraAdapter& adapter, const ModelConfig& con
       ops::PackedWeight& packed = packed_matrix(layers[l], m);
       auto merged = std::make_unique<float[]>(static_cast<size_t>(w->out) * w->in);
       packed.unpack(merged.get());
-      // W[out, in] += s · B[out, r] · A[r, in]
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, w->out, w->in, w->r, adapter.scale(),
-                  w->B.data(), w->r, w->A.data(), w->in, 1.0f, merged.get(), w->in);
+      ops::lora_merge(merged.get(), w->A.data(), w->B.data(), adapter.scale(), w->in, w->out, w->r);
       packed = ops::PackedWeight(merged.get(), w->out, w->in);
       entry(matrix_name(l, m)).data = merged.get();
       owned_.push_back(std::move(merged));

@@ -91,5 +91,8 @@ const char* format_name(WeightFormat format);
 const char* generation_kernel_name(WeightFormat format);
 // The instruction set oneDNN's JIT targets on this CPU ("avx512_core_amx", "avx2", ...).
 std::string onednn_isa();
+// Caps oneDNN's JIT at LORATUNE_MAX_ISA's level (core/cpu_features.h), once. oneDNN fixes its
+// ISA at its first kernel, so each way into oneDNN calls this before it.
+void cap_onednn_isa();
 
 }  // namespace loratune::ops

@@ -60,6 +60,8 @@ void lora_forward(float* y, float* u, const float* x, const float* A, const floa
 void lora_backward(float* dx, float* dA, float* dB, float* du, const float* dy, const float* u,
                    const float* x, const float* A, const float* B, float scale, int N, int in,
                    int out, int r);
+// w[out, in] += s · B[out, r] · A[r, in]: the branch folded into its frozen weight.
+void lora_merge(float* w, const float* A, const float* B, float scale, int in, int out, int r);
 
 // y[N, C] = x · rsqrt(mean(x²) + eps) · w, in fp32; rstd[N] saved (may be null).
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int N, int C,

@@ -12,18 +12,6 @@ namespace loratune::ops {
 
 namespace {
 
-// LORATUNE_MAX_ISA (core/cpu_features.h) caps oneDNN's JIT at the same level.
-void cap_onednn_isa() {
-  static const bool capped = [] {
-    const std::string& cap = cpu_features().cap;
-    if (cap == "avx2") dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx2);
-    if (cap == "avx512") dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx512_core);
-    if (cap == "avx512_bf16") dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx512_core_bf16);
-    return true;
-  }();
-  (void)capped;
-}
-
 Backend& current() {
   static Backend b = choose_backend(Precision::kF32);
   return b;
@@ -51,6 +39,17 @@ bool onednn_has_bf16() {
 }
 
 }  // namespace
+
+void cap_onednn_isa() {
+  static const bool capped = [] {
+    const std::string& cap = cpu_features().cap;
+    if (cap == "avx2") dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx2);
+    if (cap == "avx512") dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx512_core);
+    if (cap == "avx512_bf16") dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx512_core_bf16);
+    return true;
+  }();
+  (void)capped;
+}
 
 Backend choose_backend(Precision precision, KernelUse use) {
   cap_onednn_isa();
@@ -132,7 +131,7 @@ const char* format_name(WeightFormat format) {
 }
 
 std::string onednn_isa() {
-  cap_onednn_isa();  // oneDNN keeps its ISA from the first query on
+  cap_onednn_isa();
   using isa = dnnl::cpu_isa;
   switch (dnnl::get_effective_cpu_isa()) {
     case isa::sse41:

@@ -138,4 +138,8 @@ void lora_backward(float* dx, float* dA, float* dB, float* du, const float* dy, 
   if (dx) sgemm(false, false, N, in, r, 1.0f, du, r, A, in, 1.0f, dx, in);
 }
 
+void lora_merge(float* w, const float* A, const float* B, float scale, int in, int out, int r) {
+  sgemm(false, false, out, in, r, scale, B, r, A, in, 1.0f, w, in);
+}
+
 }  // namespace loratune::ops

@@ -1,12 +1,13 @@
 #include "ops/cpu/small_gemm.h"
 
-#include <cblas.h>
 #include <immintrin.h>
 #include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
+#include <string>
 
-#include "core/cpu_features.h"
+#include "core/error.h"
+#include "ops/backend.h"
 
 namespace loratune::ops {
 
@@ -120,12 +121,12 @@ void row_times_matrix(int N, int K, float alpha, const float* a, const float* b,
 
 void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc) {
-  static const bool onednn = cpu_features().avx512();
-  if (onednn && dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb,
-                           beta, C, ldc) == dnnl_success)
-    return;
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  cap_onednn_isa();
+  const dnnl_status_t status = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha,
+                                          A, lda, B, ldb, beta, C, ldc);
+  if (status != dnnl_success)
+    throw Error("oneDNN's sgemm failed (status " + std::to_string(status) + ")",
+                std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K));
 }
 
 void small_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,

@@ -1,10 +1,10 @@
-// fp32 products through a BLAS, row-major as cblas_sgemm: C[M, N] = alpha · op(A) · op(B) +
-// beta · C.
+// fp32 products, row-major as cblas_sgemm: C[M, N] = alpha · op(A) · op(B) + beta · C.
 //
-// sgemm: oneDNN's sgemm on CPUs with AVX-512, OpenBLAS elsewhere. On AVX-512 CPUs oneDNN's is
-// the faster (attention's blocks about 1.4x; the LoRA branches' thin products, r = 8, about 2x
-// with OpenBLAS's AVX-512 kernels), and Debian's OpenBLAS 0.3.21 runs its generic SSE3 kernels
-// on CPUs newer than it knows (Xeon family 6 model 207: "Prescott", 3.5x slower there).
+// sgemm: oneDNN's sgemm, which JITs for the running CPU. On AVX-512 CPUs it was the faster
+// (attention's blocks about 1.4x OpenBLAS; the LoRA branches' thin products, r = 8, about 2x
+// OpenBLAS's AVX-512 kernels); at AVX2 it ran as OpenBLAS's Haswell kernels. Debian's OpenBLAS
+// 0.3.21 runs its generic SSE3 kernels on CPUs newer than it knows (Xeon family 6 model 207:
+// "Prescott", 3.5x slower there), so it serves the bench as a peer only.
 //
 // small_sgemm: the small products inside attention (blocks of 64 query rows against their
 // keys), one per task of a parallel loop, one thread each; a single row (decode) goes through
