@@ -82,7 +82,8 @@ TEST(Bench, SmokeEveryFigureOnTheTinyModel) {
       {"bandwidth", {"gb_per_second", "buffer_bytes"}},
       {"train",
        {"shape", "batch", "seq", "seconds_per_step", "tokens_per_second", "flops_per_token",
-        "flop_count", "mfu", "precision", "kernel", "peak_rss_gb"}},
+        "flop_count", "mfu", "precision", "kernel", "peak_rss_gb", "product_seconds_per_step",
+        "product_gflops_in_step"}},
       {"seed",
        {"wall_seconds", "train_examples", "eval_examples", "train_tokens", "steps",
         "tokens_per_second", "peak_rss_gb", "precision", "eval_batches"}},
@@ -141,6 +142,15 @@ TEST(Bench, SmokeEveryFigureOnTheTinyModel) {
       const bool bf16 = line["precision"] == "bf16";
       EXPECT_TRUE(line.contains(bf16 ? "bf16_peak_gflops" : "sgemm_peak_gflops")) << line.dump();
       EXPECT_EQ(line["kernel"], r.lines[0][bf16 ? "bf16_kernel" : "fp32_kernel"]) << line.dump();
+      // The products with frozen weights lie inside the step, and are counted once each: their
+      // flops are most of the step's (all but attention's, the layer-0 input gradients that
+      // no LoRA needs, and the lm_head on the last position of each sequence), never more.
+      const double step = line["seconds_per_step"], product = line["product_seconds_per_step"];
+      EXPECT_LE(product, step) << line.dump();
+      const double flops = product * line["product_gflops_in_step"].get<double>() * 1e9;
+      const double step_flops = line["flops_per_token"].get<double>() * 2 * 16;
+      EXPECT_LE(flops, step_flops * 1.0001) << line.dump();
+      EXPECT_GE(flops, step_flops * 0.5) << line.dump();
     }
     if (line["figure"] == "seed") {  // 10 records split 80/20, batch 4: 2 steps, 1 eval batch
       EXPECT_EQ(line["train_examples"], 8);

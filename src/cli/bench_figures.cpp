@@ -330,9 +330,10 @@ OJson train_figure(const std::string& model_dir, int B, int T, int steps) {
   for (int b = 0; b < B; ++b) seqs.push_back({b * T, T, 0});
   const int64_t count = count_loss_targets(tokens, seqs);
 
-  std::vector<double> times;
-  double loss = 0.0;
+  std::vector<double> times, product_times;
+  double loss = 0.0, product_flops = 0.0;
   for (int s = 0; s < steps; ++s) {
+    ops::reset_product_totals();
     const auto t0 = Clock::now();
     adapter.zero_grad();
     LossSum l = model.forward_backward(tokens, seqs, tokens, 1.0f / static_cast<float>(count),
@@ -341,10 +342,16 @@ OJson train_figure(const std::string& model_dir, int B, int T, int steps) {
     clip_grad_norm(params, 1.0);
     adamw.step(opt.lr);
     times.push_back(seconds_since(t0));
+    product_times.push_back(ops::product_totals().seconds);
+    product_flops = ops::product_totals().flops;
     loss = l.sum / static_cast<double>(l.count);
   }
-  if (steps > 1) times.erase(times.begin());  // the warm-up step
+  if (steps > 1) {  // the warm-up step
+    times.erase(times.begin());
+    product_times.erase(product_times.begin());
+  }
   const double sec = std::max(median(times), 1e-9);
+  const double product_sec = std::max(median(product_times), 1e-9);
   const double tokens_per_second = B * static_cast<double>(T) / sec;
   return {{"figure", "train"},
           {"shape", std::to_string(B) + "x" + std::to_string(T)},
@@ -353,6 +360,10 @@ OJson train_figure(const std::string& model_dir, int B, int T, int steps) {
           {"steps_timed", static_cast<int>(times.size())},
           {"seconds_per_step", sec},
           {"tokens_per_second", tokens_per_second},
+          // The products with frozen weights inside the step: their seconds, and their rate
+          // there (their operands meet them cold, unlike the sgemm figure's warm repeats).
+          {"product_seconds_per_step", product_sec},
+          {"product_gflops_in_step", product_flops / product_sec / 1e9},
           {"flops_per_token", train_flops_per_token(c, T)},
           {"flop_count", kFlopCount},
           {"loss", loss},

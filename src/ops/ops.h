@@ -50,6 +50,16 @@ class OneKernelPerShape {
 };
 bool one_kernel_per_shape();
 
+// The products with frozen weights above (and the loss's lm_head), summed since the last
+// reset over every thread that ran one: their wall time, input rounding and widening included,
+// and their 2·N·in·out flops. The bench splits a training step into them and the rest.
+struct ProductTotals {
+  double seconds = 0.0;
+  double flops = 0.0;
+};
+ProductTotals product_totals();
+void reset_product_totals();
+
 // LoRA branch of a linear layer: u[N, r] = x · Aᵀ (saved), y[N, out] += s · u · Bᵀ.
 // x is the branch input (already dropped out when training with dropout). Under
 // OneKernelPerShape a row's values do not depend on the other rows.
