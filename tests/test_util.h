@@ -99,8 +99,8 @@ inline CommandResult run_shell(const std::string& cmd) {
 }
 
 // Runs `loratune ARGS` through the shell and captures its output.
-inline CommandResult run_cli(const std::string& args) {
-  return run_shell("'" + binary() + "' " + args + " 2>&1");
+inline CommandResult run_cli(const std::string& args, const std::string& env = "") {
+  return run_shell(env + " '" + binary() + "' " + args + " 2>&1");
 }
 
 // A file under tests/golden/ (see its README.md).

@@ -52,7 +52,6 @@ void cap_onednn_isa() {
 }
 
 Backend choose_backend(Precision precision, KernelUse use) {
-  cap_onednn_isa();
   if (precision == Precision::kBF16) {
     // Generation: AMX reads the rows as they are (amx_rows_kernel.h); vdpbf16ps at full rate
     // streams groups; elsewhere the own FMA kernels widen bf16 blocks in registers.

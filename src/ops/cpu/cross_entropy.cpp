@@ -1,4 +1,5 @@
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -89,7 +90,7 @@ double cross_entropy_forward_backward(float* dh, const float* h, const PackedWei
     if (!dh) continue;
     float* dh_rows = dh + static_cast<long>(r0) * C;
     if (bf16_logits) {
-      const ProductClock clock(2.0 * rows * C * V);
+      const ProductClock clock(int64_t{2} * rows * C * V);
       onednn::backward_bf16(dh_rows, logits16, V, w, rows, false);
     } else {
       linear_backward(dh_rows, logits, w, rows, false);

@@ -28,43 +28,39 @@ const float* emulated_input(const float* x, size_t n, const PackedWeight& w) {
   return bf16_precision_copy(x, static_cast<long>(n));
 }
 
-// kGroupsBF16's products of one input x[N, in], rounded to bf16 once for all.
 // The flops of n products of one input x[N, in].
 template <typename Out>
-double product_flops(const Out* outs, int n, int N) {
-  double flops = 0.0;
-  for (int j = 0; j < n; ++j) flops += 2.0 * N * outs[j].w->in() * outs[j].w->out();
+int64_t product_flops(const Out* outs, int n, int N) {
+  int64_t flops = 0;
+  for (int j = 0; j < n; ++j) flops += int64_t{2} * N * outs[j].w->in() * outs[j].w->out();
   return flops;
 }
 
+// kGroupsBF16's products of one input x[N, in], rounded to bf16 once for all.
 void groups_forward(const GroupsProduct* ps, int n, const float* x, int N, bool c_bf16) {
   const int in = ps[0].w->in();
   bf16_groups_forward(ps, n, bf16_copy(x, static_cast<long>(N) * in), in, N, c_bf16);
 }
 
-}  // namespace
+std::atomic<int64_t> g_product_ns{0}, g_product_flops{0};
 
-namespace {
-std::atomic<int64_t> g_product_ns{0};
-std::atomic<double> g_product_flops{0.0};
 }  // namespace
 
 ProductClock::~ProductClock() {
-  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-      std::chrono::steady_clock::now() - start_);
-  g_product_ns += ns.count();
-  double f = g_product_flops.load();
-  while (!g_product_flops.compare_exchange_weak(f, f + flops_)) {
-  }
+  g_product_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::steady_clock::now() - start_)
+                      .count();
+  g_product_flops += flops_;
 }
 
 ProductTotals product_totals() {
-  return {static_cast<double>(g_product_ns.load()) * 1e-9, g_product_flops.load()};
+  return {static_cast<double>(g_product_ns.load()) * 1e-9,
+          static_cast<double>(g_product_flops.load())};
 }
 
 void reset_product_totals() {
   g_product_ns = 0;
-  g_product_flops = 0.0;
+  g_product_flops = 0;
 }
 
 void linear_forward(float* y, const float* x, const PackedWeight& w, const float* b, int N) {
@@ -99,7 +95,7 @@ void linear_forward_shared(const LinearOut* outs, int n, const float* x, int N) 
 }
 
 void linear_accumulate(float* y, const float* x, const PackedWeight& w, int N) {
-  const ProductClock clock(2.0 * N * w.in() * w.out());
+  const ProductClock clock(int64_t{2} * N * w.in() * w.out());
   const Product p{y, &w, true};
   if (w.format() == WeightFormat::kGroupsBF16) {
     const GroupsProduct g{y, &w, true};
@@ -145,7 +141,7 @@ void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, b
   if (!has_backward(w.format()))
     throw std::invalid_argument(std::string("linear_backward: ") + format_name(w.format()) +
                                 " weights are for generation only");
-  const ProductClock clock(2.0 * N * w.in() * w.out());
+  const ProductClock clock(int64_t{2} * N * w.in() * w.out());
   if (!is_blocks(w.format())) return onednn::backward(dx, dy, w, N, accumulate);
   blocks::backward(dx, emulated_input(dy, static_cast<size_t>(N) * w.out(), w), w, N, accumulate);
 }

@@ -3,18 +3,19 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 
 namespace loratune::ops {
 
 class ProductClock {
  public:
-  explicit ProductClock(double flops) : flops_(flops), start_(std::chrono::steady_clock::now()) {}
+  explicit ProductClock(int64_t flops) : flops_(flops), start_(std::chrono::steady_clock::now()) {}
   ~ProductClock();
   ProductClock(const ProductClock&) = delete;
   ProductClock& operator=(const ProductClock&) = delete;
 
  private:
-  double flops_;
+  int64_t flops_;
   std::chrono::steady_clock::time_point start_;
 };
 
