@@ -11,6 +11,7 @@
 #include "core/half.h"
 #include "core/rng.h"
 #include "ops/cpu/amx_rows_kernel.h"
+#include "ops/cpu/attention_products.h"
 #include "ops/cpu/bf16_groups_kernel.h"
 #include "ops/cpu/fast_exp.h"
 #include "ops/cpu/small_gemm.h"
@@ -245,15 +246,14 @@ TEST(OpsForward, AttentionSingleQueryPerKvHead) {
 
 // One-row products (decode's attention) take a direct loop instead of BLAS: against a scalar
 // product, with both layouts of b, odd sizes and both betas.
-TEST(OpsForward, SmallSgemmOneRow) {
+TEST(OpsForward, RowSgemm) {
   for (const auto& [N, K] : {std::pair{1, 1}, {13, 20}, {64, 64}, {70, 131}, {200, 8}}) {
     const auto a = random_vec(K, 30), b = random_vec(static_cast<size_t>(N) * K, 31);
     const auto c0 = random_vec(N, 32);
     for (bool trans_b : {false, true})
       for (float beta : {0.0f, 1.0f}) {
         std::vector<float> c = c0, c_ref(N);
-        ops::small_sgemm(false, trans_b, 1, N, K, 0.5f, a.data(), K, b.data(), trans_b ? K : N,
-                         beta, c.data(), N);
+        ops::row_sgemm(trans_b, N, K, 0.5f, a.data(), b.data(), trans_b ? K : N, beta, c.data());
         for (int j = 0; j < N; ++j) {
           double sum = 0;
           for (int k = 0; k < K; ++k)
@@ -264,6 +264,78 @@ TEST(OpsForward, SmallSgemmOneRow) {
         expect_close(c, c_ref, 1e-4f * std::sqrt(static_cast<float>(K)));
       }
   }
+}
+
+// Attention's products against a double-precision sum over each row's band: A row-major and
+// transposed, sizes that leave partial tiles of rows and partial vectors of columns, bands of
+// k and of columns, writing and accumulating. As the contract lets a tile of rows (up to 16)
+// sum its rows' union of bands, A is zero outside a row's band but within 15 rows' reach,
+// and a poison value beyond, which no tile may read; columns past a row's n_to may hold its
+// value or the old one, columns past N (C's padding) only the old one.
+TEST(OpsForward, BandProduct) {
+  constexpr int kAll = ops::BandProduct::kAll, kReach = 15;
+  struct Band {
+    int k_from, k_to, n_to;
+  };
+  for (const auto& [M, N, K] :
+       {std::tuple{1, 1, 1}, {7, 37, 5}, {13, 64, 64}, {64, 130, 64}, {70, 64, 131}, {6, 16, 0}})
+    for (const Band band :
+         {Band{-kAll, kAll, kAll}, Band{-kAll, 3, kAll}, Band{-2, kAll, kAll}, Band{-4, 9, 2}})
+      for (bool transposed : {false, true})
+        for (bool accumulate : {false, true}) {
+          const std::string name =
+              std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + " band " +
+              std::to_string(band.k_from) + "," + std::to_string(band.k_to) + "," +
+              std::to_string(band.n_to) + (transposed ? " At" : " A") + (accumulate ? " +=" : " =");
+          auto a = random_vec(static_cast<size_t>(M) * K + 1, 40);
+          const auto b = random_vec(static_cast<size_t>(K) * N + 1, 41);
+          const int ldc = N + 3;
+          const auto c0 = random_vec(static_cast<size_t>(M) * ldc, 42);
+          auto at = [&](int i, int k) -> float& {
+            return a[transposed ? static_cast<size_t>(k) * M + i : static_cast<size_t>(i) * K + k];
+          };
+          auto in_band = [&](int i, int k) {
+            return k >= i + static_cast<long>(band.k_from) && k <= i + static_cast<long>(band.k_to);
+          };
+          auto reachable = [&](int i, int k) {
+            return k >= i - kReach + static_cast<long>(band.k_from) &&
+                   k <= i + kReach + static_cast<long>(band.k_to);
+          };
+          for (int i = 0; i < M; ++i)
+            for (int k = 0; k < K; ++k)
+              if (!in_band(i, k)) at(i, k) = reachable(i, k) ? 0.0f : 1e30f;
+          std::vector<float> c = c0;
+          ops::band_product({.M = M,
+                             .N = N,
+                             .K = K,
+                             .alpha = 0.5f,
+                             .a = a.data(),
+                             .a_row = transposed ? 1 : K,
+                             .a_col = transposed ? M : 1,
+                             .b = b.data(),
+                             .ldb = N,
+                             .c = c.data(),
+                             .ldc = ldc,
+                             .accumulate = accumulate,
+                             .k_from = band.k_from,
+                             .k_to = band.k_to,
+                             .n_to = band.n_to});
+          for (int i = 0; i < M; ++i)
+            for (int j = 0; j < ldc; ++j) {
+              const size_t at_c = static_cast<size_t>(i) * ldc + j;
+              if (j >= N) {
+                ASSERT_EQ(c[at_c], c0[at_c]) << name << " wrote padding at " << i << "," << j;
+                continue;
+              }
+              double sum = 0;
+              for (int k = 0; k < K; ++k)
+                if (in_band(i, k)) sum += static_cast<double>(at(i, k)) * b[k * N + j];
+              const double want = 0.5 * sum + (accumulate ? c0[at_c] : 0.0);
+              const double tol = 1e-4 * std::sqrt(K + 1.0);
+              if (j > i + static_cast<long>(band.n_to) && c[at_c] == c0[at_c]) continue;
+              ASSERT_NEAR(c[at_c], want, tol) << name << " at " << i << "," << j;
+            }
+        }
 }
 
 // Generation's bf16 kernels (vdpbf16ps, AMX): fp32 sums of bf16 products (to fp32 rounding),

@@ -3,6 +3,7 @@
 #include <limits>
 #include <vector>
 
+#include "ops/cpu/attention_products.h"
 #include "ops/cpu/fast_exp.h"
 #include "ops/cpu/row_max.h"
 #include "ops/cpu/small_gemm.h"
@@ -12,15 +13,52 @@ namespace loratune::ops {
 
 namespace {
 
-// Query rows per block: a block of rows only multiplies the keys up to its last row, which
-// skips nearly half of the causal [T, T] work, and blocks make many small parallel tasks.
+// Query rows per block: a block of rows only multiplies the keys up to its last row, and
+// blocks make many small parallel tasks.
 constexpr int kRowBlock = 64;
+constexpr int kAll = BandProduct::kAll;
 
-// scores[q_len, n_keys] = scale · Q_h · K_gᵀ
-void head_scores(float* scores, const float* qh, long q_stride, const float* kg, int kv_stride,
-                 int q_len, int n_keys, int D, float scale) {
-  small_sgemm(false, true, q_len, n_keys, D, scale, qh, q_stride, kg, kv_stride, 0.0f, scores,
-              n_keys);
+// The row stride of a buffer of n_keys columns that the products read down its columns (Kᵀ,
+// scores): whole vectors and one more, so that the rows of a block do not all fall into the
+// same few L1 sets, as they do a power of two apart (2 KB at 512 keys).
+int padded(int n_keys) {
+  return (n_keys + 15) / 16 * 16 + 16;
+}
+
+// kt[D, ld] = the keys of a kv head (kv_stride apart) transposed: the score products read a
+// row of Kᵀ as vectors.
+void transpose_keys(float* kt, int ld, const float* k, int kv_stride, int n_keys, int D) {
+  for (int d = 0; d < D; ++d)
+    for (int j = 0; j < n_keys; ++j)
+      kt[static_cast<long>(d) * ld + j] = k[static_cast<long>(j) * kv_stride + d];
+}
+
+// scores[rows, n_keys] (rows padded(n_keys) apart) = scale · Q·Kᵀ for a block of query rows
+// (q_stride apart) against the block's keys kt (columns of Kᵀ, ld_kt apart), written up to
+// each row's last key, which is the row's index + last_key.
+void block_scores(float* scores, const float* q, long q_stride, const float* kt, int ld_kt,
+                  int rows, int n_keys, int D, float scale, int last_key) {
+  BandProduct p{rows, n_keys, D, scale, q, q_stride, 1, kt, ld_kt, scores, padded(n_keys)};
+  p.n_to = last_key;
+  band_product(p);
+}
+
+// c[rows, D] = alpha · a·b for a block's rows a[rows, n_keys] (lda apart) and its keys'
+// b[n_keys, D] (ldb apart), row i summing the keys i + from .. i + to only.
+void rows_times_keys(float* c, long ldc, const float* a, int lda, const float* b, long ldb,
+                     int rows, int n_keys, int D, float alpha, int from, int to) {
+  BandProduct p{rows, D, n_keys, alpha, a, lda, 1, b, ldb, c, ldc};
+  p.k_from = from, p.k_to = to;
+  band_product(p);
+}
+
+// c[n_keys, D] += alpha · aᵀ·b for a block's a[rows, n_keys] (lda apart) and b[rows, D] (ldb
+// apart), key j summing the rows j + from .. j + to only.
+void keys_times_rows(float* c, long ldc, const float* a, int lda, const float* b, long ldb,
+                     int rows, int n_keys, int D, float alpha, int from, int to) {
+  BandProduct p{n_keys, D, rows, alpha, a, 1, lda, b, ldb, c, ldc, true};
+  p.k_from = from, p.k_to = to;
+  band_product(p);
 }
 
 // row[first, end) = softmax of itself, the rest of row[0, n) = 0; returns the log-sum-exp.
@@ -35,6 +73,12 @@ float causal_softmax(float* row, int first, int end, int n) {
   std::fill(row, row + first, 0.0f);
   std::fill(row + end, row + n, 0.0f);
   return max_s + std::log(sum);
+}
+
+// The first key that row i of a block sees is key i + keys_from(last, window) (block
+// coordinates, row i's last key being i + last): all keys before it without a window.
+int keys_from(int last, int window) {
+  return window > 0 ? last - window + 1 : -kAll;
 }
 
 // The first key that the query at `position` sees.
@@ -55,9 +99,8 @@ void single_query_group(float* out, float* lse, const float* q, const float* k, 
   for (int j0 = 0; j0 < n_keys; j0 += kKeyBlock) {
     const int keys = std::min(kKeyBlock, n_keys - j0);
     for (int i = 0; i < group; ++i)
-      small_sgemm(false, true, 1, keys, D, scale, q + i * D, D,
-                  k + static_cast<long>(j0) * kv_stride, kv_stride, 0.0f,
-                  scores + static_cast<long>(i) * n_keys + j0, keys);
+      row_sgemm(true, keys, D, scale, q + i * D, k + static_cast<long>(j0) * kv_stride, kv_stride,
+                0.0f, scores + static_cast<long>(i) * n_keys + j0);
   }
   for (int i = 0; i < group; ++i) {
     const float l = causal_softmax(scores + static_cast<long>(i) * n_keys, 0, n_keys, n_keys);
@@ -67,9 +110,9 @@ void single_query_group(float* out, float* lse, const float* q, const float* k, 
   for (int j0 = 0; j0 < n_keys; j0 += kKeyBlock) {
     const int keys = std::min(kKeyBlock, n_keys - j0);
     for (int i = 0; i < group; ++i)
-      small_sgemm(false, false, 1, D, keys, 1.0f, scores + static_cast<long>(i) * n_keys + j0, keys,
-                  v + static_cast<long>(j0) * kv_stride, kv_stride, j0 > 0 ? 1.0f : 0.0f,
-                  out + i * D, D);
+      row_sgemm(false, D, keys, 1.0f, scores + static_cast<long>(i) * n_keys + j0,
+                v + static_cast<long>(j0) * kv_stride, kv_stride, j0 > 0 ? 1.0f : 0.0f,
+                out + i * D);
   }
 }
 
@@ -80,18 +123,42 @@ void attention_forward(float* out, float* lse, const float* q, const AttentionSp
   const int group = H / Hkv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const long q_stride = static_cast<long>(H) * D;
+  // Kᵀ of every kv head of the spans of more than one query, from the first key (the spans of
+  // one query, decode, read K as it is): the calling thread's buffers, which the team reads
+  // through the pointers.
+  thread_local std::vector<long> kt_offsets;
+  thread_local std::vector<float> kt_buffer;
+  kt_offsets.resize(n_spans);
+  long kt_size = 0;
+  for (int s = 0; s < n_spans; ++s) {
+    kt_offsets[s] = kt_size;
+    if (spans[s].q_len > 1)
+      kt_size += static_cast<long>(Hkv) * D * padded(spans[s].past + spans[s].q_len);
+  }
+  if (kt_buffer.size() < static_cast<size_t>(kt_size)) kt_buffer.resize(kt_size);
+  float* const kt = kt_buffer.data();
+  const long* const kt_at = kt_offsets.data();
   // One task per (sequence, block of query rows, head): scores = Q·Kᵀ over the keys the block
-  // can see, causal softmax, P·V, with BLAS running single-threaded inside the parallel loop.
-  // A sequence of one query (decode) is one task per kv head instead (single_query_group):
-  // chosen by the sequence's own length, so that it attends the same way in any batch.
-  // The task grid is rectangular (every sequence gets the longest one's blocks; the blocks a
-  // sequence lacks are skipped) so that the decode loop allocates nothing here.
+  // can see, causal softmax, P·V. A sequence of one query (decode) is one task per kv head
+  // instead (single_query_group): chosen by the sequence's own length, so that it attends the
+  // same way in any batch. The task grid is rectangular (every sequence gets the longest
+  // one's blocks; the blocks a sequence lacks are skipped) so that the decode loop allocates
+  // nothing here.
   int max_len = 0;
   for (int s = 0; s < n_spans; ++s) max_len = std::max(max_len, spans[s].q_len);
   const int n_blocks = (max_len + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel
   {
     thread_local std::vector<float> scores;
+#pragma omp for collapse(2) schedule(dynamic)
+    for (int s = 0; s < n_spans; ++s)
+      for (int g = 0; g < Hkv; ++g) {
+        const AttentionSpan& sp = spans[s];
+        if (sp.q_len == 1) continue;
+        const int n = sp.past + sp.q_len, ld = padded(n);
+        transpose_keys(kt + kt_at[s] + static_cast<long>(g) * D * ld, ld, sp.k + g * D, kv_stride,
+                       n, D);
+      }
 #pragma omp for collapse(3) schedule(dynamic) nowait
     for (int s = 0; s < n_spans; ++s)
       for (int b = 0; b < n_blocks; ++b)
@@ -100,24 +167,26 @@ void attention_forward(float* out, float* lse, const float* q, const AttentionSp
           const int i0 = b * kRowBlock;
           if (i0 >= sp.q_len || sp.q_len == 1) continue;
           const int rows = std::min(kRowBlock, sp.q_len - i0);
-          // The block sees keys lo..lo+n_keys−1: from its first row's first key to its last row.
+          // The block sees keys lo..lo+n_keys−1: from its first row's first key to its last
+          // row; row i sees up to key i + last (block coordinates).
           const int lo = first_key(sp.past + i0, window);
-          const int n_keys = sp.past + i0 + rows - lo;
-          const int g = h / group;
+          const int n_keys = sp.past + i0 + rows - lo, last = sp.past + i0 - lo;
+          const int g = h / group, ld = padded(sp.past + sp.q_len), ldp = padded(n_keys);
           const long q_row = static_cast<long>(sp.q_start) + i0;
-          const long kv_off = static_cast<long>(lo) * kv_stride + g * D;
-          scores.resize(static_cast<size_t>(rows) * n_keys);
-          head_scores(scores.data(), q + q_row * q_stride + h * D, q_stride, sp.k + kv_off,
-                      kv_stride, rows, n_keys, D, scale);
+          scores.resize(static_cast<size_t>(rows) * ldp);
+          block_scores(scores.data(), q + q_row * q_stride + h * D, q_stride,
+                       kt + kt_at[s] + static_cast<long>(g) * D * ld + lo, ld, rows, n_keys, D,
+                       scale, last);
           for (int i = 0; i < rows; ++i) {
             const int position = sp.past + i0 + i;
             const float l =
-                causal_softmax(scores.data() + static_cast<long>(i) * n_keys,
+                causal_softmax(scores.data() + static_cast<long>(i) * ldp,
                                first_key(position, window) - lo, position + 1 - lo, n_keys);
             if (lse) lse[(q_row + i) * H + h] = l;
           }
-          small_sgemm(false, false, rows, D, n_keys, 1.0f, scores.data(), n_keys, sp.v + kv_off,
-                      kv_stride, 0.0f, out + q_row * q_stride + h * D, q_stride);
+          rows_times_keys(out + q_row * q_stride + h * D, q_stride, scores.data(), ldp,
+                          sp.v + static_cast<long>(lo) * kv_stride + g * D, kv_stride, rows, n_keys,
+                          D, 1.0f, keys_from(last, window), last);
         }
 #pragma omp for collapse(2) schedule(dynamic)
     for (int s = 0; s < n_spans; ++s)
@@ -143,11 +212,27 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const long q_stride = static_cast<long>(H) * D;
   const int kv_stride = Hkv * D;
+  // The softmax backward's row terms Σ_d dO·O, one per (query, head), in a pass of its own:
+  // it streams dO and O in order, where the tasks below would wait on each row of O.
+  long n_rows = 0;
+  for (int s = 0; s < n_spans; ++s)
+    n_rows = std::max(n_rows, static_cast<long>(spans[s].q_start) + spans[s].q_len);
+  thread_local std::vector<float> row_terms;  // the calling thread's, read by the team
+  if (row_terms.size() < static_cast<size_t>(n_rows * H)) row_terms.resize(n_rows * H);
+  float* const delta = row_terms.data();
   // One task per (sequence, kv head): the query heads of a group all add into the same dk/dv
   // columns, so they run in one task. Inside, blocks of query rows see only their keys.
 #pragma omp parallel
   {
-    thread_local std::vector<float> p, dp;
+    thread_local std::vector<float> p, dp, kt, vt;
+#pragma omp for schedule(static)
+    for (long r = 0; r < n_rows * H; ++r) {
+      const float* a = dout + r * D;
+      const float* b = out + r * D;
+      float dot = 0.0f;
+      for (int d = 0; d < D; ++d) dot += a[d] * b[d];
+      delta[r] = dot;
+    }
 #pragma omp for collapse(2) schedule(dynamic)
     for (int s = 0; s < n_spans; ++s)
       for (int g = 0; g < Hkv; ++g) {
@@ -157,48 +242,53 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
           std::fill_n(dk + (static_cast<long>(start) + t) * kv_stride + g * D, D, 0.0f);
           std::fill_n(dv + (static_cast<long>(start) + t) * kv_stride + g * D, D, 0.0f);
         }
-        p.resize(static_cast<size_t>(std::min(T, kRowBlock)) * T);
+        const int ld = padded(T);
+        p.resize(static_cast<size_t>(std::min(T, kRowBlock)) * ld);
         dp.resize(p.size());
+        kt.resize(static_cast<size_t>(D) * ld);
+        vt.resize(kt.size());
+        const long kv_start = static_cast<long>(start) * kv_stride + g * D;
+        transpose_keys(kt.data(), ld, k + kv_start, kv_stride, T, D);
+        transpose_keys(vt.data(), ld, v + kv_start, kv_stride, T, D);
         for (int h = g * group; h < (g + 1) * group; ++h)
           for (int i0 = 0; i0 < T; i0 += kRowBlock) {
-            // The block's keys lo..lo+n_keys−1, as in the forward.
+            // The block's keys lo..lo+n_keys−1, as in the forward: row i sees up to key
+            // i + last, and key j is seen from row j − last.
             const int rows = std::min(kRowBlock, T - i0), lo = first_key(i0, window);
-            const int n_keys = i0 + rows - lo;
-            const long kv_off = (static_cast<long>(start) + lo) * kv_stride + g * D;
-            const float* kg = k + kv_off;
-            const float* vg = v + kv_off;
-            float* dkg = dk + kv_off;
-            float* dvg = dv + kv_off;
+            const int n_keys = i0 + rows - lo, last = i0 - lo, ldp = padded(n_keys);
+            const long kv_off = kv_start + static_cast<long>(lo) * kv_stride;
             const long off = (static_cast<long>(start) + i0) * q_stride + h * D;
-            // P = exp(scale·Q·Kᵀ − lse) over the visible keys.
-            head_scores(p.data(), q + off, q_stride, kg, kv_stride, rows, n_keys, D, scale);
-            // dP = dO·Vᵀ
-            small_sgemm(false, true, rows, n_keys, D, 1.0f, dout + off, q_stride, vg, kv_stride,
-                        0.0f, dp.data(), n_keys);
+            // P = exp(scale·Q·Kᵀ − lse) and dP = dO·Vᵀ over the visible keys.
+            block_scores(p.data(), q + off, q_stride, kt.data() + lo, ld, rows, n_keys, D, scale,
+                         last);
+            block_scores(dp.data(), dout + off, q_stride, vt.data() + lo, ld, rows, n_keys, D, 1.0f,
+                         last);
             for (int i = 0; i < rows; ++i) {
               const float l = lse[(static_cast<long>(start) + i0 + i) * H + h];
-              float* prow = p.data() + static_cast<long>(i) * n_keys;
-              float* dprow = dp.data() + static_cast<long>(i) * n_keys;
-              const float* dorow = dout + off + i * q_stride;
-              const float* orow = out + off + i * q_stride;
-              float dot = 0.0f;  // Σ_d dO·O: the softmax backward's row term
-              for (int d = 0; d < D; ++d) dot += dorow[d] * orow[d];
+              float* prow = p.data() + static_cast<long>(i) * ldp;
+              float* dprow = dp.data() + static_cast<long>(i) * ldp;
+              const float dot = delta[(static_cast<long>(start) + i0 + i) * H + h];
               const int first = first_key(i0 + i, window) - lo, end = i0 + i + 1 - lo;
+              // dS = P ∘ (dP − row term) in place of dP, apart from P, which dV still needs;
+              // both zero outside the row's keys.
 #pragma omp simd
-              for (int j = first; j < end; ++j) prow[j] = fast_exp(prow[j] - l);
-              std::fill(prow, prow + first, 0.0f);
-              std::fill(prow + end, prow + n_keys, 0.0f);
-              // dS = P ∘ (dP − rowdot) in place of dP, apart from P, which dV still needs.
-#pragma omp simd
-              for (int j = 0; j < n_keys; ++j) dprow[j] = prow[j] * (dprow[j] - dot);
+              for (int j = first; j < end; ++j) {
+                prow[j] = fast_exp(prow[j] - l);
+                dprow[j] = prow[j] * (dprow[j] - dot);
+              }
+              for (float* row : {prow, dprow}) {
+                std::fill(row, row + first, 0.0f);
+                std::fill(row + end, row + n_keys, 0.0f);
+              }
             }
             // dV += Pᵀ·dO; dQ = scale·dS·K; dK += scale·dSᵀ·Q
-            small_sgemm(true, false, n_keys, D, rows, 1.0f, p.data(), n_keys, dout + off, q_stride,
-                        1.0f, dvg, kv_stride);
-            small_sgemm(false, false, rows, D, n_keys, scale, dp.data(), n_keys, kg, kv_stride,
-                        0.0f, dq + off, q_stride);
-            small_sgemm(true, false, n_keys, D, rows, scale, dp.data(), n_keys, q + off, q_stride,
-                        1.0f, dkg, kv_stride);
+            const int seen_from = -last, seen_to = window > 0 ? window - 1 - last : kAll;
+            keys_times_rows(dv + kv_off, kv_stride, p.data(), ldp, dout + off, q_stride, rows,
+                            n_keys, D, 1.0f, seen_from, seen_to);
+            rows_times_keys(dq + off, q_stride, dp.data(), ldp, k + kv_off, kv_stride, rows, n_keys,
+                            D, scale, keys_from(last, window), last);
+            keys_times_rows(dk + kv_off, kv_stride, dp.data(), ldp, q + off, q_stride, rows, n_keys,
+                            D, scale, seen_from, seen_to);
           }
       }
   }

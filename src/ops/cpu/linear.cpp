@@ -149,13 +149,13 @@ void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, b
 void lora_forward(float* y, float* u, const float* x, const float* A, const float* B, float scale,
                   int N, int in, int out, int r) {
   if (one_kernel_per_shape()) {
-    // A row at a time through small_sgemm's one-row loops: BLAS products round a row
+    // A row at a time through row_sgemm's loops: BLAS products round a row
     // differently at some row counts, and generation batches the rows of every sequence with
     // the same adapter. The branch is a sliver of a decode step's work.
     parallel_ranges(N, 64, [&](long begin, long end) {
       for (long n = begin; n < end; ++n) {
-        small_sgemm(false, true, 1, r, in, 1.0f, x + n * in, in, A, in, 0.0f, u + n * r, r);
-        small_sgemm(false, true, 1, out, r, scale, u + n * r, r, B, r, 1.0f, y + n * out, out);
+        row_sgemm(true, r, in, 1.0f, x + n * in, A, in, 0.0f, u + n * r);
+        row_sgemm(true, out, r, scale, u + n * r, B, r, 1.0f, y + n * out);
       }
     });
     return;

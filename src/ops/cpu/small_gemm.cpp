@@ -4,6 +4,7 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
+#include <stdexcept>
 #include <string>
 
 #include "core/error.h"
@@ -129,14 +130,11 @@ void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const f
                 std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K));
 }
 
-void small_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
-                 int lda, const float* B, int ldb, float beta, float* C, int ldc) {
-  // One row (decode's query against its keys, and its probabilities times the values).
-  if (M == 1 && !trans_a && (beta == 0.0f || beta == 1.0f)) {
-    if (trans_b) return row_times_rows(N, K, alpha, A, B, ldb, beta, C);
-    return row_times_matrix(N, K, alpha, A, B, ldb, beta, C);
-  }
-  sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+void row_sgemm(bool trans_b, int N, int K, float alpha, const float* a, const float* B, int ldb,
+               float beta, float* c) {
+  if (beta != 0.0f && beta != 1.0f) throw std::invalid_argument("row_sgemm: beta is 0 or 1");
+  if (trans_b) return row_times_rows(N, K, alpha, a, B, ldb, beta, c);
+  row_times_matrix(N, K, alpha, a, B, ldb, beta, c);
 }
 
 }  // namespace loratune::ops

@@ -6,9 +6,10 @@
 // 0.3.21 runs its generic SSE3 kernels on CPUs newer than it knows (Xeon family 6 model 207:
 // "Prescott", 3.5x slower there), so it serves the bench as a peer only.
 //
-// small_sgemm: the small products inside attention (blocks of 64 query rows against their
-// keys), one per task of a parallel loop, one thread each; a single row (decode) goes through
-// own AVX2 loops, as BLAS's per-call cost outweighed the work by several times.
+// row_sgemm: one row times a matrix on the calling thread (decode's query against its keys, a
+// LoRA branch row by row in generation), own AVX2 loops, as BLAS's per-call cost outweighed
+// the work by several times. Attention's blocks of rows have their own products
+// (ops/cpu/attention_products.h).
 #pragma once
 
 namespace loratune::ops {
@@ -16,7 +17,9 @@ namespace loratune::ops {
 void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc);
 
-void small_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
-                 int lda, const float* B, int ldb, float beta, float* C, int ldc);
+// c[N] = alpha · a·op(B) (+ c when beta is 1; beta is 0 or 1) for the row a[K]: B is [K, N], or
+// [N, K] with trans_b, row-major, rows ldb apart.
+void row_sgemm(bool trans_b, int N, int K, float alpha, const float* a, const float* B, int ldb,
+               float beta, float* c);
 
 }  // namespace loratune::ops
