@@ -1,8 +1,8 @@
 // fp32 products, row-major as cblas_sgemm: C[M, N] = alpha · op(A) · op(B) + beta · C.
 //
 // sgemm: oneDNN's sgemm, which JITs for the running CPU. On AVX-512 CPUs it was the faster
-// (attention's blocks about 1.4x OpenBLAS; the LoRA branches' thin products, r = 8, about 2x
-// OpenBLAS's AVX-512 kernels); at AVX2 it ran as OpenBLAS's Haswell kernels. Debian's OpenBLAS
+// (the LoRA branches' thin products, r = 8, about 2x OpenBLAS's AVX-512 kernels; attention's
+// blocks, before their own tiles, about 1.4x); at AVX2 it ran as OpenBLAS's Haswell kernels. Debian's OpenBLAS
 // 0.3.21 runs its generic SSE3 kernels on CPUs newer than it knows (Xeon family 6 model 207:
 // "Prescott", 3.5x slower there), so it serves the bench as a peer only.
 //
