@@ -2,9 +2,9 @@
 //
 // sgemm: oneDNN's sgemm, which JITs for the running CPU. On AVX-512 CPUs it was the faster
 // (the LoRA branches' thin products, r = 8, about 2x OpenBLAS's AVX-512 kernels; attention's
-// blocks, before their own tiles, about 1.4x); at AVX2 it ran as OpenBLAS's Haswell kernels. Debian's OpenBLAS
-// 0.3.21 runs its generic SSE3 kernels on CPUs newer than it knows (Xeon family 6 model 207:
-// "Prescott", 3.5x slower there), so it serves the bench as a peer only.
+// blocks, before their own tiles, about 1.4x); at AVX2 it ran as OpenBLAS's Haswell kernels.
+// Debian's OpenBLAS 0.3.21 runs its generic SSE3 kernels on CPUs newer than it knows (Xeon family 6
+// model 207: "Prescott", 3.5x slower there), so it serves the bench as a peer only.
 //
 // row_sgemm: one row times a matrix on the calling thread (decode's query against its keys, a
 // LoRA branch row by row in generation), own AVX2 loops, as BLAS's per-call cost outweighed
