@@ -59,7 +59,8 @@ const CommandSpec kSpec = {
     "             token = 4*P + 6*L*H*D*T: P = frozen linear weights incl. lm_head (forward 2P,\n"
     "             input gradient 2P; LoRA not counted), causal attention 2*L*H*D*T forward and\n"
     "             twice that backward (T = sequence length); the step split into its\n"
-    "             products with frozen weights (seconds, GFLOP/s in the step) and the rest\n"
+    "             products with frozen weights (seconds, GFLOP/s in the step), attention\n"
+    "             (seconds) and the rest\n"
     "  seed       the seed recipe (examples/seed.yaml) end to end on the first --seed-records\n"
     "             records of --data, split 80/20, with the Python peer's own run of that job\n"
     "             where one was measured (its figure, machine and date: no ratio, as it ran\n"
@@ -466,16 +467,18 @@ int run_bench(const Args& args) {
         line["peak_rss_gb"] = r.peak_rss_gb;
         emit(line);
         // Where the step goes: its products with frozen weights at their rate in the step
-        // (against the peak, which repeats one product warm), and the rest.
+        // (against the peak, which repeats one product warm), attention, and the rest.
         const double product_sec = num(line, "product_seconds_per_step");
+        const double attention_sec = num(line, "attention_seconds_per_step");
         const double product_rate = num(line, "product_gflops_in_step");
         rows.push_back({what, fmt(num(line, "tokens_per_second")), "tokens/s",
                         fmt(num(line, "seconds_per_step")) + " s/step, MFU " + fmt(100 * mfu) +
                             " % of the " + mode_name(mode) + " peak, peak RSS " +
                             fmt(r.peak_rss_gb) + " GB; products " + fmt(product_sec) + " s at " +
                             fmt(product_rate) + " GFLOP/s (" + fmt(100 * product_rate / peak) +
-                            " % of the peak), the rest " +
-                            fmt(num(line, "seconds_per_step") - product_sec) + " s"});
+                            " % of the peak), attention " + fmt(attention_sec) + " s, the rest " +
+                            fmt(num(line, "seconds_per_step") - product_sec - attention_sec) +
+                            " s"});
       }
   }
   if (s.wants("seed") && !seed) {

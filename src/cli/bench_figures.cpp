@@ -89,6 +89,16 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+// part over the steps whose times make the median (the middle one, or the mean of the middle
+// two): the parts of a step then add up to at most its median time, as each step's do.
+double at_median_steps(const std::vector<double>& times, const std::vector<double>& part) {
+  std::vector<size_t> order(times.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return times[a] < times[b]; });
+  const size_t n = order.size();
+  return n % 2 ? part[order[n / 2]] : 0.5 * (part[order[n / 2 - 1]] + part[order[n / 2]]);
+}
+
 }  // namespace
 
 TempFolder::TempFolder(const std::string& prefix) {
@@ -330,10 +340,10 @@ OJson train_figure(const std::string& model_dir, int B, int T, int steps) {
   for (int b = 0; b < B; ++b) seqs.push_back({b * T, T, 0});
   const int64_t count = count_loss_targets(tokens, seqs);
 
-  std::vector<double> times, product_times;
+  std::vector<double> times, product_times, attention_times;
   double loss = 0.0, product_flops = 0.0;
   for (int s = 0; s < steps; ++s) {
-    ops::reset_product_totals();
+    ops::reset_step_totals();
     const auto t0 = Clock::now();
     adapter.zero_grad();
     LossSum l = model.forward_backward(tokens, seqs, tokens, 1.0f / static_cast<float>(count),
@@ -342,16 +352,19 @@ OJson train_figure(const std::string& model_dir, int B, int T, int steps) {
     clip_grad_norm(params, 1.0);
     adamw.step(opt.lr);
     times.push_back(seconds_since(t0));
-    product_times.push_back(ops::product_totals().seconds);
-    product_flops = ops::product_totals().flops;
+    const ops::StepTotals totals = ops::step_totals();
+    product_times.push_back(totals.product_seconds);
+    attention_times.push_back(totals.attention_seconds);
+    product_flops = totals.product_flops;
     loss = l.sum / static_cast<double>(l.count);
   }
   if (steps > 1) {  // the warm-up step
     times.erase(times.begin());
     product_times.erase(product_times.begin());
+    attention_times.erase(attention_times.begin());
   }
   const double sec = std::max(median(times), 1e-9);
-  const double product_sec = std::max(median(product_times), 1e-9);
+  const double product_sec = std::max(at_median_steps(times, product_times), 1e-9);
   const double tokens_per_second = B * static_cast<double>(T) / sec;
   return {{"figure", "train"},
           {"shape", std::to_string(B) + "x" + std::to_string(T)},
@@ -364,6 +377,7 @@ OJson train_figure(const std::string& model_dir, int B, int T, int steps) {
           // there (their operands meet them cold, unlike the sgemm figure's warm repeats).
           {"product_seconds_per_step", product_sec},
           {"product_gflops_in_step", product_flops / product_sec / 1e9},
+          {"attention_seconds_per_step", at_median_steps(times, attention_times)},
           {"flops_per_token", train_flops_per_token(c, T)},
           {"flop_count", kFlopCount},
           {"loss", loss},

@@ -50,15 +50,17 @@ class OneKernelPerShape {
 };
 bool one_kernel_per_shape();
 
-// The products with frozen weights above (and the loss's lm_head), summed since the last
-// reset over every thread that ran one: their wall time, input rounding and widening included,
-// and their 2·N·in·out flops. The bench splits a training step into them and the rest.
-struct ProductTotals {
-  double seconds = 0.0;
-  double flops = 0.0;
+// Where the steps since the last reset went, over every thread: the products with frozen
+// weights above (and the loss's lm_head), their input rounding and widening included, with
+// their 2·N·in·out flops; and attention_forward / attention_backward. Wall times. The bench
+// splits a training step into them and the rest.
+struct StepTotals {
+  double product_seconds = 0.0;
+  double product_flops = 0.0;
+  double attention_seconds = 0.0;
 };
-ProductTotals product_totals();
-void reset_product_totals();
+StepTotals step_totals();
+void reset_step_totals();
 
 // LoRA branch of a linear layer: u[N, r] = x · Aᵀ (saved), y[N, out] += s · u · Bᵀ.
 // x is the branch input (already dropped out when training with dropout). Under

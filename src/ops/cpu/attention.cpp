@@ -7,6 +7,7 @@
 #include "ops/cpu/fast_exp.h"
 #include "ops/cpu/row_max.h"
 #include "ops/cpu/small_gemm.h"
+#include "ops/cpu/step_clock.h"
 #include "ops/ops.h"
 
 namespace loratune::ops {
@@ -120,6 +121,7 @@ void single_query_group(float* out, float* lse, const float* q, const float* k, 
 
 void attention_forward(float* out, float* lse, const float* q, const AttentionSpan* spans,
                        int n_spans, int H, int Hkv, int D, int kv_stride, int window) {
+  const StepClock clock(StepWork::kAttention);
   const int group = H / Hkv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const long q_stride = static_cast<long>(H) * D;
@@ -208,6 +210,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
                         const float* lse, const float* q, const float* k, const float* v,
                         const AttentionSpan* spans, int n_spans, int H, int Hkv, int D,
                         int window) {
+  const StepClock clock(StepWork::kAttention);
   const int group = H / Hkv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const long q_stride = static_cast<long>(H) * D;

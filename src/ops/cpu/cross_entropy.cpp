@@ -6,8 +6,8 @@
 #include "ops/cpu/bf16_round.h"
 #include "ops/cpu/fast_exp.h"
 #include "ops/cpu/onednn_matmul.h"
-#include "ops/cpu/product_clock.h"
 #include "ops/cpu/row_max.h"
+#include "ops/cpu/step_clock.h"
 #include "ops/ops.h"
 
 namespace loratune::ops {
@@ -90,7 +90,7 @@ double cross_entropy_forward_backward(float* dh, const float* h, const PackedWei
     if (!dh) continue;
     float* dh_rows = dh + static_cast<long>(r0) * C;
     if (bf16_logits) {
-      const ProductClock clock(int64_t{2} * rows * C * V);
+      const StepClock clock(StepWork::kProduct, int64_t{2} * rows * C * V);
       onednn::backward_bf16(dh_rows, logits16, V, w, rows, false);
     } else {
       linear_backward(dh_rows, logits, w, rows, false);

@@ -1,5 +1,3 @@
-#include <atomic>
-#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -11,8 +9,8 @@
 #include "ops/cpu/bf16_round.h"
 #include "ops/cpu/blocks_kernel.h"
 #include "ops/cpu/onednn_matmul.h"
-#include "ops/cpu/product_clock.h"
 #include "ops/cpu/small_gemm.h"
+#include "ops/cpu/step_clock.h"
 #include "ops/ops.h"
 
 namespace loratune::ops {
@@ -42,26 +40,7 @@ void groups_forward(const GroupsProduct* ps, int n, const float* x, int N, bool 
   bf16_groups_forward(ps, n, bf16_copy(x, static_cast<long>(N) * in), in, N, c_bf16);
 }
 
-std::atomic<int64_t> g_product_ns{0}, g_product_flops{0};
-
 }  // namespace
-
-ProductClock::~ProductClock() {
-  g_product_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
-                      std::chrono::steady_clock::now() - start_)
-                      .count();
-  g_product_flops += flops_;
-}
-
-ProductTotals product_totals() {
-  return {static_cast<double>(g_product_ns.load()) * 1e-9,
-          static_cast<double>(g_product_flops.load())};
-}
-
-void reset_product_totals() {
-  g_product_ns = 0;
-  g_product_flops = 0;
-}
 
 void linear_forward(float* y, const float* x, const PackedWeight& w, const float* b, int N) {
   const LinearOut out{y, &w, b};
@@ -74,7 +53,7 @@ void linear_forward_shared(const LinearOut* outs, int n, const float* x, int N) 
   for (int j = 1; j < n; ++j)
     if (outs[j].w->in() != outs[0].w->in() || outs[j].w->format() != outs[0].w->format())
       throw std::invalid_argument("linear_forward_shared: the weights differ in size or format");
-  const ProductClock clock(product_flops(outs, n, N));
+  const StepClock clock(StepWork::kProduct, product_flops(outs, n, N));
   Product ps[kMaxProducts];
   for (int j = 0; j < n; ++j) {
     const LinearOut& o = outs[j];
@@ -95,7 +74,7 @@ void linear_forward_shared(const LinearOut* outs, int n, const float* x, int N) 
 }
 
 void linear_accumulate(float* y, const float* x, const PackedWeight& w, int N) {
-  const ProductClock clock(int64_t{2} * N * w.in() * w.out());
+  const StepClock clock(StepWork::kProduct, int64_t{2} * N * w.in() * w.out());
   const Product p{y, &w, true};
   if (w.format() == WeightFormat::kGroupsBF16) {
     const GroupsProduct g{y, &w, true};
@@ -112,7 +91,7 @@ void linear_forward_to_bf16(const LinearOutBF16* outs, int n, const float* x, in
   for (int j = 1; j < n; ++j)
     if (outs[j].w->in() != w0.in() || outs[j].w->format() != w0.format())
       throw std::invalid_argument("linear_forward_to_bf16: the weights differ in size or format");
-  const ProductClock clock(product_flops(outs, n, N));
+  const StepClock clock(StepWork::kProduct, product_flops(outs, n, N));
   if (is_bf16_rows(w0.format())) {
     onednn::ProductBF16 ps[kMaxProducts];
     for (int j = 0; j < n; ++j) ps[j] = {outs[j].y, outs[j].w};
@@ -141,7 +120,7 @@ void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, b
   if (!has_backward(w.format()))
     throw std::invalid_argument(std::string("linear_backward: ") + format_name(w.format()) +
                                 " weights are for generation only");
-  const ProductClock clock(int64_t{2} * N * w.in() * w.out());
+  const StepClock clock(StepWork::kProduct, int64_t{2} * N * w.in() * w.out());
   if (!is_blocks(w.format())) return onednn::backward(dx, dy, w, N, accumulate);
   blocks::backward(dx, emulated_input(dy, static_cast<size_t>(N) * w.out(), w), w, N, accumulate);
 }
