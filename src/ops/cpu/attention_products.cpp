@@ -17,9 +17,10 @@ namespace loratune::ops {
 
 namespace {
 
-// The vector operations of the tiles, one struct per instruction set: kRows rows of a tile
-// times four vectors keep kRows · 4 accumulators, four vectors of B and the broadcast row of
-// A in the CPU's 32 (AVX-512) or 16 (AVX2) vector registers.
+// The vector operations of the tiles, one struct per instruction set: a tile of kRows rows
+// and kVectors vectors keeps its accumulators, a row of B and the broadcast value of A in the
+// CPU's 32 (AVX-512: 6 × 4) or 16 (AVX2: 6 × 2) vector registers, the fastest shapes measured
+// (docs/performance.md, "Attention's own products").
 #define LORATUNE_AVX512 __attribute__((target("avx512f")))
 struct Avx512 {
   static constexpr int kWidth = 16, kRows = 6, kVectors = 4;
