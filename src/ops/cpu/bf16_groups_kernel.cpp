@@ -2,8 +2,10 @@
 
 // GCC 12's AVX-512 intrinsics pass an undefined vector as the masked-off source, which its
 // -Wmaybe-uninitialized and -Wuninitialized report once they are inlined (GCC bug 105593).
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 #include <immintrin.h>
 
 #include <algorithm>
