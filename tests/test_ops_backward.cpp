@@ -138,8 +138,8 @@ TEST(OpsBackward, LoraRefForwardAccumulatesAndSavesU) {
   auto x = random_vec(N * in, 10), A = random_vec(r * in, 11), B = random_vec(out * r, 12);
   auto y0 = random_vec(N * out, 13);
   std::vector<double> y = y0, y_zero(N * out, 0.0), u(N * r, kGarbage), u2(N * r);
-  ref::lora_forward(y.data(), u.data(), x.data(), A.data(), B.data(), s, N, in, out, r);
-  ref::lora_forward(y_zero.data(), u2.data(), x.data(), A.data(), B.data(), s, N, in, out, r);
+  ref::lora_forward(y.data(), u.data(), x.data(), {}, A.data(), B.data(), s, N, in, out, r);
+  ref::lora_forward(y_zero.data(), u2.data(), x.data(), {}, A.data(), B.data(), s, N, in, out, r);
   std::vector<double> xa(N * r), ub(N * out);
   ref::linear_forward(xa.data(), x.data(), A.data(), static_cast<const double*>(nullptr), N, in, r);
   ref::linear_forward(ub.data(), xa.data(), B.data(), static_cast<const double*>(nullptr), N, r,
@@ -151,70 +151,97 @@ TEST(OpsBackward, LoraRefForwardAccumulatesAndSavesU) {
   }
 }
 
+// A dropout mask of N rows of `in` features that keeps about three in four, times `scale`.
+struct RandomKeep {
+  std::vector<uint64_t> bits;
+  ops::KeepMask keep;
+  RandomKeep(int N, int in, uint64_t seed, float scale) {
+    Rng rng(seed);
+    bits.resize(static_cast<size_t>(N) * ops::lora_keep_words(in));
+    for (uint64_t& word : bits) word = rng.next_u64() | rng.next_u64();
+    keep = {bits.data(), scale};
+  }
+};
+
 TEST(OpsBackward, LoraRefMatchesFiniteDifferences) {
   const int N = 5, in = 7, out = 6, r = 3;
   const double s = 1.7;
-  auto x = random_vec(N * in, 20), A = random_vec(r * in, 21), B = random_vec(out * r, 22);
-  auto y0 = random_vec(N * out, 23), g = random_vec(N * out, 24);
-  std::vector<double> y(N * out), u(N * r);
-  auto loss = [&] {
-    y = y0;
-    ref::lora_forward(y.data(), u.data(), x.data(), A.data(), B.data(), s, N, in, out, r);
-    return dot(g, y);
-  };
-  loss();  // saves u
-  const auto dx0 = random_vec(N * in, 25), dA0 = random_vec(r * in, 26);
-  const auto dB0 = random_vec(out * r, 27);
-  std::vector<double> dx = dx0, dA = dA0, dB = dB0, du(N * r, kGarbage);
-  ref::lora_backward(dx.data(), dA.data(), dB.data(), du.data(), g.data(), u.data(), x.data(),
-                     A.data(), B.data(), s, N, in, out, r);
-  expect_fd(x, minus(dx, dx0), loss, "lora dx");
-  expect_fd(A, minus(dA, dA0), loss, "lora dA");
-  expect_fd(B, minus(dB, dB0), loss, "lora dB");
-  // du is the gradient with respect to the saved u: loss(u) = Σ g·(y0 + s·u·Bᵀ).
-  auto loss_u = [&] {
-    std::vector<double> z(N * out);
-    ref::linear_forward(z.data(), u.data(), B.data(), static_cast<const double*>(nullptr), N, r,
-                        out);
-    double l = dot(g, y0);
-    for (int i = 0; i < N * out; ++i) l += g[i] * s * z[i];
-    return l;
-  };
-  expect_fd(u, du, loss_u, "lora du");
-  // dx = null: the parameter gradients are the same.
-  std::vector<double> dA2 = dA0, dB2 = dB0, du2(N * r, kGarbage);
-  ref::lora_backward(static_cast<double*>(nullptr), dA2.data(), dB2.data(), du2.data(), g.data(),
-                     u.data(), x.data(), A.data(), B.data(), s, N, in, out, r);
-  for (size_t i = 0; i < dA.size(); ++i) EXPECT_EQ(dA2[i], dA[i]);
-  for (size_t i = 0; i < dB.size(); ++i) EXPECT_EQ(dB2[i], dB[i]);
+  const RandomKeep masked(N, in, 28, 1.25f);
+  for (const ops::KeepMask& keep : {ops::KeepMask{}, masked.keep}) {
+    auto x = random_vec(N * in, 20), A = random_vec(r * in, 21), B = random_vec(out * r, 22);
+    auto y0 = random_vec(N * out, 23), g = random_vec(N * out, 24);
+    std::vector<double> y(N * out), u(N * r);
+    auto loss = [&] {
+      y = y0;
+      ref::lora_forward(y.data(), u.data(), x.data(), keep, A.data(), B.data(), s, N, in, out, r);
+      return dot(g, y);
+    };
+    loss();  // saves u
+    const auto dx0 = random_vec(N * in, 25), dA0 = random_vec(r * in, 26);
+    const auto dB0 = random_vec(out * r, 27);
+    std::vector<double> dx = dx0, dA = dA0, dB = dB0, du(N * r, kGarbage);
+    ref::lora_backward(dx.data(), dA.data(), dB.data(), du.data(), g.data(), u.data(), x.data(),
+                       keep, A.data(), B.data(), s, N, in, out, r);
+    expect_fd(x, minus(dx, dx0), loss, "lora dx");
+    expect_fd(A, minus(dA, dA0), loss, "lora dA");
+    expect_fd(B, minus(dB, dB0), loss, "lora dB");
+    // du is the gradient with respect to the saved u: loss(u) = Σ g·(y0 + s·u·Bᵀ).
+    auto loss_u = [&] {
+      std::vector<double> z(N * out);
+      ref::linear_forward(z.data(), u.data(), B.data(), static_cast<const double*>(nullptr), N, r,
+                          out);
+      double l = dot(g, y0);
+      for (int i = 0; i < N * out; ++i) l += g[i] * s * z[i];
+      return l;
+    };
+    expect_fd(u, du, loss_u, "lora du");
+    // dx = null: the parameter gradients are the same.
+    std::vector<double> dA2 = dA0, dB2 = dB0, du2(N * r, kGarbage);
+    ref::lora_backward(static_cast<double*>(nullptr), dA2.data(), dB2.data(), du2.data(), g.data(),
+                       u.data(), x.data(), keep, A.data(), B.data(), s, N, in, out, r);
+    for (size_t i = 0; i < dA.size(); ++i) EXPECT_EQ(dA2[i], dA[i]);
+    for (size_t i = 0; i < dB.size(); ++i) EXPECT_EQ(dB2[i], dB[i]);
+  }
 }
 
+// Shapes with and without whole vectors of features and whole groups of eight ranks, the
+// dropout mask on and off.
 TEST(OpsBackward, LoraFastMatchesRef) {
-  const int N = 7, in = 13, out = 11, r = 3;
   const float s = 0.75f;
-  auto x = random_vec<float>(N * in, 30), A = random_vec<float>(r * in, 31);
-  auto B = random_vec<float>(out * r, 32), y0 = random_vec<float>(N * out, 33);
-  auto dy = random_vec<float>(N * out, 34);
-  std::vector<float> y = y0, y_ref = y0, u(N * r, kGarbage), u_ref(N * r, -kGarbage);
-  ops::lora_forward(y.data(), u.data(), x.data(), A.data(), B.data(), s, N, in, out, r);
-  ref::lora_forward(y_ref.data(), u_ref.data(), x.data(), A.data(), B.data(), s, N, in, out, r);
-  expect_close(u, u_ref, "lora u");
-  expect_close(y, y_ref, "lora y");
-  for (bool with_dx : {true, false}) {
-    const auto dx0 = random_vec<float>(N * in, 35), dA0 = random_vec<float>(r * in, 36);
-    const auto dB0 = random_vec<float>(out * r, 37);
-    std::vector<float> dx = dx0, dA = dA0, dB = dB0, du(N * r, kGarbage);
-    std::vector<float> dx_ref = dx0, dA_ref = dA0, dB_ref = dB0, du_ref(N * r, -kGarbage);
-    ops::lora_backward(with_dx ? dx.data() : nullptr, dA.data(), dB.data(), du.data(), dy.data(),
-                       u.data(), x.data(), A.data(), B.data(), s, N, in, out, r);
-    ref::lora_backward(with_dx ? dx_ref.data() : nullptr, dA_ref.data(), dB_ref.data(),
-                       du_ref.data(), dy.data(), u_ref.data(), x.data(), A.data(), B.data(), s, N,
-                       in, out, r);
-    expect_close(du, du_ref, "lora du");
-    expect_close(dA, dA_ref, "lora dA");
-    expect_close(dB, dB_ref, "lora dB");
-    expect_close(dx, dx_ref, with_dx ? "lora dx" : "lora dx untouched");
-  }
+  for (const auto& [N, in, out, r] : {std::tuple{7, 13, 11, 3}, std::tuple{40, 64, 24, 8},
+                                      std::tuple{33, 197, 20, 11}, std::tuple{3, 5, 4, 1}})
+    for (bool masked : {false, true}) {
+      const std::string name = std::to_string(N) + "x" + std::to_string(in) + "x" +
+                               std::to_string(out) + " r" + std::to_string(r) +
+                               (masked ? " masked" : "");
+      const RandomKeep random_keep(N, in, 38, 1.25f);
+      const ops::KeepMask keep = masked ? random_keep.keep : ops::KeepMask{};
+      auto x = random_vec<float>(N * in, 30), A = random_vec<float>(r * in, 31);
+      auto B = random_vec<float>(out * r, 32), y0 = random_vec<float>(N * out, 33);
+      auto dy = random_vec<float>(N * out, 34);
+      std::vector<float> y = y0, y_ref = y0, u(N * r, kGarbage), u_ref(N * r, -kGarbage);
+      ops::lora_forward(y.data(), u.data(), x.data(), keep, A.data(), B.data(), s, N, in, out, r);
+      ref::lora_forward(y_ref.data(), u_ref.data(), x.data(), keep, A.data(), B.data(), s, N, in,
+                        out, r);
+      expect_close(u, u_ref, "lora u " + name);
+      expect_close(y, y_ref, "lora y " + name);
+      for (bool with_dx : {true, false}) {
+        const auto dx0 = random_vec<float>(N * in, 35), dA0 = random_vec<float>(r * in, 36);
+        const auto dB0 = random_vec<float>(out * r, 37);
+        std::vector<float> dx = dx0, dA = dA0, dB = dB0, du(N * r, kGarbage);
+        std::vector<float> dx_ref = dx0, dA_ref = dA0, dB_ref = dB0, du_ref(N * r, -kGarbage);
+        ops::lora_backward(with_dx ? dx.data() : nullptr, dA.data(), dB.data(), du.data(),
+                           dy.data(), u.data(), x.data(), keep, A.data(), B.data(), s, N, in, out,
+                           r);
+        ref::lora_backward(with_dx ? dx_ref.data() : nullptr, dA_ref.data(), dB_ref.data(),
+                           du_ref.data(), dy.data(), u_ref.data(), x.data(), keep, A.data(),
+                           B.data(), s, N, in, out, r);
+        expect_close(du, du_ref, "lora du " + name);
+        expect_close(dA, dA_ref, "lora dA " + name);
+        expect_close(dB, dB_ref, "lora dB " + name);
+        expect_close(dx, dx_ref, "lora dx " + name);
+      }
+    }
 }
 
 // ---- RMSNorm ------------------------------------------------------------------------------

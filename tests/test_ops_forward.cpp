@@ -462,14 +462,15 @@ TEST(OpsForward, LoraBranchIsRowInvariantUnderOneKernelPerShape) {
     const auto x = random_vec(N * in, 50), A = random_vec(r * in, 51, 0.05f);
     const auto B = random_vec(out * r, 52), y0 = random_vec(N * out, 53);
     std::vector<float> all = y0, u(N * r), y_ref = y0, u_ref(N * r);
-    ops::lora_forward(all.data(), u.data(), x.data(), A.data(), B.data(), s, N, in, out, r);
-    ref::lora_forward(y_ref.data(), u_ref.data(), x.data(), A.data(), B.data(), s, N, in, out, r);
+    ops::lora_forward(all.data(), u.data(), x.data(), {}, A.data(), B.data(), s, N, in, out, r);
+    ref::lora_forward(y_ref.data(), u_ref.data(), x.data(), {}, A.data(), B.data(), s, N, in, out,
+                      r);
     expect_close(all, y_ref, 1e-4f * std::sqrt(static_cast<float>(in)));
     for (int first = 0; first < N; ++first) {
       const int rows = N - first;
       std::vector<float> some(y0.begin() + first * out, y0.end());
-      ops::lora_forward(some.data(), u.data(), x.data() + first * in, A.data(), B.data(), s, rows,
-                        in, out, r);
+      ops::lora_forward(some.data(), u.data(), x.data() + first * in, {}, A.data(), B.data(), s,
+                        rows, in, out, r);
       for (int i = 0; i < rows * out; ++i)
         ASSERT_EQ(some[i], all[first * out + i]) << in << ": rows " << first << ".." << N - 1;
     }

@@ -78,38 +78,34 @@ void Transformer::embed(const std::vector<int>& tokens, const std::vector<Sequen
 void dropout_mask(uint64_t* bits, const Dropout& d, int layer, LoraModule m, int token, int in) {
   const uint64_t base =
       mix(d.seed ^ (static_cast<uint64_t>(layer * kNumLoraModules + static_cast<int>(m)) << 40));
-  // A feature is kept when its 53-bit uniform u satisfies u * 2^-53 >= p, i.e. u >= ceil(p * 2^53)
-  // (both sides exact in double).
-  const uint64_t threshold = static_cast<uint64_t>(std::ceil(static_cast<double>(d.p) * 0x1.0p53));
-  const uint64_t first = static_cast<uint64_t>(d.token_offset + token) * in;
-  for (int w = 0; w < lora_keep_words(in); ++w) {
+  // One hash gives two features their 32-bit uniforms u (its low and high halves); a feature is
+  // kept when u · 2^-32 ≥ p, i.e. u ≥ ceil(p · 2^32) (both sides exact in double).
+  const uint64_t threshold = static_cast<uint64_t>(std::ceil(static_cast<double>(d.p) * 0x1.0p32));
+  const uint64_t first = static_cast<uint64_t>(d.token_offset + token) * ((in + 1) / 2);
+  for (int w = 0; w < ops::lora_keep_words(in); ++w) {
     uint64_t word = 0;
     const int bits_here = std::min(64, in - w * 64);
-    for (int b = 0; b < bits_here; ++b)
-      word |= static_cast<uint64_t>((mix(base + first + w * 64 + b) >> 11) >= threshold) << b;
+    for (int b = 0; b < bits_here; b += 2) {
+      const uint64_t u = mix(base + first + (w * 64 + b) / 2);
+      word |= static_cast<uint64_t>((u & 0xffffffffu) >= threshold) << b;
+      if (b + 1 < bits_here) word |= static_cast<uint64_t>((u >> 32) >= threshold) << (b + 1);
+    }
     bits[w] = word;
   }
 }
 
-const float* Transformer::lora_input(int l, LoraModule m, LayerActivations& a, const float* x,
-                                     int N, int in, const Dropout& dropout, bool training,
-                                     bool saved) {
-  if (!training || dropout.p <= 0.0f) return x;
-  const int words = lora_keep_words(in);
+ops::KeepMask Transformer::lora_keep(int l, LoraModule m, LayerActivations& a, int N, int in,
+                                     const Dropout& dropout, bool training, bool saved) {
+  if (!training || dropout.p <= 0.0f) return {};
+  const int words = ops::lora_keep_words(in);
   auto& keep = a.lora_keep[static_cast<int>(m)];
-  if (!saved) grow(keep, static_cast<size_t>(N) * words);
-  grow(dropped_, static_cast<size_t>(N) * in);
-  const float scale = dropout.scale();
+  if (!saved) {
+    grow(keep, static_cast<size_t>(N) * words);
 #pragma omp parallel for schedule(static)
-  for (int n = 0; n < N; ++n) {
-    uint64_t* bits = &keep[static_cast<size_t>(n) * words];
-    if (!saved) dropout_mask(bits, dropout, l, m, n, in);
-    for (int i = 0; i < in; ++i) {
-      const size_t idx = static_cast<size_t>(n) * in + i;
-      dropped_[idx] = x[idx] * kept_factor(bits, i, scale);
-    }
+    for (int n = 0; n < N; ++n)
+      dropout_mask(&keep[static_cast<size_t>(n) * words], dropout, l, m, n, in);
   }
-  return dropped_.data();
+  return {keep.data(), dropout.scale()};
 }
 
 const LoraAdapter* Transformer::adapter_for(const SequenceSpan& s) const {
@@ -137,12 +133,12 @@ void Transformer::lora_forward(int l, LoraModule m, LayerActivations& a, float* 
     i = j;
     const LoraWeights* w = adapter ? adapter->at(l, m) : nullptr;
     if (!w || rows == 0) continue;
-    const float* xin = lora_input(l, m, a, x + static_cast<size_t>(start) * w->in, rows, w->in,
-                                  dropout, training, false);
+    const ops::KeepMask keep = lora_keep(l, m, a, rows, w->in, dropout, training, false);
     auto& u = a.lora_u[static_cast<int>(m)];
     grow(u, static_cast<size_t>(start + rows) * w->r);
     ops::lora_forward(y + static_cast<size_t>(start) * w->out,
-                      u.data() + static_cast<size_t>(start) * w->r, xin, w->A.data(), w->B.data(),
+                      u.data() + static_cast<size_t>(start) * w->r,
+                      x + static_cast<size_t>(start) * w->in, keep, w->A.data(), w->B.data(),
                       adapter->scale(), rows, w->in, w->out, w->r);
   }
 }

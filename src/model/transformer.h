@@ -59,17 +59,8 @@ struct Dropout {
 
 // Which features dropout keeps (and scales by 1/(1 − p)) of token `token` at the input of
 // layer `layer`'s LoRA module `m` whose input has `in` features: bit i of
-// bits[lora_keep_words(in)].
+// bits[ops::lora_keep_words(in)].
 void dropout_mask(uint64_t* bits, const Dropout& d, int layer, LoraModule m, int token, int in);
-// Words of LayerActivations::lora_keep per token for an input of `in` features.
-inline int lora_keep_words(int in) {
-  return (in + 63) / 64;
-}
-// The dropout factor of feature i from a token's mask bits: 1/(1 − p) = scale or 0.
-inline float kept_factor(const uint64_t* bits, int i, float scale) {
-  return (bits[i / 64] >> (i % 64)) & 1 ? scale : 0.0f;
-}
-
 struct LossSum {
   double sum = 0.0;   // Σ −log p(label) over labelled positions
   int64_t count = 0;  // number of labelled positions
@@ -138,9 +129,9 @@ class Transformer {
                     const std::vector<SequenceSpan>& seqs, const Dropout& dropout, bool training);
   void lora_backward(int l, LoraModule m, LayerActivations& a, float* dx, const float* dy,
                      const float* x, int N, const Dropout& dropout);
-  // The LoRA branch input: x itself, or its dropped-out copy in dropped_. The forward draws
-  // the mask into a.lora_keep; the backward (`saved`) reads it from there.
-  const float* lora_input(int l, LoraModule m, LayerActivations& a, const float* x, int N, int in,
+  // The dropout mask of module m's input (none outside training or without dropout). The
+  // forward draws it into a.lora_keep; the backward (`saved`) reads it from there.
+  ops::KeepMask lora_keep(int l, LoraModule m, LayerActivations& a, int N, int in,
                           const Dropout& dropout, bool training, bool saved);
   LossSum run_groups(const std::vector<int>& tokens, const std::vector<SequenceSpan>& seqs,
                      const std::vector<int>& labels, float grad_scale, const Dropout& dropout,
@@ -154,7 +145,7 @@ class Transformer {
   LoraAdapter* adapter_ = nullptr;
   std::vector<float> inv_freq_;  // [D/2]
   // Working memory, grown on demand and reused between calls.
-  std::vector<float> x_, xn_, rows_, dropped_, dlora_, rstd_final_;
+  std::vector<float> x_, xn_, rows_, rstd_final_;
   // q/k/v and the attention output in fp32 where they are kept in bf16 (forward), widened
   // again (backward).
   std::vector<float> q_, k_, v_, att_;

@@ -35,29 +35,11 @@ void Transformer::lora_backward(int l, LoraModule m, LayerActivations& a, float*
                                 const float* dy, const float* x, int N, const Dropout& dropout) {
   LoraWeights* w = adapter_ ? adapter_->at(l, m) : nullptr;
   if (!w) return;
-  const float* xin = lora_input(l, m, a, x, N, w->in, dropout, true, true);
   grow(du_, static_cast<size_t>(N) * w->r);
-  const float* u = a.lora_u[static_cast<int>(m)].data();
-  if (dropout.p <= 0.0f || !dx) {
-    ops::lora_backward(dx, w->dA.data(), w->dB.data(), du_.data(), dy, u, xin, w->A.data(),
-                       w->B.data(), adapter_->scale(), N, w->in, w->out, w->r);
-    return;
-  }
-  // With dropout the branch's input gradient passes through the same mask.
-  const size_t n_in = static_cast<size_t>(N) * w->in;
-  grow(dlora_, n_in);
-  std::fill(dlora_.begin(), dlora_.begin() + n_in, 0.0f);
-  ops::lora_backward(dlora_.data(), w->dA.data(), w->dB.data(), du_.data(), dy, u, xin, w->A.data(),
-                     w->B.data(), adapter_->scale(), N, w->in, w->out, w->r);
-  const int words = lora_keep_words(w->in);
-  const uint64_t* keep = a.lora_keep[static_cast<int>(m)].data();
-  const float scale = dropout.scale();
-#pragma omp parallel for schedule(static)
-  for (int n = 0; n < N; ++n)
-    for (int i = 0; i < w->in; ++i) {
-      const size_t idx = static_cast<size_t>(n) * w->in + i;
-      dx[idx] += dlora_[idx] * kept_factor(keep + static_cast<size_t>(n) * words, i, scale);
-    }
+  ops::lora_backward(dx, w->dA.data(), w->dB.data(), du_.data(), dy,
+                     a.lora_u[static_cast<int>(m)].data(), x,
+                     lora_keep(l, m, a, N, w->in, dropout, true, true), w->A.data(), w->B.data(),
+                     adapter_->scale(), N, w->in, w->out, w->r);
 }
 
 void Transformer::layer_backward(int l, LayerActivations& a, const std::vector<SequenceSpan>& seqs,

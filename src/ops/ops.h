@@ -5,6 +5,8 @@
 // (PackedWeight: w[out, in] with its sizes) where the references take w, in and out.
 #pragma once
 
+#include <cstdint>
+
 #include "ops/packed_weight.h"
 #include "ops/saved_activation.h"
 
@@ -62,16 +64,31 @@ struct StepTotals {
 StepTotals step_totals();
 void reset_step_totals();
 
-// LoRA branch of a linear layer: u[N, r] = x · Aᵀ (saved), y[N, out] += s · u · Bᵀ.
-// x is the branch input (already dropped out when training with dropout). Under
-// OneKernelPerShape a row's values do not depend on the other rows.
-void lora_forward(float* y, float* u, const float* x, const float* A, const float* B, float scale,
-                  int N, int in, int out, int r);
-// dB[out, r] += s · dyᵀ · u; du[N, r] = s · dy · B (scratch); dA[r, in] += duᵀ · x;
-// dx[N, in] += du · A (dx may be null when nothing needs it).
+// Dropout on a LoRA branch's input: feature i of row n is kept, times `scale`, where bit i % 64
+// of bits[n · lora_keep_words(in) + i / 64] is set, and is 0 elsewhere; without bits every
+// feature is kept as it is.
+struct KeepMask {
+  const uint64_t* bits = nullptr;
+  float scale = 1.0f;
+};
+inline int lora_keep_words(int in) {
+  return (in + 63) / 64;
+}
+// The factor of feature i from a row's mask bits: scale or 0.
+inline float kept_factor(const uint64_t* row_bits, int i, float scale) {
+  return (row_bits[i / 64] >> (i % 64)) & 1 ? scale : 0.0f;
+}
+
+// LoRA branch of a linear layer: u[N, r] = keep(x) · Aᵀ (saved), y[N, out] += s · u · Bᵀ,
+// with keep(x) the branch input x under the dropout mask. A row's values do not depend on the
+// other rows under OneKernelPerShape.
+void lora_forward(float* y, float* u, const float* x, const KeepMask& keep, const float* A,
+                  const float* B, float scale, int N, int in, int out, int r);
+// dB[out, r] += s · dyᵀ · u; du[N, r] = s · dy · B (scratch); dA[r, in] += duᵀ · keep(x);
+// dx[N, in] += keep(du · A) (dx may be null when nothing needs it).
 void lora_backward(float* dx, float* dA, float* dB, float* du, const float* dy, const float* u,
-                   const float* x, const float* A, const float* B, float scale, int N, int in,
-                   int out, int r);
+                   const float* x, const KeepMask& keep, const float* A, const float* B,
+                   float scale, int N, int in, int out, int r);
 // w[out, in] += s · B[out, r] · A[r, in]: the branch folded into its frozen weight.
 void lora_merge(float* w, const float* A, const float* B, float scale, int in, int out, int r);
 

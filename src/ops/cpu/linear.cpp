@@ -4,12 +4,10 @@
 #include <string>
 #include <vector>
 
-#include "core/threads.h"
 #include "ops/cpu/bf16_groups_kernel.h"
 #include "ops/cpu/bf16_round.h"
 #include "ops/cpu/blocks_kernel.h"
 #include "ops/cpu/onednn_matmul.h"
-#include "ops/cpu/small_gemm.h"
 #include "ops/cpu/step_clock.h"
 #include "ops/ops.h"
 
@@ -123,37 +121,6 @@ void linear_backward(float* dx, const float* dy, const PackedWeight& w, int N, b
   const StepClock clock(StepWork::kProduct, int64_t{2} * N * w.in() * w.out());
   if (!is_blocks(w.format())) return onednn::backward(dx, dy, w, N, accumulate);
   blocks::backward(dx, emulated_input(dy, static_cast<size_t>(N) * w.out(), w), w, N, accumulate);
-}
-
-void lora_forward(float* y, float* u, const float* x, const float* A, const float* B, float scale,
-                  int N, int in, int out, int r) {
-  if (one_kernel_per_shape()) {
-    // A row at a time through row_sgemm's loops: BLAS products round a row
-    // differently at some row counts, and generation batches the rows of every sequence with
-    // the same adapter. The branch is a sliver of a decode step's work.
-    parallel_ranges(N, 64, [&](long begin, long end) {
-      for (long n = begin; n < end; ++n) {
-        row_sgemm(true, r, in, 1.0f, x + n * in, A, in, 0.0f, u + n * r);
-        row_sgemm(true, out, r, scale, u + n * r, B, r, 1.0f, y + n * out);
-      }
-    });
-    return;
-  }
-  sgemm(false, true, N, r, in, 1.0f, x, in, A, in, 0.0f, u, r);
-  sgemm(false, true, N, out, r, scale, u, r, B, r, 1.0f, y, out);
-}
-
-void lora_backward(float* dx, float* dA, float* dB, float* du, const float* dy, const float* u,
-                   const float* x, const float* A, const float* B, float scale, int N, int in,
-                   int out, int r) {
-  sgemm(true, false, out, r, N, scale, dy, out, u, r, 1.0f, dB, r);
-  sgemm(false, false, N, r, out, scale, dy, out, B, r, 0.0f, du, r);
-  sgemm(true, false, r, in, N, 1.0f, du, r, x, in, 1.0f, dA, in);
-  if (dx) sgemm(false, false, N, in, r, 1.0f, du, r, A, in, 1.0f, dx, in);
-}
-
-void lora_merge(float* w, const float* A, const float* B, float scale, int in, int out, int r) {
-  sgemm(false, false, out, in, r, scale, B, r, A, in, 1.0f, w, in);
 }
 
 }  // namespace loratune::ops

@@ -3,7 +3,17 @@
 // differences). Shapes: N tokens, in/out features, r LoRA rank.
 #pragma once
 
+#include "ops/ops.h"
+
 namespace loratune::ref {
+
+// The keep factor (ops::KeepMask) of feature i of row n: 1 without a mask.
+template <typename T>
+T keep_factor(const ops::KeepMask& keep, int n, int in, int i) {
+  if (!keep.bits) return T(1);
+  return T(
+      ops::kept_factor(keep.bits + static_cast<long>(n) * ops::lora_keep_words(in), i, keep.scale));
+}
 
 // y[N, out] = x[N, in] · w[out, in]ᵀ + b[out] (b may be null)
 template <typename T>
@@ -27,14 +37,15 @@ void linear_backward(T* dx, const T* dy, const T* w, int N, int in, int out, boo
     }
 }
 
-// u[N, r] = x[N, in] · A[r, in]ᵀ (written); y[N, out] += s · u · B[out, r]ᵀ
+// u[N, r] = keep(x[N, in]) · A[r, in]ᵀ (written); y[N, out] += s · u · B[out, r]ᵀ
 template <typename T>
-void lora_forward(T* y, T* u, const T* x, const T* A, const T* B, T scale, int N, int in, int out,
-                  int r) {
+void lora_forward(T* y, T* u, const T* x, const ops::KeepMask& keep, const T* A, const T* B,
+                  T scale, int N, int in, int out, int r) {
   for (int n = 0; n < N; ++n)
     for (int k = 0; k < r; ++k) {
       T acc = 0;
-      for (int i = 0; i < in; ++i) acc += x[n * in + i] * A[k * in + i];
+      for (int i = 0; i < in; ++i)
+        acc += x[n * in + i] * keep_factor<T>(keep, n, in, i) * A[k * in + i];
       u[n * r + k] = acc;
     }
   for (int n = 0; n < N; ++n)
@@ -45,11 +56,12 @@ void lora_forward(T* y, T* u, const T* x, const T* A, const T* B, T scale, int N
     }
 }
 
-// dB[out, r] += s · dyᵀ · u; du[N, r] = s · dy · B (written); dA[r, in] += duᵀ · x;
-// dx[N, in] += du · A (skipped when dx is null).
+// dB[out, r] += s · dyᵀ · u; du[N, r] = s · dy · B (written); dA[r, in] += duᵀ · keep(x);
+// dx[N, in] += keep(du · A) (skipped when dx is null).
 template <typename T>
-void lora_backward(T* dx, T* dA, T* dB, T* du, const T* dy, const T* u, const T* x, const T* A,
-                   const T* B, T scale, int N, int in, int out, int r) {
+void lora_backward(T* dx, T* dA, T* dB, T* du, const T* dy, const T* u, const T* x,
+                   const ops::KeepMask& keep, const T* A, const T* B, T scale, int N, int in,
+                   int out, int r) {
   for (int o = 0; o < out; ++o)
     for (int k = 0; k < r; ++k) {
       T acc = 0;
@@ -65,7 +77,8 @@ void lora_backward(T* dx, T* dA, T* dB, T* du, const T* dy, const T* u, const T*
   for (int k = 0; k < r; ++k)
     for (int i = 0; i < in; ++i) {
       T acc = 0;
-      for (int n = 0; n < N; ++n) acc += du[n * r + k] * x[n * in + i];
+      for (int n = 0; n < N; ++n)
+        acc += du[n * r + k] * x[n * in + i] * keep_factor<T>(keep, n, in, i);
       dA[k * in + i] += acc;
     }
   if (dx)
@@ -73,7 +86,7 @@ void lora_backward(T* dx, T* dA, T* dB, T* du, const T* dy, const T* u, const T*
       for (int i = 0; i < in; ++i) {
         T acc = 0;
         for (int k = 0; k < r; ++k) acc += du[n * r + k] * A[k * in + i];
-        dx[n * in + i] += acc;
+        dx[n * in + i] += acc * keep_factor<T>(keep, n, in, i);
       }
 }
 
