@@ -199,6 +199,45 @@ TEST(Transformer, RejectsOutOfRangeIdsAndFullCache) {
 
 // A BF16 model's matrices are converted only into their packed form; tensors() (what merge
 // writes) gives back every tensor with the file's values, in order.
+// dropout_mask against its definition, written out plainly: feature i of a token takes half
+// i % 2 of splitmix64(base + token · ⌈in/2⌉ + i / 2) as a 32-bit uniform and is kept when that is
+// at least ceil(p · 2^32). Sizes with and without whole words and vectors of eight features.
+TEST(Dropout, MaskIsItsDefinition) {
+  const auto splitmix = [](uint64_t z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  };
+  for (float p : {0.05f, 0.5f, 0.9f})
+    for (int in : {1, 7, 8, 64, 65, 130, 896}) {
+      const Dropout d{p, 77, 1000};
+      const int layer = 3, token = 5;
+      const LoraModule m = LoraModule::kV;
+      std::vector<uint64_t> bits(ops::lora_keep_words(in), ~0ull);
+      dropout_mask(bits.data(), d, layer, m, token, in);
+      const uint64_t base = splitmix(
+          d.seed ^ (static_cast<uint64_t>(layer * kNumLoraModules + static_cast<int>(m)) << 40));
+      const uint64_t threshold =
+          static_cast<uint64_t>(std::ceil(static_cast<double>(p) * 4294967296.0));
+      int kept = 0;
+      for (int i = 0; i < 64 * ops::lora_keep_words(in); ++i) {
+        const bool bit = (bits[i / 64] >> (i % 64)) & 1;
+        if (i >= in) {
+          ASSERT_FALSE(bit) << "p " << p << ", in " << in << ": bit " << i << " past the features";
+          continue;
+        }
+        const uint64_t u = splitmix(base + (d.token_offset + token) * ((in + 1) / 2) + i / 2);
+        ASSERT_EQ(bit, (i % 2 ? u >> 32 : u & 0xffffffffu) >= threshold)
+            << "p " << p << ", in " << in << ", feature " << i;
+        kept += bit;
+      }
+      if (in == 896) {  // 1 − p of them within five standard deviations
+        EXPECT_NEAR(kept, (1 - p) * in, 5 * std::sqrt(p * (1 - p) * in)) << "p " << p;
+      }
+    }
+}
+
 TEST(ModelWeights, TensorsOfBf16ModelAreTheFileValues) {
   const std::string dir = test::golden("models/tiny_bf16");
   const ModelConfig config = load_model_config(dir);

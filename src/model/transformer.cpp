@@ -1,7 +1,6 @@
 #include "model/transformer.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 
 #include "core/error.h"
@@ -13,14 +12,6 @@ namespace {
 template <typename T>
 void grow(std::vector<T>& v, size_t n) {
   if (v.size() < n) v.resize(n);
-}
-
-// splitmix64 finaliser: a counter-based hash, so a mask bit depends only on its position.
-uint64_t mix(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
 }
 
 // y[N, C] += b[C] (nothing when b is null).
@@ -73,25 +64,6 @@ void Transformer::embed(const std::vector<int>& tokens, const std::vector<Sequen
     for (int i = 0; i < s.length; ++i) pos_[s.start + i] = past + i;
   }
   for (int n = 0; n < N; ++n) weights_->embedding_row(tokens[n], &x_[static_cast<size_t>(n) * C]);
-}
-
-void dropout_mask(uint64_t* bits, const Dropout& d, int layer, LoraModule m, int token, int in) {
-  const uint64_t base =
-      mix(d.seed ^ (static_cast<uint64_t>(layer * kNumLoraModules + static_cast<int>(m)) << 40));
-  // One hash gives two features their 32-bit uniforms u (its low and high halves); a feature is
-  // kept when u · 2^-32 ≥ p, i.e. u ≥ ceil(p · 2^32) (both sides exact in double).
-  const uint64_t threshold = static_cast<uint64_t>(std::ceil(static_cast<double>(d.p) * 0x1.0p32));
-  const uint64_t first = static_cast<uint64_t>(d.token_offset + token) * ((in + 1) / 2);
-  for (int w = 0; w < ops::lora_keep_words(in); ++w) {
-    uint64_t word = 0;
-    const int bits_here = std::min(64, in - w * 64);
-    for (int b = 0; b < bits_here; b += 2) {
-      const uint64_t u = mix(base + first + (w * 64 + b) / 2);
-      word |= static_cast<uint64_t>((u & 0xffffffffu) >= threshold) << b;
-      if (b + 1 < bits_here) word |= static_cast<uint64_t>((u >> 32) >= threshold) << (b + 1);
-    }
-    bits[w] = word;
-  }
 }
 
 ops::KeepMask Transformer::lora_keep(int l, LoraModule m, LayerActivations& a, int N, int in,
