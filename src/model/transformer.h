@@ -61,6 +61,7 @@ struct Dropout {
 // layer `layer`'s LoRA module `m` whose input has `in` features: bit i of
 // bits[ops::lora_keep_words(in)].
 void dropout_mask(uint64_t* bits, const Dropout& d, int layer, LoraModule m, int token, int in);
+
 struct LossSum {
   double sum = 0.0;   // Σ −log p(label) over labelled positions
   int64_t count = 0;  // number of labelled positions
