@@ -83,12 +83,6 @@ const PeerRun kPeerRuns[] = {
      "reported with issue 21, 2026"},
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 // part over the steps whose times make the median (the middle one, or the mean of the middle
 // two): the parts of a step then add up to at most its median time, as each step's do.
 double at_median_steps(const std::vector<double>& times, const std::vector<double>& part) {
@@ -97,6 +91,10 @@ double at_median_steps(const std::vector<double>& times, const std::vector<doubl
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return times[a] < times[b]; });
   const size_t n = order.size();
   return n % 2 ? part[order[n / 2]] : 0.5 * (part[order[n / 2 - 1]] + part[order[n / 2]]);
+}
+
+double median(const std::vector<double>& v) {
+  return at_median_steps(v, v);
 }
 
 }  // namespace

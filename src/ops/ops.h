@@ -67,13 +67,15 @@ void reset_step_totals();
 // Dropout on a LoRA branch's input: feature i of row n is kept, times `scale`, where bit i % 64
 // of bits[n · lora_keep_words(in) + i / 64] is set, and is 0 elsewhere; without bits every
 // feature is kept as it is.
-struct KeepMask {
-  const uint64_t* bits = nullptr;
-  float scale = 1.0f;
-};
 inline int lora_keep_words(int in) {
   return (in + 63) / 64;
 }
+struct KeepMask {
+  const uint64_t* bits = nullptr;
+  float scale = 1.0f;
+  // Row n's bits (null without a mask).
+  const uint64_t* row(long n, int in) const { return bits ? bits + n * lora_keep_words(in) : bits; }
+};
 // The factor of feature i from a row's mask bits: scale or 0.
 inline float kept_factor(const uint64_t* row_bits, int i, float scale) {
   return (row_bits[i / 64] >> (i % 64)) & 1 ? scale : 0.0f;

@@ -1,7 +1,10 @@
-// The LoRA branches: their thin products with A (r rows of `in` features) in own AVX2 loops
-// that apply the input's dropout mask as they go (no dropped-out copy of the input, nor of its
-// gradient), the products with B through sgemm.
+// The LoRA branches. Their products with A read the input through its dropout mask (no
+// dropped-out copy of the input, nor of its gradient): a row at a time through row_sgemm, the
+// row masked in the thread's buffer, and dA's sum over the rows in own AVX2 loops. The products
+// with B go through sgemm.
 #include <immintrin.h>
+
+#include <vector>
 
 #include "core/threads.h"
 #include "ops/cpu/small_gemm.h"
@@ -31,65 +34,36 @@ inline float keep_value(float v, const uint64_t* row_bits, int i, float scale) {
   return kMasked ? v * kept_factor(row_bits, i, scale) : v;
 }
 
-inline float sum_lanes(__m256 v) {
-  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
-}
-
-// u[g] = keep(x) · A[g] for G rows of A (`in` apart): G independent vector sums.
-template <bool kMasked, int G>
-void row_times_a(float* u, const float* x, const uint64_t* row_bits, float scale, const float* A,
-                 int in) {
+// dst[0, in) = keep(src), or += with kAdd, for one row's mask bits.
+template <bool kAdd>
+void apply_keep(float* dst, const float* src, const uint64_t* row_bits, float scale, int in) {
   const __m256 s = _mm256_set1_ps(scale);
-  __m256 acc[G];
-  for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
   int i = 0;
   for (; i + kWidth <= in; i += kWidth) {
-    const __m256 xv = keep_vector<kMasked>(_mm256_loadu_ps(x + i), row_bits, i, s);
-    for (int g = 0; g < G; ++g)
-      acc[g] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(A + static_cast<long>(g) * in + i), acc[g]);
+    __m256 v = keep_vector<true>(_mm256_loadu_ps(src + i), row_bits, i, s);
+    if constexpr (kAdd) v = _mm256_add_ps(_mm256_loadu_ps(dst + i), v);
+    _mm256_storeu_ps(dst + i, v);
   }
-  for (int g = 0; g < G; ++g) {
-    float sum = sum_lanes(acc[g]);
-    for (int j = i; j < in; ++j)
-      sum += keep_value<kMasked>(x[j], row_bits, j, scale) * A[g * in + j];
-    u[g] = sum;
-  }
+  for (; i < in; ++i)
+    dst[i] = (kAdd ? dst[i] : 0.0f) + keep_value<true>(src[i], row_bits, i, scale);
 }
 
-// u[N, r] = keep(x) · Aᵀ a row at a time (a row's values do not depend on the others), eight
-// rows of A at a time.
-template <bool kMasked>
-void rows_times_a(float* u, const float* x, const KeepMask& keep, const float* A, int N, int in,
-                  int r) {
-  const int words = lora_keep_words(in);
-  parallel_ranges(N, kMinParallel, [&](long begin, long end) {
-    for (long n = begin; n < end; ++n) {
-      const float* xr = x + n * in;
-      const uint64_t* bits = kMasked ? keep.bits + n * words : nullptr;
-      int k = 0;
-      for (; k + 8 <= r; k += 8)
-        row_times_a<kMasked, 8>(u + n * r + k, xr, bits, keep.scale, A + static_cast<long>(k) * in,
-                                in);
-      for (; k < r; ++k)
-        row_times_a<kMasked, 1>(u + n * r + k, xr, bits, keep.scale, A + static_cast<long>(k) * in,
-                                in);
-    }
-  });
+// The calling thread's buffer of one row of `in` floats.
+float* row_buffer(int in) {
+  thread_local std::vector<float> row;
+  if (row.size() < static_cast<size_t>(in)) row.resize(in);
+  return row.data();
 }
 
 // dA[k0..k0+G−1, i..i+7] += Σ_n du[n, k] · keep(x)[n, i..i+7], the rows summed in order.
 template <bool kMasked, int G>
 void grad_a_vector(float* dA, const float* du, const float* x, const KeepMask& keep, int N, int in,
                    int r, int k0, int i) {
-  const int words = lora_keep_words(in);
   const __m256 s = _mm256_set1_ps(keep.scale);
   __m256 acc[G];
   for (int g = 0; g < G; ++g) acc[g] = _mm256_loadu_ps(dA + static_cast<long>(k0 + g) * in + i);
   for (long n = 0; n < N; ++n) {
-    const uint64_t* bits = kMasked ? keep.bits + n * words : nullptr;
-    const __m256 xv = keep_vector<kMasked>(_mm256_loadu_ps(x + n * in + i), bits, i, s);
+    const __m256 xv = keep_vector<kMasked>(_mm256_loadu_ps(x + n * in + i), keep.row(n, in), i, s);
     for (int g = 0; g < G; ++g)
       acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(du[n * r + k0 + g]), xv, acc[g]);
   }
@@ -109,63 +83,31 @@ void grad_a(float* dA, const float* du, const float* x, const KeepMask& keep, in
       for (; k < r; ++k) grad_a_vector<kMasked, 1>(dA, du, x, keep, N, in, r, k, i);
     }
   });
-  const int words = lora_keep_words(in);
   for (int i = in / kWidth * kWidth; i < in; ++i)
     for (int k = 0; k < r; ++k) {
       float sum = dA[k * in + i];
-      for (long n = 0; n < N; ++n) {
-        const uint64_t* bits = kMasked ? keep.bits + n * words : nullptr;
-        sum += du[n * r + k] * keep_value<kMasked>(x[n * in + i], bits, i, keep.scale);
-      }
+      for (long n = 0; n < N; ++n)
+        sum += du[n * r + k] * keep_value<kMasked>(x[n * in + i], keep.row(n, in), i, keep.scale);
       dA[k * in + i] = sum;
     }
-}
-
-// dx[N, in] += keep(du · A): four vectors of a row at a time, each summing the r rows of A.
-template <bool kMasked>
-void grad_x(float* dx, const float* du, const KeepMask& keep, const float* A, int N, int in,
-            int r) {
-  constexpr int kVectors = 4;
-  const int words = lora_keep_words(in);
-  parallel_ranges(N, kMinParallel, [&](long begin, long end) {
-    const __m256 s = _mm256_set1_ps(keep.scale);
-    for (long n = begin; n < end; ++n) {
-      float* dxr = dx + n * in;
-      const float* dur = du + n * r;
-      const uint64_t* bits = kMasked ? keep.bits + n * words : nullptr;
-      int i = 0;
-      for (; i + kVectors * kWidth <= in; i += kVectors * kWidth) {
-        __m256 acc[kVectors];
-        for (int v = 0; v < kVectors; ++v) acc[v] = _mm256_setzero_ps();
-        for (int k = 0; k < r; ++k) {
-          const __m256 d = _mm256_set1_ps(dur[k]);
-          const float* a = A + static_cast<long>(k) * in + i;
-          for (int v = 0; v < kVectors; ++v)
-            acc[v] = _mm256_fmadd_ps(d, _mm256_loadu_ps(a + v * kWidth), acc[v]);
-        }
-        for (int v = 0; v < kVectors; ++v) {
-          float* out = dxr + i + v * kWidth;
-          const __m256 t = keep_vector<kMasked>(acc[v], bits, i + v * kWidth, s);
-          _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), t));
-        }
-      }
-      for (; i < in; ++i) {
-        float sum = 0.0f;
-        for (int k = 0; k < r; ++k) sum += dur[k] * A[k * in + i];
-        dxr[i] += keep_value<kMasked>(sum, bits, i, keep.scale);
-      }
-    }
-  });
 }
 
 }  // namespace
 
 void lora_forward(float* y, float* u, const float* x, const KeepMask& keep, const float* A,
                   const float* B, float scale, int N, int in, int out, int r) {
-  if (keep.bits)
-    rows_times_a<true>(u, x, keep, A, N, in, r);
-  else
-    rows_times_a<false>(u, x, keep, A, N, in, r);
+  // u = keep(x) · Aᵀ a row at a time, so that a row's values do not depend on the others.
+  parallel_ranges(N, kMinParallel, [&](long begin, long end) {
+    for (long n = begin; n < end; ++n) {
+      const float* xr = x + n * in;
+      if (keep.bits) {
+        float* kept = row_buffer(in);
+        apply_keep<false>(kept, xr, keep.row(n, in), keep.scale, in);
+        xr = kept;
+      }
+      row_sgemm(true, r, in, 1.0f, xr, A, in, 0.0f, u + n * r);
+    }
+  });
   if (one_kernel_per_shape()) {
     // A row at a time through row_sgemm's loops: BLAS products round a row differently at some
     // row counts, and generation batches the rows of every sequence with the same adapter.
@@ -183,13 +125,24 @@ void lora_backward(float* dx, float* dA, float* dB, float* du, const float* dy, 
                    float scale, int N, int in, int out, int r) {
   sgemm(true, false, out, r, N, scale, dy, out, u, r, 1.0f, dB, r);
   sgemm(false, false, N, r, out, scale, dy, out, B, r, 0.0f, du, r);
-  if (keep.bits) {
+  if (keep.bits)
     grad_a<true>(dA, du, x, keep, N, in, r);
-    if (dx) grad_x<true>(dx, du, keep, A, N, in, r);
-  } else {
+  else
     grad_a<false>(dA, du, x, keep, N, in, r);
-    if (dx) grad_x<false>(dx, du, keep, A, N, in, r);
-  }
+  if (!dx) return;
+  // dx += keep(du · A), a row at a time.
+  parallel_ranges(N, kMinParallel, [&](long begin, long end) {
+    for (long n = begin; n < end; ++n) {
+      float* dxr = dx + n * in;
+      if (!keep.bits) {
+        row_sgemm(false, in, r, 1.0f, du + n * r, A, in, 1.0f, dxr);
+        continue;
+      }
+      float* product = row_buffer(in);
+      row_sgemm(false, in, r, 1.0f, du + n * r, A, in, 0.0f, product);
+      apply_keep<true>(dxr, product, keep.row(n, in), keep.scale, in);
+    }
+  });
 }
 
 void lora_merge(float* w, const float* A, const float* B, float scale, int in, int out, int r) {

@@ -6,8 +6,8 @@
 // Debian's OpenBLAS 0.3.21 runs its generic SSE3 kernels on CPUs newer than it knows (Xeon family 6
 // model 207: "Prescott", 3.5x slower there), so it serves the bench as a peer only.
 //
-// row_sgemm: one row times a matrix on the calling thread (decode's query against its keys, a
-// LoRA branch row by row in generation), own AVX2 loops, as BLAS's per-call cost outweighed
+// row_sgemm: one row times a matrix on the calling thread (decode's query against its keys, the
+// LoRA branches' rows), own AVX2 loops, as BLAS's per-call cost outweighed
 // the work by several times. Attention's blocks of rows have their own products
 // (ops/cpu/attention_products.h).
 #pragma once

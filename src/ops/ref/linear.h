@@ -10,9 +10,7 @@ namespace loratune::ref {
 // The keep factor (ops::KeepMask) of feature i of row n: 1 without a mask.
 template <typename T>
 T keep_factor(const ops::KeepMask& keep, int n, int in, int i) {
-  if (!keep.bits) return T(1);
-  return T(
-      ops::kept_factor(keep.bits + static_cast<long>(n) * ops::lora_keep_words(in), i, keep.scale));
+  return keep.bits ? T(ops::kept_factor(keep.row(n, in), i, keep.scale)) : T(1);
 }
 
 // y[N, out] = x[N, in] · w[out, in]ᵀ + b[out] (b may be null)
